@@ -1,0 +1,126 @@
+"""Scalar settings of an edit, grouped; each field's docstring is its `--help` text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from framework.errors import ConfigError
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class SamplingConfig:
+    """DDIM sampling and inversion (paper Sec. 3.1 and 4)."""
+
+    steps: int = 25
+    """Number of DDIM steps of the full schedule."""
+    encode_ratio: float = 1.0
+    """t_E / steps: how far the input is DDIM-inverted before decoding (paper: 1.0)."""
+    guidance_scale: float = 7.5
+    """Classifier-free guidance scale of every decode (mask, guidance image, final edit)."""
+    inversion_guidance_scale: float = 1.0
+    """Classifier-free guidance scale of DDIM inversion (1 = conditional only, as DiffEdit)."""
+    inversion_prompt: Optional[str] = None
+    """Prompt used to invert the input; None = the request's source prompt."""
+    negative_prompt: str = ""
+    """Prompt of the unconditional half of classifier-free guidance."""
+
+    def __post_init__(self):
+        _check(self.steps >= 1, f"sampling.steps must be >= 1, got {self.steps}.")
+        _check(0 < self.encode_ratio <= 1, f"sampling.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
+        _check(self.guidance_scale >= 0 and self.inversion_guidance_scale >= 0,
+               "sampling.guidance_scale and inversion_guidance_scale must be >= 0.")
+
+
+@dataclass
+class MaskConfig:
+    """Edit-mask estimation from noise-prediction differences (paper Eq. 7; DiffEdit as an option)."""
+
+    seeds: int = 10
+    """n: number of random-noise encodings averaged (DiffEdit's default)."""
+    strength: float = 0.5
+    """Noise level the input is encoded to for the mask, as a fraction of the schedule (DiffEdit: 0.5)."""
+    threshold: float = 0.1
+    """tau: threshold on the normalised difference map (paper: 0.1; DiffEdit variant: 0.5)."""
+    smoothing: float = 1.0
+    """Sigma of the Gaussian smoothing, in latent pixels; 0 turns it off."""
+    compare_at: str = "last"
+    """'last': decode both conditions to the last step and compare eps there (Eq. 7);
+    'first': compare at the single encoded step (DiffEdit)."""
+    normalize: str = "minmax"
+    """'minmax': scale the map to [0, 1]; 'mean_ratio': clip at mean_ratio x mean and divide (DiffEdit)."""
+    mean_ratio: float = 3.0
+    """Clip level of 'mean_ratio' normalisation, in multiples of the mean."""
+    guidance_scale: Optional[float] = None
+    """CFG scale of the mask decodes; None = sampling.guidance_scale."""
+
+    def __post_init__(self):
+        _check(self.seeds >= 1, f"mask.seeds must be >= 1, got {self.seeds}.")
+        _check(0 < self.strength <= 1, f"mask.strength must be in (0, 1], got {self.strength}.")
+        _check(0 <= self.threshold < 1, f"mask.threshold must be in [0, 1), got {self.threshold}.")
+        _check(self.smoothing >= 0, f"mask.smoothing must be >= 0, got {self.smoothing}.")
+        _check(self.compare_at in ("last", "first"), f"mask.compare_at must be 'last' or 'first', got '{self.compare_at}'.")
+        _check(self.normalize in ("minmax", "mean_ratio"),
+               f"mask.normalize must be 'minmax' or 'mean_ratio', got '{self.normalize}'.")
+
+
+@dataclass
+class ITOConfig:
+    """The final decode's inference-time optimisation (paper Eq. 6, Sec. 4)."""
+
+    update_steps: int = 15
+    """t_u: ITO runs at each of the first t_u decoding steps."""
+    inner_steps: int = 1
+    """k: optimiser steps per timestep."""
+    keep_optimizer_state: bool = False
+    """False: a fresh optimiser at every timestep (Adam's first step ~ lr * sign(grad)).
+    True: one optimiser, and its moments, kept across the timesteps of the decode."""
+
+    def __post_init__(self):
+        _check(self.update_steps >= 0, f"update_steps (t_u) must be >= 0, got {self.update_steps}.")
+        _check(self.inner_steps >= 1, f"inner_steps (k) must be >= 1, got {self.inner_steps}.")
+
+
+@dataclass
+class GuidanceConfig:
+    """The guidance image: ITO with lam = 1 from a random-noise encoding (Sec. 3.2), optional refinement (A.5)."""
+
+    update_steps: int = 15
+    """t_u of the guidance decode (paper: 15; A.2 suggests 20 with k = 30)."""
+    inner_steps: int = 1
+    """k of the guidance decode."""
+    encode_ratio: Optional[float] = None
+    """Noise level of its random-noise encoding; None = sampling.encode_ratio."""
+    refine: bool = False
+    """Refine the guidance image with ITO at lam = 0 towards the input (A.5)."""
+    refine_update_steps: int = 6
+    """t_u of the refinement (A.5: 6)."""
+    refine_inner_steps: int = 1
+    """k of the refinement (A.5: 1)."""
+
+    def __post_init__(self):
+        _check(self.update_steps >= 0 and self.refine_update_steps >= 0, "guidance update steps must be >= 0.")
+        _check(self.inner_steps >= 1 and self.refine_inner_steps >= 1, "guidance inner steps must be >= 1.")
+        _check(self.encode_ratio is None or 0 < self.encode_ratio <= 1,
+               f"guidance.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
+
+
+def check_lam(lam: float, where: str = "lam") -> float:
+    _check(isinstance(lam, (int, float)) and 0 <= lam <= 1,
+           f"{where} must be in [0, 1] (1 = preservation only, 0 = guidance only), got {lam!r}.")
+    return float(lam)
+
+
+def check_steps(sampling: SamplingConfig, ito: ITOConfig, guidance: GuidanceConfig) -> None:
+    """t_u cannot exceed the number of decoding steps."""
+    decode_steps = max(1, min(sampling.steps, int(round(sampling.encode_ratio * sampling.steps))))
+    _check(ito.update_steps <= decode_steps,
+           f"ito.update_steps (t_u = {ito.update_steps}) exceeds the {decode_steps} decoding steps "
+           f"(sampling.steps x encode_ratio); lower t_u or raise steps.")
+    _check(guidance.update_steps <= sampling.steps,
+           f"guidance.update_steps ({guidance.update_steps}) exceeds sampling.steps ({sampling.steps}).")

@@ -1,0 +1,297 @@
+"""Edit requests: manifests (YAML or JSONL), image loading and sizing, the Lightning data module.
+
+Sizing rule: an image is optionally resized so that its longer side equals `resolution`
+(aspect kept), then each side is centre-cropped down to a multiple of 8 (at most 7 pixels),
+so every kept pixel is the input's own. Condition maps and masks are resized to the result.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import yaml
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from framework.config import check_lam
+from framework.errors import ManifestError
+
+FIELDS = {
+    "id": "name of the edit (default: row number)",
+    "image": "input image path (required)",
+    "source_prompt": "caption of the input, S / C_0's text (required)",
+    "edit_prompt": "prompt of the edit (default: source_prompt)",
+    "source": "{modality: map path} of the input's layout (C_0)",
+    "edit": "{modality: map path} of the edit's layout (C_EDIT); a modality missing here keeps the source map",
+    "mask": "edit-mask image path (white = edit); overrides the estimated mask",
+    "seed": "random seed of this edit",
+    "lam": "preservation weight of this edit, in [0, 1]",
+    "target": "ground-truth edited image (evaluation only)",
+    "true_mask": "ground-truth edit region (evaluation only)",
+    "meta": "free-form metadata, copied to the outputs",
+}
+_PATH_FIELDS = ("image", "mask", "target", "true_mask")
+
+
+@dataclass
+class RequestSpec:
+    """One manifest row, validated, with absolute paths; nothing loaded yet."""
+
+    id: str
+    image: Path
+    source_prompt: str
+    edit_prompt: str
+    source: dict[str, Path]
+    edit: dict[str, Path]
+    mask: Optional[Path] = None
+    seed: Optional[int] = None
+    lam: Optional[float] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EditRequest:
+    """A loaded request: tensors in [0, 1], images (1, 3, H, W), mask (1, 1, H, W)."""
+
+    id: str
+    image: torch.Tensor
+    source_prompt: str
+    edit_prompt: str
+    source_maps: dict[str, torch.Tensor]
+    edit_maps: dict[str, torch.Tensor]
+    mask: Optional[torch.Tensor]
+    seed: Optional[int]
+    lam: Optional[float]
+    extra: dict[str, Any]
+    index: int = 0
+
+    def to(self, device) -> "EditRequest":
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return EditRequest(self.id, self.image.to(device), self.source_prompt, self.edit_prompt,
+                           move(self.source_maps), move(self.edit_maps),
+                           None if self.mask is None else self.mask.to(device), self.seed, self.lam,
+                           self.extra, self.index)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ManifestError(f"manifest '{path}' does not exist; give the path of a .yaml or .jsonl manifest.")
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ManifestError(f"{path}:{n}: not valid JSON ({err}).") from err
+        return rows
+    if path.suffix not in (".yaml", ".yml"):
+        raise ManifestError(f"manifest '{path}': use a .yaml/.yml or .jsonl file.")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ManifestError(f"manifest '{path}' is not valid YAML: {err}") from err
+    rows = data.get("requests") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise ManifestError(f"manifest '{path}': expected a list of requests (or a 'requests:' list).")
+    return rows
+
+
+def _path(root: Path, value: Any, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ManifestError(f"{where}: expected a file path, got {value!r}.")
+    path = (root / value).expanduser()
+    if not path.is_file():
+        raise ManifestError(f"{where}: file '{path}' does not exist (paths are relative to the manifest).")
+    return path
+
+
+def _maps(root: Path, value: Any, where: str) -> dict[str, Path]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ManifestError(f"{where}: expected {{modality: path}}, e.g. {{pose: pose.png}}, got {value!r}.")
+    return {str(k): _path(root, v, f"{where}.{k}") for k, v in value.items()}
+
+
+def parse_row(row: Any, n: int, root: Path, where: str) -> RequestSpec:
+    """Validate one manifest row (every error names the row and the field)."""
+    where = f"{where} request {n}"
+    if not isinstance(row, dict):
+        raise ManifestError(f"{where}: expected a mapping of fields, got {row!r}.")
+    unknown = set(row) - set(FIELDS)
+    if unknown:
+        raise ManifestError(f"{where}: unknown field(s) {sorted(unknown)}; valid fields: {sorted(FIELDS)}.")
+    if "image" not in row:
+        raise ManifestError(f"{where}: missing 'image' (the input image path).")
+    if not isinstance(row.get("source_prompt"), str):
+        raise ManifestError(f"{where}: missing 'source_prompt' (a caption of the input image; the method needs it).")
+    source = _maps(root, row.get("source"), f"{where}.source")
+    edit = _maps(root, row.get("edit"), f"{where}.edit")
+    if set(edit) - set(source):
+        raise ManifestError(f"{where}: edit map(s) {sorted(set(edit) - set(source))} have no source map; give "
+                            f"the input's own layout under 'source' too.")
+    edit = {**source, **edit}
+    edit_prompt = row.get("edit_prompt", row["source_prompt"])
+    if not isinstance(edit_prompt, str):
+        raise ManifestError(f"{where}: 'edit_prompt' must be a string.")
+    lam = row.get("lam")
+    if lam is not None:
+        check_lam(lam, f"{where}: lam")
+    seed = row.get("seed")
+    if seed is not None and not isinstance(seed, int):
+        raise ManifestError(f"{where}: 'seed' must be an integer, got {seed!r}.")
+    extra = {k: str(_path(root, row[k], f"{where}.{k}")) for k in ("target", "true_mask") if k in row}
+    if "meta" in row:
+        extra["meta"] = row["meta"]
+    return RequestSpec(
+        id=str(row.get("id", f"{n:04d}")), image=_path(root, row["image"], f"{where}.image"),
+        source_prompt=row["source_prompt"], edit_prompt=edit_prompt, source=source, edit=edit,
+        mask=_path(root, row["mask"], f"{where}.mask") if row.get("mask") else None,
+        seed=seed, lam=None if lam is None else float(lam), extra=extra,
+    )
+
+
+def load_manifest(path: str | Path) -> list[RequestSpec]:
+    """Parse and validate a manifest; paths inside are relative to the manifest's folder."""
+    path = Path(path).expanduser()
+    rows = _read_rows(path)
+    specs = [parse_row(row, n, path.parent, str(path)) for n, row in enumerate(rows)]
+    ids = [s.id for s in specs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ManifestError(f"{path}: duplicate request id(s) {duplicates}; ids name output folders.")
+    if not specs:
+        raise ManifestError(f"{path}: the manifest has no requests.")
+    return specs
+
+
+def open_image(path: Path, mode: str = "RGB") -> Image.Image:
+    """Open an image with EXIF orientation applied, as RGB (or L); 16-bit and alpha handled."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ManifestError(f"image '{path}' cannot be read ({err}); re-save it as PNG or JPEG.") from err
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert(mode)
+
+
+def target_size(width: int, height: int, resolution: Optional[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(resized size, cropped size) of the sizing rule in this module's docstring."""
+    if resolution:
+        scale = resolution / max(width, height)
+        width, height = max(8, round(width * scale)), max(8, round(height * scale))
+    return (width, height), (width // 8 * 8, height // 8 * 8)
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def _centre_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    left, top = (img.width - size[0]) // 2, (img.height - size[1]) // 2
+    return img.crop((left, top, left + size[0], top + size[1]))
+
+
+def load_image(path: Path, resolution: Optional[int]) -> torch.Tensor:
+    """Input image -> (1, 3, H, W) in [0, 1], H and W multiples of 8."""
+    img = open_image(path)
+    resized, cropped = target_size(img.width, img.height, resolution)
+    if resized != img.size:
+        img = img.resize(resized, Image.BICUBIC)
+    return _to_tensor(_centre_crop(img, cropped))
+
+
+def load_aligned(path: Path, size: tuple[int, int], image_size: tuple[int, int], what: str,
+                 mode: str = "RGB") -> torch.Tensor:
+    """A condition map or mask resized like the input; its aspect must match the input's."""
+    img = open_image(path, mode)
+    aspect, expected = img.width / img.height, image_size[0] / image_size[1]
+    if abs(aspect / expected - 1) > 0.02:
+        raise ManifestError(f"{what} '{path}' is {img.width}x{img.height} but the input image is "
+                            f"{image_size[0]}x{image_size[1]}: the aspect ratios differ. Draw the map "
+                            f"for the input's frame.")
+    return _to_tensor(img.resize(size, Image.BILINEAR))
+
+
+def load_request(spec: RequestSpec, resolution: Optional[int], index: int = 0) -> EditRequest:
+    """Read the images of one request."""
+    with Image.open(spec.image) as probe:
+        original = ImageOps.exif_transpose(probe).size if probe else None
+    image = load_image(spec.image, resolution)
+    size = (image.shape[-1], image.shape[-2])
+    maps = lambda d, side: {k: load_aligned(p, size, original, f"{side} {k} map") for k, p in d.items()}  # noqa: E731
+    mask = load_aligned(spec.mask, size, original, "mask", "L") if spec.mask else None
+    return EditRequest(spec.id, image, spec.source_prompt, spec.edit_prompt, maps(spec.source, "source"),
+                       maps(spec.edit, "edit"), mask, spec.seed, spec.lam, spec.extra, index)
+
+
+class EditDataset(Dataset):
+    def __init__(self, specs: list[RequestSpec], resolution: Optional[int]):
+        self.specs = specs
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __getitem__(self, index: int) -> EditRequest:
+        return load_request(self.specs[index], self.resolution, index)
+
+
+def _single(item: EditRequest) -> EditRequest:
+    return item
+
+
+class EditDataModule(pl.LightningDataModule):
+    """Serves the requests of a manifest, one edit per step, in order; validated at construction."""
+
+    def __init__(self, manifest: str, resolution: Optional[int] = None, limit: Optional[int] = None,
+                 num_workers: int = 0):
+        """
+        Args:
+            manifest: Path of a .yaml (list or `requests:` list) or .jsonl manifest of edit requests.
+            resolution: Resize inputs so the longer side is this many pixels (None: keep the size).
+                Sides are then cropped to multiples of 8.
+            limit: Edit only the first `limit` requests.
+            num_workers: DataLoader workers reading images.
+        """
+        super().__init__()
+        if resolution is not None and resolution < 8:
+            raise ManifestError(f"resolution must be >= 8 pixels, got {resolution}.")
+        self.manifest = manifest
+        self.resolution = resolution
+        self.num_workers = num_workers
+        self.specs = load_manifest(manifest)[:limit]
+
+    def transfer_batch_to_device(self, batch: EditRequest, device, dataloader_idx: int) -> EditRequest:
+        return batch.to(device)
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(EditDataset(self.specs, self.resolution), batch_size=None, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=_single)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()

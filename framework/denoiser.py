@@ -1,0 +1,100 @@
+"""The conditioned noise predictor eps_theta(x_t, t, C): UNet + conditioners + classifier-free guidance."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from conditioners.base import Conditioner, ConditionSide, Encoding, UNetInputs
+
+
+def _cat(items: Sequence[Encoding]) -> Encoding:
+    if isinstance(items[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*items))
+    return torch.cat(list(items))
+
+
+@dataclass
+class Conditioning:
+    """Encodings of a batch of condition sides: one entry per conditioner, batch-first (None = unused)."""
+
+    parts: list[Optional[Encoding]]
+
+    @staticmethod
+    def cat(items: Sequence["Conditioning"]) -> "Conditioning":
+        """Stack conditionings along the batch (all from one request, so the same parts are used)."""
+        parts = []
+        for column in zip(*(c.parts for c in items)):
+            parts.append(None if column[0] is None else _cat(column))
+        return Conditioning(parts)
+
+    def repeat(self, n: int) -> "Conditioning":
+        return Conditioning.cat([self] * n)
+
+    @property
+    def batch(self) -> int:
+        first = next(p for p in self.parts if p is not None)
+        return (first[0] if isinstance(first, tuple) else first).shape[0]
+
+
+class Denoiser:
+    """Noise prediction for batches of latents under batches of conditions, counting UNet evaluations.
+
+    Classifier-free guidance runs the unconditional and conditional halves as one UNet batch.
+    `chunk_size` caps the samples per UNet call to bound memory (the result is the same).
+    """
+
+    def __init__(self, unet, conditioners: Sequence[Conditioner], num_train_timesteps: int,
+                 chunk_size: Optional[int] = None):
+        self.unet = unet
+        self.conditioners = list(conditioners)
+        self.num_train_timesteps = num_train_timesteps
+        self.chunk_size = chunk_size
+        self.samples = Counter()  # stage -> UNet sample-evaluations
+        self.calls = Counter()  # stage -> UNet calls
+        self.stage = "other"
+
+    def encode(self, side: ConditionSide, backbone) -> Conditioning:
+        return Conditioning([c.encode(side, backbone) for c in self.conditioners])
+
+    def progress(self, t: int) -> float:
+        return 1.0 - (t + 1) / self.num_train_timesteps
+
+    @torch.no_grad()
+    def _unet(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
+        inputs = UNetInputs()
+        progress = self.progress(t)
+        for conditioner, encoding in zip(self.conditioners, cond.parts):
+            if encoding is not None:
+                conditioner.apply(inputs, latents, t, encoding, progress)
+        self.samples[self.stage] += latents.shape[0]
+        self.calls[self.stage] += 1
+        return self.unet(latents, t, **inputs.as_kwargs(), return_dict=False)[0]
+
+    def _chunked(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
+        size = self.chunk_size or latents.shape[0]
+        if size >= latents.shape[0]:
+            return self._unet(latents, t, cond)
+        outs = []
+        for start in range(0, latents.shape[0], size):
+            part = Conditioning([None if p is None else (tuple(q[start:start + size] for q in p)
+                                 if isinstance(p, tuple) else p[start:start + size]) for p in cond.parts])
+            outs.append(self._unet(latents[start:start + size], t, part))
+        return torch.cat(outs)
+
+    def __call__(self, latents: torch.Tensor, t: int, cond: Conditioning,
+                 uncond: Optional[Conditioning] = None, guidance_scale: float = 1.0) -> torch.Tensor:
+        """eps for latents (b, 4, h, w) with `cond` of batch b; CFG when guidance_scale != 1."""
+        unet_dtype = self.unet.dtype
+        x = latents.to(unet_dtype) if not torch.is_autocast_enabled(latents.device.type) else latents
+        if guidance_scale == 1.0 or uncond is None:
+            return self._chunked(x, t, cond).float()
+        eps_uncond, eps_cond = self._chunked(torch.cat([x, x]), t, Conditioning.cat([uncond, cond])).float().chunk(2)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    def reset_counts(self) -> None:
+        self.samples.clear()
+        self.calls.clear()

@@ -1,0 +1,200 @@
+"""Loading diffusers components by hub id or local folder, with errors that say what to do."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from framework import tiny
+from framework.errors import ConfigError, ModelLoadError
+
+BUILTIN_PREFIX = "builtin:"
+log = logging.getLogger("framework")
+
+
+def _rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+
+_HUB_CHECK_TIMEOUT_S = 3.0
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """`org/name` with no path decorations; anything else is taken as a local path."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and "\\" not in name
+
+
+def _hub_reachable() -> bool:
+    """A short TCP connect to the Hub endpoint, so an offline machine fails at once instead of hanging."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=_HUB_CHECK_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_on_hub(repo_id: str, subfolder: Optional[str], revision: Optional[str]) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    filename = f"{subfolder}/config.json" if subfolder else "config.json"
+    return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
+
+
+def resolve_pretrained(pretrained: str, what: str, subfolder: Optional[str] = None,
+                       revision: Optional[str] = None) -> str:
+    """Check that `pretrained` can be loaded, cheaply, before any model work; return what to load.
+
+    Accepts a local folder, a hub id (cached, or with the Hub reachable) or a `builtin:` name.
+    """
+    if pretrained.startswith(BUILTIN_PREFIX):
+        return pretrained
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        folder = path / subfolder if subfolder else path
+        if not (folder / "config.json").exists() and not (folder / "scheduler_config.json").exists():
+            raise ModelLoadError(
+                f"{what}: '{folder}' has no config.json; it is not a diffusers model folder. Point "
+                f"`pretrained` at a folder written by `save_pretrained` (or a hub snapshot)."
+            )
+        return str(path)
+    if not _looks_like_hub_id(pretrained):
+        raise ModelLoadError(
+            f"{what}: the folder '{pretrained}' does not exist. Fix the path, or give a hub id "
+            f"such as 'stable-diffusion-v1-5/stable-diffusion-v1-5'."
+        )
+    if _cached_on_hub(pretrained, subfolder, revision):
+        return pretrained
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"{what}: '{pretrained}' is not in the local Hugging Face cache and the Hub cannot be "
+            f"reached (offline). Download it where there is network "
+            f"(`hf download {pretrained} --local-dir <folder>`) and set `pretrained: <folder>`, "
+            f"or copy the cache into HF_HOME."
+        )
+    return pretrained
+
+
+def load_component(cls, pretrained: str, what: str, subfolder: Optional[str] = None,
+                   revision: Optional[str] = None, variant: Optional[str] = None,
+                   allow_pickle: bool = False):
+    """`cls.from_pretrained` with the project's conventions: safetensors only unless allowed."""
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    if revision:
+        kwargs["revision"] = revision
+    if variant:
+        kwargs["variant"] = variant
+    if not allow_pickle and hasattr(cls, "_supports_gradient_checkpointing"):
+        kwargs["use_safetensors"] = True
+    try:
+        return cls.from_pretrained(pretrained, **kwargs)
+    except (OSError, EnvironmentError, ValueError) as err:
+        hint = "" if allow_pickle else " Only safetensors weights load unless `allow_pickle: true` is set."
+        raise ModelLoadError(f"{what}: could not load from '{pretrained}': {err}.{hint}") from err
+
+
+def builtin_folder(name: str, kind: str) -> Path:
+    """Resolve a `builtin:` name to a folder, building the tiny models on first use."""
+    if name != tiny.TINY_SD:
+        raise ConfigError(f"unknown built-in model '{name}'; available: '{tiny.TINY_SD}'.")
+    builders = {"sd": tiny.tiny_pipeline_dir, "controlnet": tiny.tiny_controlnet_dir,
+                "t2i_adapter": tiny.tiny_adapter_dir}
+    if _rank() == 0:
+        log.warning(
+            f"Using '{name}' for the {kind} model: tiny random weights built locally (cached in "
+            f"{tiny.cache_dir()}). Its edits are noise; they only show the procedure runs. "
+            f"Set `pretrained` to a real checkpoint for real edits."
+        )
+    return builders[kind]()
+
+
+class StableDiffusion(nn.Module):
+    """Stable Diffusion 1.x components (VAE, UNet, CLIP text encoder, tokenizer, DDIM scheduler).
+
+    Loaded lazily by `load()` so that configuration errors surface before any weights are read.
+    """
+
+    def __init__(self, pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                 revision: Optional[str] = None, variant: Optional[str] = None,
+                 allow_pickle: bool = False):
+        """
+        Args:
+            pretrained: Hub id or local folder of a diffusers SD 1.x checkpoint, or
+                'builtin:tiny-random' for the tiny random model used by tests and the quickstart.
+            revision: Hub revision (branch, tag or commit).
+            variant: Weight variant such as 'fp16'.
+            allow_pickle: Also load `.bin`/`.ckpt` pickle weights (they can run code; off by default).
+        """
+        super().__init__()
+        self.pretrained = pretrained
+        self.revision = revision
+        self.variant = variant
+        self.allow_pickle = allow_pickle
+        self._source = resolve_pretrained(pretrained, "Stable Diffusion", "unet", revision)
+        self.vae = self.unet = self.text_encoder = None
+        self.tokenizer = self.scheduler = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.unet is not None
+
+    def load(self) -> "StableDiffusion":
+        """Read the weights (once)."""
+        if self.loaded:
+            return self
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        source = self._source
+        if source.startswith(BUILTIN_PREFIX):
+            source = str(builtin_folder(source, "sd"))
+        common = dict(revision=self.revision, allow_pickle=self.allow_pickle)
+        self.unet = load_component(UNet2DConditionModel, source, "UNet", "unet", variant=self.variant, **common)
+        self.vae = load_component(AutoencoderKL, source, "VAE", "vae", variant=self.variant, **common)
+        self.text_encoder = load_component(CLIPTextModel, source, "text encoder", "text_encoder",
+                                           variant=self.variant, **common)
+        self.tokenizer = load_component(CLIPTokenizer, source, "tokenizer", "tokenizer", revision=self.revision)
+        self.scheduler = load_component(DDIMScheduler, source, "scheduler", "scheduler", revision=self.revision)
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.requires_grad_(False).eval()
+        return self
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Image in [0, 1], (b, 3, H, W) -> scaled latents (b, 4, H/8, W/8); the posterior mean, so it is deterministic."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode((image * 2 - 1).to(vae_dtype)).latent_dist
+        return posterior.mean.float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> image in [0, 1], (b, 3, H, W)."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        image = self.vae.decode((latents / self.vae.config.scaling_factor).to(vae_dtype)).sample
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Prompt -> CLIP last hidden states (1, 77, d), as SD 1.x's UNet expects."""
+        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(ids.to(device))[0]
+
+    def train(self, mode: bool = True) -> "StableDiffusion":
+        """The backbone is frozen: it stays in eval mode whatever the Trainer asks."""
+        return super().train(False)

@@ -1,0 +1,354 @@
+"""EditModule: one training step = one whole edit (paper Sec. 3.2, Fig. 1).
+
+Glossary (paper -> code): I -> request.image, x_0 -> x0, x_t -> x_traj[t] (DDIM inversion of the
+input), y_t -> latents being decoded, G / g_t -> guidance image / g_traj[t], m -> mask (1 = edit),
+C_0 / C_EDIT -> source / edit condition sides, t_E -> encode level, t_u / k -> update / inner steps,
+lambda -> lam.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from conditioners.base import Conditioner, ConditionSide
+from conditioners.text import TextConditioner
+from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, check_lam, check_steps
+from framework.data import EditRequest
+from framework.ddim import Schedule, ddim_decode, ddim_invert, noise_encode, seeded_noise
+from framework.denoiser import Conditioning, Denoiser
+from framework.errors import ConfigError, EditError
+from framework.ito import LatentOptimizer, OptimizerFactory
+from framework.masks import binary_mask, noise_difference, soft_mask
+from framework.models import StableDiffusion
+from framework.outputs import EditResult, save_json, write_edit
+from losses.base import EditLoss
+from losses.guidance import CosineGuidance
+from losses.preservation import MaskedMSEPreservation
+
+
+class NonFiniteLatents(EditError):
+    """NaN or inf appeared in the latents of an edit."""
+
+
+class _Sides:
+    """The encoded condition sides of one request: (cond, uncond) pairs for C_0, C_EDIT and inversion."""
+
+    def __init__(self, denoiser: Denoiser, backbone, request: EditRequest, sampling: SamplingConfig):
+        negative = sampling.negative_prompt
+        src = ConditionSide(request.source_prompt, request.source_maps)
+        edit = ConditionSide(request.edit_prompt, request.edit_maps)
+        inv = ConditionSide(sampling.inversion_prompt, request.source_maps) if sampling.inversion_prompt else src
+        enc = lambda side: (denoiser.encode(side, backbone), denoiser.encode(side.unconditional(negative), backbone))  # noqa: E731
+        self.source, self.edit = enc(src), enc(edit)
+        self.inversion = enc(inv) if inv is not src else self.source
+
+
+class EditModule(pl.LightningModule):
+    """Optimisation-based multi-modal semantic image editing of every request of a manifest.
+
+    `fit`, `test` and `predict` all run the edit; `fit` is the paper's procedure as a
+    "training" run whose parameters are the latents of each edit, optimised per sample.
+    """
+
+    def __init__(
+        self,
+        backbone: Optional[StableDiffusion] = None,
+        conditioners: Optional[list[Conditioner]] = None,
+        losses: Optional[list[EditLoss]] = None,
+        optimizer: Optional[Callable[[Iterable], torch.optim.Optimizer]] = None,
+        lam: float = 0.6,
+        sampling: Optional[SamplingConfig] = None,
+        mask: Optional[MaskConfig] = None,
+        ito: Optional[ITOConfig] = None,
+        guidance: Optional[GuidanceConfig] = None,
+        seed: int = 0,
+        output_dir: str = "outputs/edits",
+        unet_chunk_size: Optional[int] = None,
+    ):
+        """
+        Args:
+            backbone: The Stable Diffusion 1.x model (None: SD 1.5 from the Hub).
+            conditioners: Condition plugins; a text conditioner is put first when none is listed.
+            losses: ITO loss plugins (None: masked-MSE preservation + cosine guidance, the paper's).
+            optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1, the paper's).
+            lam: lambda, preservation weight; guidance gets 1 - lam. 1 skips the guidance image.
+            sampling: DDIM steps, encode ratio, CFG scales, inversion prompt.
+            mask: Edit-mask estimation (Eq. 7) settings.
+            ito: t_u, k and optimiser-state policy of the final decode.
+            guidance: Guidance-image settings and optional refinement (A.5).
+            seed: Seed of every random draw of an edit (a request's own seed wins).
+            output_dir: Folder that receives one sub-folder per edit and summary.json.
+            unet_chunk_size: Most samples per UNet call (bounds memory of the batched mask); None: no cap.
+        """
+        super().__init__()
+        self.lam = check_lam(lam)
+        self.sampling = sampling or SamplingConfig()
+        self.mask_cfg = mask or MaskConfig()
+        self.ito_cfg = ito or ITOConfig()
+        self.guidance_cfg = guidance or GuidanceConfig()
+        check_steps(self.sampling, self.ito_cfg, self.guidance_cfg)
+        if unet_chunk_size is not None and unet_chunk_size < 1:
+            raise ConfigError(f"unet_chunk_size must be >= 1 or null, got {unet_chunk_size}.")
+        conditioners = list(conditioners or [])
+        if not any(c.provides_text for c in conditioners):
+            conditioners.insert(0, TextConditioner())
+        elif not conditioners[0].provides_text:
+            conditioners.sort(key=lambda c: not c.provides_text)  # text first: ControlNets read it
+        self.backbone = backbone if backbone is not None else StableDiffusion()
+        self.conditioners = torch.nn.ModuleList(conditioners)
+        self.losses = torch.nn.ModuleList(losses if losses is not None else
+                                          [MaskedMSEPreservation(), CosineGuidance()])
+        self.optimizer_factory: Optional[OptimizerFactory] = optimizer
+        self.seed = seed
+        self.output_dir = Path(output_dir)
+        self.unet_chunk_size = unet_chunk_size
+        self.automatic_optimization = False
+        self.denoiser: Optional[Denoiser] = None
+        self.records: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        """Load the weights once configuration and data have been checked."""
+        self.backbone.load()
+        for conditioner in self.conditioners:
+            conditioner.load(self.backbone)
+        self.denoiser = Denoiser(self.backbone.unet, self.conditioners,
+                                 self.backbone.scheduler.config.num_train_timesteps, self.unet_chunk_size)
+        self.records = []
+
+    def configure_optimizers(self):
+        """Nothing to train: the latents of each edit are optimised inside the step."""
+        return None
+
+    def train(self, mode: bool = True) -> "EditModule":
+        """Frozen networks: stay in eval mode under `fit`."""
+        return super().train(False)
+
+    # ------------------------------------------------------------------------------ the edit
+    def edit(self, request: EditRequest) -> EditResult:
+        """The whole procedure on one request (paper Fig. 1): encode, mask, guidance image, final decode."""
+        lam = self.lam if request.lam is None else check_lam(request.lam, f"request '{request.id}' lam")
+        seed = self.seed if request.seed is None else request.seed
+        schedule = Schedule.from_scheduler(self.backbone.scheduler, self.sampling.steps)
+        denoiser = self.denoiser
+        denoiser.reset_counts()
+        seconds: dict[str, float] = {}
+        scale = self.sampling.guidance_scale
+
+        with self._stage("encode", seconds):
+            sides = _Sides(denoiser, self.backbone, request, self.sampling)
+            x0 = self.backbone.encode_image(request.image)  # (1, 4, h, w)
+        n_final = schedule.encode_level(self.sampling.encode_ratio)  # t_E
+        n_guide = schedule.encode_level(self.guidance_cfg.encode_ratio or self.sampling.encode_ratio)
+        guided = lam < 1 and any(loss.role_weight(lam) != 0 for loss in self.losses if loss.role == "guidance")
+
+        # 1. DDIM inversion of x_0 under C_0 (Eq. 2), computed once, reused by every stage.
+        with self._stage("inversion", seconds):
+            x_traj = ddim_invert(x0, self._eps(sides.inversion, self.sampling.inversion_guidance_scale), schedule,
+                                 max(n_final, n_guide if guided else 0), self._callback("inversion"))
+            self._check_finite(x_traj[max(x_traj)], "inversion", request)
+
+        # 2. Edit mask (Eq. 7), or the request's own.
+        with self._stage("mask", seconds):
+            mask, soft = self._mask(request, x0, sides, schedule, seed)
+
+        # 3. Guidance image G: ITO with lam = 1 from a random-noise encoding (Sec. 3.2), then g_t.
+        g0 = g_traj = None
+        if guided:
+            with self._stage("guidance", seconds):
+                g0, g_traj = self._guidance(x0, x_traj, mask, sides, schedule, n_guide, n_final, seed, scale)
+
+        # 4. Final decode from x_{t_E} under C_EDIT with ITO on the first t_u steps (Eq. 6).
+        with self._stage("final", seconds):
+            optimizer = self._optimizer(lam, self.ito_cfg.inner_steps, self.ito_cfg.keep_optimizer_state)
+            y0 = ddim_decode(x_traj[schedule.decode_timesteps(n_final)[0]], self._eps(sides.edit, scale), schedule,
+                             n_final, self._ito_hook(optimizer, self.ito_cfg.update_steps, x_traj, g_traj, mask),
+                             self._callback("final"))
+            self._check_finite(y0, "final decode", request)
+
+        with self._stage("decode", seconds):
+            edit_image = self.backbone.decode_latents(y0)
+            guidance_image = None if g0 is None else self.backbone.decode_latents(g0)
+        seconds["total"] = sum(seconds.values())
+        record = self._record(request, lam, seed, seconds, mask, n_final, guided)
+        cpu = lambda d: {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
+        return EditResult(request.id, edit_image.cpu(), request.image.cpu(), mask.cpu(),
+                          None if soft is None else soft.cpu(), None if guidance_image is None else guidance_image.cpu(),
+                          cpu(request.source_maps), cpu(request.edit_maps), record)
+
+    def _eps(self, side: tuple[Conditioning, Conditioning], scale: float):
+        cond, uncond = side
+        return lambda x, t: self.denoiser(x, t, cond, uncond, scale)
+
+    def _optimizer(self, lam: float, inner_steps: int, keep_state: bool) -> LatentOptimizer:
+        return LatentOptimizer(self.losses, lam, inner_steps, self.optimizer_factory, keep_state)
+
+    def _ito_hook(self, optimizer: LatentOptimizer, update_steps: int, x_traj: dict, g_traj: Optional[dict],
+                  mask: torch.Tensor, stage: str = "final"):
+        """before_step of a decode: k optimiser steps on y_t at each of the first t_u steps."""
+        def before_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
+            if i >= update_steps:
+                return y_t
+            y_t = optimizer(y_t, x_t=x_traj[t], g_t=None if g_traj is None else g_traj[t], mask=mask, t=t)
+            self._emit(stage, "ito", i, t, y_t, loss=optimizer.last_loss)
+            return y_t
+        return before_step
+
+    def _mask(self, request: EditRequest, x0: torch.Tensor, sides: _Sides, schedule: Schedule, seed: int):
+        """Binary mask (1, 1, h, w) and, when estimated, the soft map (1, 1, h, w)."""
+        h, w = x0.shape[-2:]
+        if request.mask is not None:
+            mask = (F.interpolate(request.mask.float(), size=(h, w), mode="area") > 0.5).float()
+            soft = None
+        else:
+            cfg = self.mask_cfg
+            scale = self.sampling.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
+            difference = noise_difference(x0, self.denoiser, sides.source, sides.edit, schedule, cfg, seed, scale)
+            soft = soft_mask(difference, cfg)[None, None]
+            mask = binary_mask(soft[0, 0], cfg.threshold)
+        area = float(mask.mean())
+        if area == 0.0:
+            warnings.warn(f"Edit '{request.id}': the edit mask is empty, so the edit can only change what "
+                          f"the guidance loss reaches. Lower mask.threshold or give a mask.", stacklevel=2)
+        elif area == 1.0:
+            warnings.warn(f"Edit '{request.id}': the edit mask covers the whole image, so nothing is "
+                          f"preserved. Raise mask.threshold or give a mask.", stacklevel=2)
+        return mask, soft
+
+    def _guidance(self, x0, x_traj, mask, sides: _Sides, schedule: Schedule, n_guide: int, n_final: int,
+                  seed: int, scale: float):
+        """G: random-noise encoding, decode under C_EDIT with preservation-only ITO; then invert G."""
+        cfg = self.guidance_cfg
+        noise = seeded_noise(tuple(x0.shape), seed + 1, x0.device)
+        start = noise_encode(x0, noise, schedule.alpha(schedule.decode_timesteps(n_guide)[0]))
+        eps_edit = self._eps(sides.edit, scale)
+        optimizer = self._optimizer(1.0, cfg.inner_steps, self.ito_cfg.keep_optimizer_state)
+        g0 = ddim_decode(start, eps_edit, schedule, n_guide,
+                         self._ito_hook(optimizer, cfg.update_steps, x_traj, None, mask, "guidance"),
+                         self._callback("guidance"))
+        eps_invert = self._eps(sides.edit, self.sampling.inversion_guidance_scale)
+        g_traj = ddim_invert(g0, eps_invert, schedule, n_final)
+        if cfg.refine:
+            # A.5: ITO with lam = 0, decoding G towards the input: G's trajectory is updated,
+            # the input's is the reference of the guidance loss.
+            optimizer = self._optimizer(0.0, cfg.refine_inner_steps, self.ito_cfg.keep_optimizer_state)
+            g0 = ddim_decode(g_traj[schedule.decode_timesteps(n_final)[0]], eps_edit, schedule, n_final,
+                             self._ito_hook(optimizer, cfg.refine_update_steps, g_traj, x_traj, mask, "refine"))
+            g_traj = ddim_invert(g0, eps_invert, schedule, n_final)
+        return g0, g_traj
+
+    # --------------------------------------------------------------------------- bookkeeping
+    @contextmanager
+    def _stage(self, name: str, seconds: dict[str, float]):
+        if self.denoiser is not None:
+            self.denoiser.stage = name
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds[name] = round(time.perf_counter() - start, 4)
+
+    def _check_finite(self, latents: torch.Tensor, where: str, request: EditRequest) -> None:
+        if not torch.isfinite(latents).all():
+            raise NonFiniteLatents(
+                f"Edit '{request.id}': NaN/inf latents after the {where}. With 16-mixed precision try "
+                f"bf16-mixed or 32-true; otherwise lower the ITO learning rate or sampling.guidance_scale.")
+
+    def _callback(self, stage: str):
+        return lambda i, t, x: self._emit(stage, "step", i, t, x)
+
+    def _emit(self, stage: str, kind: str, i: int, t: int, latents: torch.Tensor, **extra) -> None:
+        """Intermediates go to every Trainer callback that defines `on_edit_step(trainer, module, info)`."""
+        trainer = self._trainer
+        if trainer is None:
+            return
+        info = {"stage": stage, "kind": kind, "i": i, "t": t, "latents": latents, **extra}
+        for callback in trainer.callbacks:
+            hook = getattr(callback, "on_edit_step", None)
+            if hook is not None:
+                hook(trainer, self, info)
+
+    def _record(self, request: EditRequest, lam: float, seed: int, seconds: dict, mask: torch.Tensor,
+                n_final: int, guided: bool) -> dict[str, Any]:
+        counts = self.denoiser
+        return {
+            "id": request.id, "source_prompt": request.source_prompt, "edit_prompt": request.edit_prompt,
+            "modalities": sorted(request.edit_maps), "lam": lam, "seed": seed, "guidance_image": guided,
+            "encode_steps": n_final, "mask_area": round(float(mask.mean()), 4),
+            "mask_source": "given" if request.mask is not None else "estimated",
+            "height": int(request.image.shape[-2]), "width": int(request.image.shape[-1]),
+            "seconds": seconds, "unet_evaluations": dict(counts.samples), "unet_calls": dict(counts.calls),
+            **({"extra": request.extra} if request.extra else {}),
+        }
+
+    def resolved_parameters(self) -> dict[str, Any]:
+        """Everything that decides an edit, for summary.json."""
+        describe = lambda m: {"class": f"{type(m).__module__}.{type(m).__name__}",  # noqa: E731
+                              **{k: v for k, v in vars(m).items() if not k.startswith("_") and
+                                 isinstance(v, (int, float, str, bool, type(None)))}}
+        return {
+            "lam": self.lam, "seed": self.seed, "backbone": self.backbone.pretrained,
+            "sampling": asdict(self.sampling), "mask": asdict(self.mask_cfg), "ito": asdict(self.ito_cfg),
+            "guidance": asdict(self.guidance_cfg), "conditioners": [describe(c) for c in self.conditioners],
+            "losses": [describe(loss) for loss in self.losses],
+            "optimizer": repr(self.optimizer_factory([torch.zeros(1, requires_grad=True)])
+                              if self.optimizer_factory else torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.1)),
+            "precision": str(self.trainer.precision) if self._trainer else None,
+        }
+
+    # ------------------------------------------------------------------------ Lightning steps
+    def _run(self, request: EditRequest) -> dict[str, Any]:
+        try:
+            result = self.edit(request)
+        except NonFiniteLatents as err:
+            warnings.warn(str(err) + " Skipping this edit; the others continue.", stacklevel=2)
+            save_json({"id": request.id, "error": str(err)}, self.output_dir / request.id / "error.json")
+            self.records.append({"id": request.id, "error": str(err)})
+            return {}
+        write_edit(result, self.output_dir / request.id)
+        self.records.append(result.record)
+        self.log_dict({"edit/seconds": result.record["seconds"]["total"], "mask/area": result.record["mask_area"],
+                       "edit/unet_evaluations": float(sum(result.record["unet_evaluations"].values()))},
+                      batch_size=1, on_step=True, on_epoch=False)
+        return {"result": result}
+
+    def training_step(self, batch: EditRequest, batch_idx: int):
+        return self._run(batch)
+
+    def test_step(self, batch: EditRequest, batch_idx: int):
+        return self._run(batch)
+
+    def predict_step(self, batch: EditRequest, batch_idx: int):
+        return self._run(batch).get("result")
+
+    def _write_summary(self) -> None:
+        if not self.records:
+            return
+        ok = [r for r in self.records if "error" not in r]
+        totals = {key: round(sum(r["seconds"].get(key, 0.0) for r in ok), 3)
+                  for key in ("encode", "inversion", "mask", "guidance", "final", "decode", "total")}
+        summary = {"parameters": self.resolved_parameters(), "edits": self.records,
+                   "totals": {"edits": len(ok), "failed": len(self.records) - len(ok), "seconds": totals}}
+        name = "summary.json" if self.trainer.world_size == 1 else f"summary.rank{self.global_rank}.json"
+        save_json(summary, self.output_dir / name)
+
+    def on_train_end(self) -> None:
+        self._write_summary()
+
+    def on_test_end(self) -> None:
+        self._write_summary()
+
+    def on_predict_end(self) -> None:
+        self._write_summary()

@@ -1,0 +1,119 @@
+"""Writing an edit's files: images, condition maps, the mask, a side-by-side strip, JSON records.
+
+Every file is written to a temporary name and renamed, so an interrupted run never leaves a
+half-written image behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+
+@dataclass
+class EditResult:
+    """What one edit produced; images (1, 3, H, W) in [0, 1] on the CPU, masks (1, 1, h, w)."""
+
+    id: str
+    edit: torch.Tensor
+    input: torch.Tensor
+    mask: torch.Tensor  # binary, latent resolution
+    soft_mask: Optional[torch.Tensor]  # before thresholding, latent resolution
+    guidance: Optional[torch.Tensor]
+    source_maps: dict[str, torch.Tensor]
+    edit_maps: dict[str, torch.Tensor]
+    record: dict[str, Any] = field(default_factory=dict)  # prompts, parameters, seconds, UNet evaluations
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(1, C, H, W) in [0, 1] -> PIL image."""
+    arr = (image[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+
+
+def upsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Latent-resolution mask -> image resolution (nearest), (1, 1, H, W)."""
+    return F.interpolate(mask.float(), size=size, mode="nearest")
+
+
+def mask_overlay(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The input with the edit region tinted red."""
+    m = upsample_mask(mask, image.shape[-2:])
+    red = torch.tensor([1.0, 0.2, 0.2]).view(1, 3, 1, 1)
+    return image * (1 - 0.45 * m) + red * 0.45 * m
+
+
+def save_atomic(write, path: Path) -> None:
+    """Write via `write(tmp_path)` then rename onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    save_atomic(lambda tmp: image.save(tmp, format="PNG"), path)
+
+
+def save_json(data: Any, path: Path) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+    save_atomic(write, path)
+
+
+def strip(panels: list[tuple[str, Image.Image]], height: int) -> Image.Image:
+    """Labelled panels side by side, each scaled to `height`."""
+    label_h = 14
+    scaled = [(name, img.convert("RGB").resize((max(1, round(img.width * height / img.height)), height)))
+              for name, img in panels]
+    width = sum(img.width for _, img in scaled) + 2 * (len(scaled) - 1)
+    sheet = Image.new("RGB", (width, height + label_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    x = 0
+    for name, img in scaled:
+        sheet.paste(img, (x, label_h))
+        draw.text((x + 2, 1), name[: max(3, img.width // 6)], fill=(0, 0, 0))
+        x += img.width + 2
+    return sheet
+
+
+def write_edit(result: EditResult, folder: Path) -> dict[str, str]:
+    """Write all files of one edit into `folder`; return {what: file name}."""
+    files: dict[str, Image.Image] = {"input.png": to_pil(result.input), "edit.png": to_pil(result.edit)}
+    size = tuple(result.input.shape[-2:])
+    files["mask.png"] = to_pil(upsample_mask(result.mask, size))
+    if result.soft_mask is not None:
+        files["mask_soft.png"] = to_pil(upsample_mask(result.soft_mask, size))
+    if result.guidance is not None:
+        files["guidance.png"] = to_pil(result.guidance)
+    for side, maps in (("source", result.source_maps), ("edit", result.edit_maps)):
+        for modality, image in maps.items():
+            files[f"{side}_{modality}.png"] = to_pil(image)
+    panels = [("input", files["input.png"])]
+    panels += [(f"source {m}", files[f"source_{m}.png"]) for m in result.source_maps]
+    panels += [(f"edit {m}", files[f"edit_{m}.png"]) for m in result.edit_maps]
+    panels.append(("mask", to_pil(mask_overlay(result.input, result.mask))))
+    if result.guidance is not None:
+        panels.append(("guidance", files["guidance.png"]))
+    panels.append(("edit", files["edit.png"]))
+    files["strip.png"] = strip(panels, height=max(128, min(size[0], 256)))
+    for name, image in files.items():
+        save_png(image, folder / name)
+    record = dict(result.record, files=sorted(files) + ["result.json"])
+    save_json(record, folder / "result.json")
+    return {name: str(folder / name) for name in files}
