@@ -38,6 +38,7 @@ _QUIET_WARNINGS = (
     r".*requires_grad.*no parameters.*",
     r".*There is a wandb run already in progress.*",
     r".*anonymous.*",
+    r".*args parameter is intended to run from within Python.*",
 )
 
 
@@ -104,10 +105,37 @@ def _uses_wandb(logger) -> bool:
     return any("WandbLogger" in str(getattr(item, "class_path", "")) for item in items)
 
 
+def _edit_error_in(err: BaseException):
+    """The project's own error behind `err`: jsonargparse wraps errors raised while instantiating."""
+    seen, stack = set(), [err]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, EditError):
+            return current
+        stack += [current.__cause__, current.__context__]
+    return None
+
+
 def main(args=None) -> None:
+    """Run the CLI; the project's errors end the run with one clear line and exit status 2."""
     quiet_libraries()
     try:
         EditCLI(args=args)
-    except EditError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is one of ours
+        edit_error = _edit_error_in(err)
+        if edit_error is None:
+            raise
+        print(f"error: {edit_error}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        _finish_wandb()
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run of this command, so a later run in the same process starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

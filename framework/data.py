@@ -107,7 +107,7 @@ def _read_rows(path: Path) -> list[dict]:
 def _path(root: Path, value: Any, where: str) -> Path:
     if not isinstance(value, str) or not value:
         raise ManifestError(f"{where}: expected a file path, got {value!r}.")
-    path = (root / value).expanduser()
+    path = root / Path(value).expanduser()
     if not path.is_file():
         raise ManifestError(f"{where}: file '{path}' does not exist (paths are relative to the manifest).")
     return path
@@ -183,7 +183,7 @@ def open_image(path: Path, mode: str = "RGB") -> Image.Image:
         raise ManifestError(f"image '{path}' cannot be read ({err}); re-save it as PNG or JPEG.") from err
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+        img = Image.fromarray(np.clip(np.round(arr / 257), 0, 255).astype(np.uint8))  # 16-bit -> 8-bit
     if img.mode in ("RGBA", "LA", "P"):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -214,6 +214,8 @@ def load_image(path: Path, resolution: Optional[int]) -> torch.Tensor:
     """Input image -> (1, 3, H, W) in [0, 1], H and W multiples of 8."""
     img = open_image(path)
     resized, cropped = target_size(img.width, img.height, resolution)
+    if min(cropped) < 8:
+        raise ManifestError(f"image '{path}' is {img.width}x{img.height}: sides under 8 pixels; set a resolution.")
     if resized != img.size:
         img = img.resize(resized, Image.BICUBIC)
     return _to_tensor(_centre_crop(img, cropped))
@@ -233,9 +235,9 @@ def load_aligned(path: Path, size: tuple[int, int], image_size: tuple[int, int],
 
 def load_request(spec: RequestSpec, resolution: Optional[int], index: int = 0) -> EditRequest:
     """Read the images of one request."""
+    image = load_image(spec.image, resolution)  # first: an unreadable image raises ManifestError here
     with Image.open(spec.image) as probe:
         original = ImageOps.exif_transpose(probe).size if probe else None
-    image = load_image(spec.image, resolution)
     size = (image.shape[-1], image.shape[-2])
     maps = lambda d, side: {k: load_aligned(p, size, original, f"{side} {k} map") for k, p in d.items()}  # noqa: E731
     mask = load_aligned(spec.mask, size, original, "mask", "L") if spec.mask else None

@@ -17,6 +17,7 @@ from framework.errors import ConfigError, ModelLoadError
 
 BUILTIN_PREFIX = "builtin:"
 log = logging.getLogger("framework")
+_announced: set[str] = set()  # built-in models already announced in this process
 
 
 def _rank() -> int:
@@ -109,12 +110,13 @@ def builtin_folder(name: str, kind: str) -> Path:
         raise ConfigError(f"unknown built-in model '{name}'; available: '{tiny.TINY_SD}'.")
     builders = {"sd": tiny.tiny_pipeline_dir, "controlnet": tiny.tiny_controlnet_dir,
                 "t2i_adapter": tiny.tiny_adapter_dir}
-    if _rank() == 0:
+    if _rank() == 0 and kind not in _announced:
         log.warning(
             f"Using '{name}' for the {kind} model: tiny random weights built locally (cached in "
             f"{tiny.cache_dir()}). Its edits are noise; they only show the procedure runs. "
             f"Set `pretrained` to a real checkpoint for real edits."
         )
+        _announced.add(kind)
     return builders[kind]()
 
 
