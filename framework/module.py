@@ -115,6 +115,7 @@ class EditModule(pl.LightningModule):
         self.automatic_optimization = False
         self.denoiser: Optional[Denoiser] = None
         self.records: list[dict[str, Any]] = []
+        self._current_id: Optional[str] = None
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -137,6 +138,7 @@ class EditModule(pl.LightningModule):
     # ------------------------------------------------------------------------------ the edit
     def edit(self, request: EditRequest) -> EditResult:
         """The whole procedure on one request (paper Fig. 1): encode, mask, guidance image, final decode."""
+        self._current_id = request.id
         lam = self.lam if request.lam is None else check_lam(request.lam, f"request '{request.id}' lam")
         seed = self.seed if request.seed is None else request.seed
         schedule = Schedule.from_scheduler(self.backbone.scheduler, self.sampling.steps)
@@ -274,7 +276,7 @@ class EditModule(pl.LightningModule):
         trainer = self._trainer
         if trainer is None:
             return
-        info = {"stage": stage, "kind": kind, "i": i, "t": t, "latents": latents, **extra}
+        info = {"id": self._current_id, "stage": stage, "kind": kind, "i": i, "t": t, "latents": latents, **extra}
         for callback in trainer.callbacks:
             hook = getattr(callback, "on_edit_step", None)
             if hook is not None:
@@ -343,6 +345,10 @@ class EditModule(pl.LightningModule):
                    "totals": {"edits": len(ok), "failed": len(self.records) - len(ok), "seconds": totals}}
         name = "summary.json" if self.trainer.world_size == 1 else f"summary.rank{self.global_rank}.json"
         save_json(summary, self.output_dir / name)
+        if self.trainer.world_size == 1:
+            from framework.report import write_report
+
+            write_report(self.output_dir, self.records)
 
     def on_train_end(self) -> None:
         self._write_summary()
