@@ -25,6 +25,7 @@ TRAINER_DEFAULTS = {
     "num_sanity_val_steps": 0,
     "log_every_n_steps": 1,
     "inference_mode": False,  # test/predict still optimise latents with autograd
+    "use_distributed_sampler": False,  # the data module shards the manifest itself, without repeats
 }
 
 _QUIET_WARNINGS = (
@@ -88,6 +89,11 @@ class EditCLI(LightningCLI):
         if trainer.precision is None:
             on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
             trainer.precision = "16-mixed" if on_gpu else "32-true"
+        launchers = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+        if isinstance(trainer.strategy, str) and trainer.strategy in launchers:
+            # No weights are trained: each process edits its share, nothing to synchronise.
+            trainer.strategy = {"class_path": "framework.strategy.ShardedEditStrategy",
+                                "init_args": {"start_method": launchers[trainer.strategy]}}
         logger = trainer.logger
         if _uses_wandb(logger):
             if not os.environ.get("WANDB_MODE") and not _wandb_key_available():

@@ -21,14 +21,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from framework.config import check_lam
 from framework.errors import ManifestError
+from framework.preprocess import MapSpec, parse_map_spec
 
 FIELDS = {
     "id": "name of the edit (default: row number)",
     "image": "input image path (required)",
     "source_prompt": "caption of the input, S / C_0's text (required)",
     "edit_prompt": "prompt of the edit (default: source_prompt)",
-    "source": "{modality: map path} of the input's layout (C_0)",
-    "edit": "{modality: map path} of the edit's layout (C_EDIT); a modality missing here keeps the source map",
+    "source": "{modality: map} of the input's layout (C_0); a map is a path, {keypoints: pose.json} (an OpenPose "
+              "map drawn at the input's size) or {image: photo.jpg, detector: canny, ...options} (made by a "
+              "framework.preprocess detector when the request is loaded)",
+    "edit": "{modality: map} of the edit's layout (C_EDIT), maps as in 'source'; a modality missing here keeps the "
+            "source map",
     "mask": "edit-mask image path (white = edit); overrides the estimated mask",
     "seed": "random seed of this edit",
     "lam": "preservation weight of this edit, in [0, 1]",
@@ -47,8 +51,8 @@ class RequestSpec:
     image: Path
     source_prompt: str
     edit_prompt: str
-    source: dict[str, Path]
-    edit: dict[str, Path]
+    source: dict[str, Path | MapSpec]  # a MapSpec is made when the request is loaded
+    edit: dict[str, Path | MapSpec]
     mask: Optional[Path] = None
     seed: Optional[int] = None
     lam: Optional[float] = None
@@ -113,15 +117,18 @@ def _path(root: Path, value: Any, where: str) -> Path:
     return path
 
 
-def _maps(root: Path, value: Any, where: str) -> dict[str, Path]:
+def _maps(root: Path, value: Any, where: str, **prepare) -> dict[str, Path | MapSpec]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ManifestError(f"{where}: expected {{modality: path}}, e.g. {{pose: pose.png}}, got {value!r}.")
-    return {str(k): _path(root, v, f"{where}.{k}") for k, v in value.items()}
+    # A mapping instead of a path is a map to prepare; `prepare` carries the annotators options.
+    return {str(k): parse_map_spec(v, root, f"{where}.{k}", **prepare) if isinstance(v, dict)
+            else _path(root, v, f"{where}.{k}") for k, v in value.items()}
 
 
-def parse_row(row: Any, n: int, root: Path, where: str) -> RequestSpec:
+def parse_row(row: Any, n: int, root: Path, where: str, annotators: Optional[str | Path] = None,
+              allow_pickle: bool = False) -> RequestSpec:
     """Validate one manifest row (every error names the row and the field)."""
     where = f"{where} request {n}"
     if not isinstance(row, dict):
@@ -133,8 +140,9 @@ def parse_row(row: Any, n: int, root: Path, where: str) -> RequestSpec:
         raise ManifestError(f"{where}: missing 'image' (the input image path).")
     if not isinstance(row.get("source_prompt"), str):
         raise ManifestError(f"{where}: missing 'source_prompt' (a caption of the input image; the method needs it).")
-    source = _maps(root, row.get("source"), f"{where}.source")
-    edit = _maps(root, row.get("edit"), f"{where}.edit")
+    prepare = {"annotators": annotators, "allow_pickle": allow_pickle}
+    source = _maps(root, row.get("source"), f"{where}.source", **prepare)
+    edit = _maps(root, row.get("edit"), f"{where}.edit", **prepare)
     if set(edit) - set(source):
         raise ManifestError(f"{where}: edit map(s) {sorted(set(edit) - set(source))} have no source map; give "
                             f"the input's own layout under 'source' too.")
@@ -159,11 +167,15 @@ def parse_row(row: Any, n: int, root: Path, where: str) -> RequestSpec:
     )
 
 
-def load_manifest(path: str | Path) -> list[RequestSpec]:
-    """Parse and validate a manifest; paths inside are relative to the manifest's folder."""
+def load_manifest(path: str | Path, annotators: Optional[str | Path] = None,
+                  allow_pickle: bool = False) -> list[RequestSpec]:
+    """Parse and validate a manifest; paths inside are relative to the manifest's folder.
+
+    `annotators` and `allow_pickle` are for maps made by detectors with weights (framework.preprocess.detect).
+    """
     path = Path(path).expanduser()
     rows = _read_rows(path)
-    specs = [parse_row(row, n, path.parent, str(path)) for n, row in enumerate(rows)]
+    specs = [parse_row(row, n, path.parent, str(path), annotators, allow_pickle) for n, row in enumerate(rows)]
     ids = [s.id for s in specs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -221,10 +233,10 @@ def load_image(path: Path, resolution: Optional[int]) -> torch.Tensor:
     return _to_tensor(_centre_crop(img, cropped))
 
 
-def load_aligned(path: Path, size: tuple[int, int], image_size: tuple[int, int], what: str,
+def load_aligned(path: Path | MapSpec, size: tuple[int, int], image_size: tuple[int, int], what: str,
                  mode: str = "RGB") -> torch.Tensor:
-    """A condition map or mask resized like the input; its aspect must match the input's."""
-    img = open_image(path, mode)
+    """A condition map (file or MapSpec, made here) or mask resized like the input; aspects must match."""
+    img = path.render(image_size).convert(mode) if isinstance(path, MapSpec) else open_image(path, mode)
     aspect, expected = img.width / img.height, image_size[0] / image_size[1]
     if abs(aspect / expected - 1) > 0.02:
         raise ManifestError(f"{what} '{path}' is {img.width}x{img.height} but the input image is "
@@ -253,11 +265,12 @@ class EditDataset(Dataset):
     def __len__(self) -> int:
         return len(self.specs)
 
-    def __getitem__(self, index: int) -> EditRequest:
-        return load_request(self.specs[index], self.resolution, index)
+    def __getitem__(self, index: int) -> Optional[EditRequest]:
+        spec = self.specs[index]
+        return None if spec is None else load_request(spec, self.resolution, index)
 
 
-def _single(item: EditRequest) -> EditRequest:
+def _single(item: Optional[EditRequest]) -> Optional[EditRequest]:
     return item
 
 
@@ -265,7 +278,7 @@ class EditDataModule(pl.LightningDataModule):
     """Serves the requests of a manifest, one edit per step, in order; validated at construction."""
 
     def __init__(self, manifest: str, resolution: Optional[int] = None, limit: Optional[int] = None,
-                 num_workers: int = 0):
+                 num_workers: int = 0, annotators: Optional[str] = None, allow_pickle: bool = False):
         """
         Args:
             manifest: Path of a .yaml (list or `requests:` list) or .jsonl manifest of edit requests.
@@ -273,6 +286,9 @@ class EditDataModule(pl.LightningDataModule):
                 Sides are then cropped to multiples of 8.
             limit: Edit only the first `limit` requests.
             num_workers: DataLoader workers reading images.
+            annotators: Local folder of lllyasviel/Annotators weights, for manifest maps made by the
+                mlsd, hed, scribble and openpose detectors (never downloaded).
+            allow_pickle: Allow loading those weights, which are pickle .pth files (pickles can run code).
         """
         super().__init__()
         if resolution is not None and resolution < 8:
@@ -280,13 +296,25 @@ class EditDataModule(pl.LightningDataModule):
         self.manifest = manifest
         self.resolution = resolution
         self.num_workers = num_workers
-        self.specs = load_manifest(manifest)[:limit]
+        self.specs = load_manifest(manifest, annotators, allow_pickle)[:limit]
 
-    def transfer_batch_to_device(self, batch: EditRequest, device, dataloader_idx: int) -> EditRequest:
-        return batch.to(device)
+    def transfer_batch_to_device(self, batch: Optional[EditRequest], device, dataloader_idx: int):
+        return None if batch is None else batch.to(device)
+
+    def shard(self) -> list[Optional[RequestSpec]]:
+        """This process's requests: every world_size-th from its rank, so none is edited twice.
+
+        Shards are padded with None (a step that edits nothing) to equal length, because
+        Lightning's loop synchronises the processes at every step.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size == 1:
+            return self.specs
+        shard: list[Optional[RequestSpec]] = self.specs[trainer.global_rank::trainer.world_size]
+        return shard + [None] * (-(-len(self.specs) // trainer.world_size) - len(shard))
 
     def _loader(self) -> DataLoader:
-        return DataLoader(EditDataset(self.specs, self.resolution), batch_size=None, shuffle=False,
+        return DataLoader(EditDataset(self.shard(), self.resolution), batch_size=None, shuffle=False,
                           num_workers=self.num_workers, collate_fn=_single)
 
     def train_dataloader(self) -> DataLoader:

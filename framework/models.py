@@ -120,6 +120,22 @@ def builtin_folder(name: str, kind: str) -> Path:
     return builders[kind]()
 
 
+_SD_PARTS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+             "tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
+
+
+def _check_sd_folder(source: str) -> None:
+    """A local SD folder must hold every component, so an incomplete copy fails before loading."""
+    folder = Path(source).expanduser()
+    if source.startswith(BUILTIN_PREFIX) or not folder.is_dir():
+        return
+    missing = [f"{part}/{name}" for part, name in _SD_PARTS.items() if not (folder / part / name).is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"Stable Diffusion folder '{folder}' is incomplete: missing {', '.join(missing)}. Copy the "
+            f"whole diffusers checkpoint (unet, vae, text_encoder, tokenizer, scheduler).")
+
+
 class StableDiffusion(nn.Module):
     """Stable Diffusion 1.x components (VAE, UNet, CLIP text encoder, tokenizer, DDIM scheduler).
 
@@ -143,6 +159,7 @@ class StableDiffusion(nn.Module):
         self.variant = variant
         self.allow_pickle = allow_pickle
         self._source = resolve_pretrained(pretrained, "Stable Diffusion", "unet", revision)
+        _check_sd_folder(self._source)
         self.vae = self.unet = self.text_encoder = None
         self.tokenizer = self.scheduler = None
 

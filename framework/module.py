@@ -8,7 +8,8 @@ lambda -> lam.
 
 from __future__ import annotations
 
-import math
+import json
+import os
 import time
 import warnings
 from contextlib import contextmanager
@@ -53,6 +54,25 @@ class _Sides:
         self.inversion = enc(inv) if inv is not src else self.source
 
 
+def _writable_folder(path: str) -> Path:
+    """Create `path` if needed and check that files can be written there, before any model work."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output_dir '{folder}' is not writable ({err.strerror or err}); choose another "
+                          f"with --model.output_dir.") from err
+    return folder
+
+
+OOM_HINT = ("Out of GPU memory. Lower it with: --model.unet_chunk_size 8 (smaller UNet batches in the mask), "
+            "--model.mask.seeds 5, --data.resolution 512 (or less), --trainer.precision 16-mixed, or "
+            "--model.mask.compare_at first (one step instead of a decode).")
+
+
 class EditModule(pl.LightningModule):
     """Optimisation-based multi-modal semantic image editing of every request of a manifest.
 
@@ -74,6 +94,7 @@ class EditModule(pl.LightningModule):
         seed: int = 0,
         output_dir: str = "outputs/edits",
         unet_chunk_size: Optional[int] = None,
+        overwrite: bool = False,
     ):
         """
         Args:
@@ -89,6 +110,7 @@ class EditModule(pl.LightningModule):
             seed: Seed of every random draw of an edit (a request's own seed wins).
             output_dir: Folder that receives one sub-folder per edit and summary.json.
             unet_chunk_size: Most samples per UNet call (bounds memory of the batched mask); None: no cap.
+            overwrite: Redo edits already finished in output_dir (default: skip them, so a rerun resumes).
         """
         super().__init__()
         self.lam = check_lam(lam)
@@ -110,7 +132,8 @@ class EditModule(pl.LightningModule):
                                           [MaskedMSEPreservation(), CosineGuidance()])
         self.optimizer_factory: Optional[OptimizerFactory] = optimizer
         self.seed = seed
-        self.output_dir = Path(output_dir)
+        self.output_dir = _writable_folder(output_dir)
+        self.overwrite = overwrite
         self.unet_chunk_size = unet_chunk_size
         self.automatic_optimization = False
         self.denoiser: Optional[Denoiser] = None
@@ -311,9 +334,29 @@ class EditModule(pl.LightningModule):
         }
 
     # ------------------------------------------------------------------------ Lightning steps
-    def _run(self, request: EditRequest) -> dict[str, Any]:
+    def _finished(self, request: EditRequest) -> Optional[dict[str, Any]]:
+        """The record of an edit already written by an earlier run (result.json is written last)."""
+        path = self.output_dir / request.id / "result.json"
+        if self.overwrite or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _run(self, request: Optional[EditRequest]) -> dict[str, Any]:
+        if request is None:  # padding of a shard: this process has no edit at this step
+            return {}
+        done = self._finished(request)
+        if done is not None:
+            self.records.append(dict(done, resumed=True))
+            return {}
+        for stale in (self.output_dir / request.id).glob(".*"):  # temporaries of an interrupted write
+            stale.unlink(missing_ok=True)
         try:
             result = self.edit(request)
+        except torch.cuda.OutOfMemoryError as err:
+            raise EditError(f"Edit '{request.id}': {OOM_HINT} ({err})") from None
         except NonFiniteLatents as err:
             warnings.warn(str(err) + " Skipping this edit; the others continue.", stacklevel=2)
             save_json({"id": request.id, "error": str(err)}, self.output_dir / request.id / "error.json")
@@ -335,20 +378,36 @@ class EditModule(pl.LightningModule):
     def predict_step(self, batch: EditRequest, batch_idx: int):
         return self._run(batch).get("result")
 
-    def _write_summary(self) -> None:
-        if not self.records:
-            return
-        ok = [r for r in self.records if "error" not in r]
+    def _summary(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        ok = [r for r in records if "error" not in r]
         totals = {key: round(sum(r["seconds"].get(key, 0.0) for r in ok), 3)
                   for key in ("encode", "inversion", "mask", "guidance", "final", "decode", "total")}
-        summary = {"parameters": self.resolved_parameters(), "edits": self.records,
-                   "totals": {"edits": len(ok), "failed": len(self.records) - len(ok), "seconds": totals}}
-        name = "summary.json" if self.trainer.world_size == 1 else f"summary.rank{self.global_rank}.json"
-        save_json(summary, self.output_dir / name)
-        if self.trainer.world_size == 1:
-            from framework.report import write_report
+        return {"parameters": self.resolved_parameters(), "edits": records,
+                "totals": {"edits": len(ok), "failed": len(records) - len(ok),
+                           "resumed": sum(1 for r in records if r.get("resumed")), "seconds": totals,
+                           "processes": self.trainer.world_size}}
 
-            write_report(self.output_dir, self.records)
+    def _write_summary(self) -> None:
+        """summary.json (and the report) for the run; with several processes, rank 0 merges theirs."""
+        from framework.report import write_report
+
+        world = self.trainer.world_size
+        if world > 1:
+            save_json({"edits": self.records}, self.output_dir / f"summary.rank{self.global_rank}.json")
+            self.trainer.strategy.barrier("edit-summaries")
+            if self.global_rank != 0:
+                return
+            records = []
+            for rank in range(world):
+                part = self.output_dir / f"summary.rank{rank}.json"
+                records += json.loads(part.read_text())["edits"]
+                part.unlink()
+            records.sort(key=lambda r: r["id"])
+        else:
+            records = self.records
+        if records:
+            save_json(self._summary(records), self.output_dir / "summary.json")
+            write_report(self.output_dir, records)
 
     def on_train_end(self) -> None:
         self._write_summary()

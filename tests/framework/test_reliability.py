@@ -1,0 +1,173 @@
+"""Long runs and bad input: resume, kill -9, sharding over processes, NaN, OOM, unwritable output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from framework.cli import main
+from tests.conftest import ROOT
+from tests.framework.test_cli import FAST, write_config
+
+
+def _three_requests(manifest: Path) -> Path:
+    rows = yaml.safe_load(manifest.read_text())["requests"]
+    rows.append(dict(rows[0], id="third", edit_prompt="a green circle"))
+    path = manifest.parent / "three.yaml"
+    path.write_text(yaml.safe_dump({"requests": rows}))
+    return path
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_rerun_skips_finished_edits_and_overwrite_redoes_them(tmp_path, tiny_dirs, manifest):
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out)
+    main(["fit", "--config", str(config), *FAST])
+    stamp = (out / "pose" / "edit.png").stat().st_mtime_ns
+    main(["fit", "--config", str(config), *FAST])
+    summary = _summary(out)
+    assert summary["totals"]["resumed"] == 2 and summary["totals"]["edits"] == 2
+    assert (out / "pose" / "edit.png").stat().st_mtime_ns == stamp
+    main(["fit", "--config", str(config), *FAST, "--model.overwrite", "true"])
+    assert _summary(out)["totals"]["resumed"] == 0
+    assert (out / "pose" / "edit.png").stat().st_mtime_ns != stamp
+
+
+def _cli(*args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "framework", "fit", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def test_kill_9_loses_only_the_edit_in_flight(tmp_path, tiny_dirs, manifest):
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "exp.yaml", tiny_dirs, _three_requests(manifest), out)
+    process = _cli("--config", config, *FAST)
+    deadline = time.time() + 240
+    while not (out / "text" / "result.json").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (out / "text" / "result.json").exists(), process.stdout.read().decode()[-2000:]
+    finished = {p.parent.name for p in out.glob("*/result.json")}
+    assert "third" not in finished  # it had not started
+    for folder in out.iterdir():  # every finished edit is whole
+        if (folder / "result.json").exists():
+            record = json.loads((folder / "result.json").read_text())
+            assert all((folder / name).exists() for name in record["files"])
+    main(["fit", "--config", str(config), *FAST])
+    summary = _summary(out)
+    assert summary["totals"]["edits"] == 3 and summary["totals"]["resumed"] == len(finished)
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no half-written temporaries left
+
+
+def test_two_processes_shard_the_manifest_and_merge_one_summary(tmp_path, tiny_dirs, manifest):
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "exp.yaml", tiny_dirs, _three_requests(manifest), out)
+    process = _cli("--config", config, *FAST, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                   "--trainer.strategy", "ddp")
+    output = process.communicate(timeout=400)[0].decode()
+    assert process.returncode == 0, output[-3000:]
+    summary = _summary(out)
+    assert summary["totals"]["processes"] == 2
+    assert sorted(r["id"] for r in summary["edits"]) == ["pose", "text", "third"]  # each once
+    assert not list(out.glob("summary.rank*.json"))
+    assert all((out / i / "edit.png").exists() for i in ("pose", "text", "third"))
+
+
+def test_unwritable_output_dir_fails_before_model_work(tmp_path, tiny_dirs, manifest, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, blocker / "out"))])
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_incomplete_model_folder_names_what_is_missing(tmp_path, tiny_dirs, manifest, capsys):
+    partial = tmp_path / "partial-sd"
+    shutil.copytree(tiny_dirs["sd"], partial)
+    shutil.rmtree(partial / "vae")
+    dirs = dict(tiny_dirs, sd=partial)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(write_config(tmp_path / "exp.yaml", dirs, manifest, tmp_path / "out"))])
+    assert "incomplete: missing vae/config.json" in capsys.readouterr().err
+
+
+POISON = '''
+import torch
+from conditioners import Conditioner
+
+
+class Poison(Conditioner):
+    """Makes the text embeddings infinite for prompts that contain 'poison'."""
+
+    def encode(self, side, backbone):
+        return torch.tensor([float("inf") if "poison" in side.prompt else 1.0])
+
+    def apply(self, inputs, latents, t, encoding, progress):
+        inputs.encoder_hidden_states = inputs.encoder_hidden_states * encoding[:, None, None]
+'''
+
+
+def test_non_finite_latents_stop_that_edit_and_the_rest_continue(tmp_path, tiny_dirs, manifest):
+    (tmp_path / "poison_plugin.py").write_text(POISON)
+    sys.path.insert(0, str(tmp_path))
+    rows = yaml.safe_load(manifest.read_text())["requests"]
+    rows[0]["edit_prompt"] = "a poison circle"
+    (manifest.parent / "poison.yaml").write_text(yaml.safe_dump({"requests": rows}))
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest.parent / "poison.yaml", out)
+    data = yaml.safe_load(config.read_text())
+    data["model"]["init_args"]["conditioners"].append({"class_path": "poison_plugin.Poison"})
+    config.write_text(yaml.safe_dump(data))
+    try:
+        with pytest.warns(UserWarning, match="NaN/inf latents"):
+            main(["fit", "--config", str(config), *FAST])
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert "NaN/inf" in json.loads((out / "text" / "error.json").read_text())["error"]
+    assert (out / "pose" / "edit.png").exists()
+    totals = _summary(out)["totals"]
+    assert (totals["edits"], totals["failed"]) == (1, 1)
+
+
+def test_out_of_memory_names_the_knobs(tmp_path, tiny_dirs, manifest, capsys, monkeypatch):
+    from framework.module import EditModule
+
+    def no_memory(self, request):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(EditModule, "edit", no_memory)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, tmp_path / "o")), *FAST])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Out of GPU memory" in err and "--model.unet_chunk_size" in err and "--data.resolution" in err
+
+
+@pytest.mark.parametrize("value, message", [(0, "mask is empty"), (255, "covers the whole image")])
+def test_empty_or_full_mask_warns_and_the_edit_proceeds(tmp_path, tiny_dirs, manifest, value, message):
+    Image.fromarray(np.full((64, 64), value, np.uint8)).save(manifest.parent / "m.png")
+    rows = yaml.safe_load(manifest.read_text())["requests"][:1]
+    rows[0]["mask"] = "m.png"
+    (manifest.parent / "m.yaml").write_text(yaml.safe_dump({"requests": rows}))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=message):
+        main(["fit", "--config", str(write_config(tmp_path / "e.yaml", tiny_dirs, manifest.parent / "m.yaml", out)),
+              *FAST])
+    assert (out / "text" / "edit.png").exists()
+    assert json.loads((out / "text" / "result.json").read_text())["mask_area"] == value / 255
