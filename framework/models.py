@@ -86,6 +86,14 @@ def resolve_pretrained(pretrained: str, what: str, subfolder: Optional[str] = No
     return pretrained
 
 
+def _has_weights(cls) -> bool:
+    """diffusers and transformers models take `use_safetensors`; tokenizers and schedulers have no weights."""
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    return issubclass(cls, (ModelMixin, PreTrainedModel))
+
+
 def load_component(cls, pretrained: str, what: str, subfolder: Optional[str] = None,
                    revision: Optional[str] = None, variant: Optional[str] = None,
                    allow_pickle: bool = False):
@@ -95,7 +103,7 @@ def load_component(cls, pretrained: str, what: str, subfolder: Optional[str] = N
         kwargs["revision"] = revision
     if variant:
         kwargs["variant"] = variant
-    if not allow_pickle and hasattr(cls, "_supports_gradient_checkpointing"):
+    if not allow_pickle and _has_weights(cls):
         kwargs["use_safetensors"] = True
     try:
         return cls.from_pretrained(pretrained, **kwargs)
