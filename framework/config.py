@@ -118,7 +118,7 @@ def check_lam(lam: float, where: str = "lam") -> float:
 
 def check_steps(sampling: SamplingConfig, ito: ITOConfig, guidance: GuidanceConfig) -> None:
     """t_u cannot exceed the number of decoding steps."""
-    decode_steps = max(1, min(sampling.steps, int(round(sampling.encode_ratio * sampling.steps))))
+    decode_steps = max(1, min(sampling.steps, int(sampling.encode_ratio * sampling.steps + 1e-9)))
     _check(ito.update_steps <= decode_steps,
            f"ito.update_steps (t_u = {ito.update_steps}) exceeds the {decode_steps} decoding steps "
            f"(sampling.steps x encode_ratio); lower t_u or raise steps.")

@@ -43,8 +43,8 @@ class Schedule:
         return self.timesteps[len(self.timesteps) - num:] if num > 0 else ()
 
     def encode_level(self, ratio: float) -> int:
-        """Number of steps for an encode ratio (t_E / steps), at least 1."""
-        return max(1, min(len(self.timesteps), int(round(ratio * len(self.timesteps)))))
+        """Number of steps for an encode ratio (t_E / steps): floor(ratio x steps), at least 1, as diffusers' strength."""
+        return max(1, min(len(self.timesteps), int(ratio * len(self.timesteps) + 1e-9)))
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_t: float, alpha_next: float) -> torch.Tensor:

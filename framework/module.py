@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -39,6 +39,24 @@ from losses.preservation import MaskedMSEPreservation
 
 class NonFiniteLatents(EditError):
     """NaN or inf appeared in the latents of an edit."""
+
+
+@dataclass
+class EditState:
+    """What the stages of one edit share: the request, x_0, the trajectories, the mask."""
+
+    request: EditRequest
+    x0: torch.Tensor  # (1, 4, h, w)
+    sides: "_Sides"
+    schedule: Schedule
+    n_final: int  # t_E in steps
+    lam: float
+    seed: int
+    x_traj: Optional[dict[int, torch.Tensor]] = None  # DDIM inversion of x_0: {t: x_t}
+    mask: Optional[torch.Tensor] = None  # (1, 1, h, w), 1 = edit
+    soft: Optional[torch.Tensor] = None
+    g0: Optional[torch.Tensor] = None  # guidance latents G
+    g_traj: Optional[dict[int, torch.Tensor]] = None
 
 
 class _Sides:
@@ -159,57 +177,72 @@ class EditModule(pl.LightningModule):
         return super().train(False)
 
     # ------------------------------------------------------------------------------ the edit
+    # Which stages a method uses; baselines (framework/baselines.py) switch them off.
+    uses_inversion = True
+    uses_mask = True
+    uses_guidance = True
+
     def edit(self, request: EditRequest) -> EditResult:
         """The whole procedure on one request (paper Fig. 1): encode, mask, guidance image, final decode."""
         self._current_id = request.id
         lam = self.lam if request.lam is None else check_lam(request.lam, f"request '{request.id}' lam")
         seed = self.seed if request.seed is None else request.seed
         schedule = Schedule.from_scheduler(self.backbone.scheduler, self.sampling.steps)
-        denoiser = self.denoiser
-        denoiser.reset_counts()
+        self.denoiser.reset_counts()
         seconds: dict[str, float] = {}
-        scale = self.sampling.guidance_scale
 
         with self._stage("encode", seconds):
-            sides = _Sides(denoiser, self.backbone, request, self.sampling)
+            sides = _Sides(self.denoiser, self.backbone, request, self.sampling)
             x0 = self.backbone.encode_image(request.image)  # (1, 4, h, w)
-        n_final = schedule.encode_level(self.sampling.encode_ratio)  # t_E
         n_guide = schedule.encode_level(self.guidance_cfg.encode_ratio or self.sampling.encode_ratio)
-        guided = lam < 1 and any(loss.role_weight(lam) != 0 for loss in self.losses if loss.role == "guidance")
+        guided = self.uses_guidance and lam < 1 and any(
+            loss.role_weight(lam) != 0 for loss in self.losses if loss.role == "guidance")
+        state = EditState(request, x0, sides, schedule, schedule.encode_level(self.sampling.encode_ratio), lam, seed)
 
         # 1. DDIM inversion of x_0 under C_0 (Eq. 2), computed once, reused by every stage.
-        with self._stage("inversion", seconds):
-            x_traj = ddim_invert(x0, self._eps(sides.inversion, self.sampling.inversion_guidance_scale), schedule,
-                                 max(n_final, n_guide if guided else 0), self._callback("inversion"))
-            self._check_finite(x_traj[max(x_traj)], "inversion", request)
+        if self.uses_inversion:
+            with self._stage("inversion", seconds):
+                state.x_traj = ddim_invert(x0, self._eps(sides.inversion, self.sampling.inversion_guidance_scale),
+                                           schedule, max(state.n_final, n_guide if guided else 0),
+                                           self._callback("inversion"))
+                self._check_finite(state.x_traj[max(state.x_traj)], "inversion", request)
 
         # 2. Edit mask (Eq. 7), or the request's own.
-        with self._stage("mask", seconds):
-            mask, soft = self._mask(request, x0, sides, schedule, seed)
+        if self.uses_mask:
+            with self._stage("mask", seconds):
+                state.mask, state.soft = self._mask(request, x0, sides, schedule, seed)
+        else:
+            state.mask = torch.zeros_like(x0[:, :1])
 
         # 3. Guidance image G: ITO with lam = 1 from a random-noise encoding (Sec. 3.2), then g_t.
-        g0 = g_traj = None
         if guided:
             with self._stage("guidance", seconds):
-                g0, g_traj = self._guidance(x0, x_traj, mask, sides, schedule, n_guide, n_final, seed, scale)
+                state.g0, state.g_traj = self._guidance(state, n_guide)
 
-        # 4. Final decode from x_{t_E} under C_EDIT with ITO on the first t_u steps (Eq. 6).
+        # 4. Final decode (Eq. 6 for this method; baselines override `final_decode`).
         with self._stage("final", seconds):
-            optimizer = self._optimizer(lam, self.ito_cfg.inner_steps, self.ito_cfg.keep_optimizer_state)
-            y0 = ddim_decode(x_traj[schedule.decode_timesteps(n_final)[0]], self._eps(sides.edit, scale), schedule,
-                             n_final, self._ito_hook(optimizer, self.ito_cfg.update_steps, x_traj, g_traj, mask),
-                             self._callback("final"))
+            y0 = self.final_decode(state)
             self._check_finite(y0, "final decode", request)
 
         with self._stage("decode", seconds):
             edit_image = self.backbone.decode_latents(y0)
-            guidance_image = None if g0 is None else self.backbone.decode_latents(g0)
-        seconds["total"] = sum(seconds.values())
-        record = self._record(request, lam, seed, seconds, mask, n_final, guided)
+            guidance_image = None if state.g0 is None else self.backbone.decode_latents(state.g0)
+        seconds["total"] = round(sum(seconds.values()), 4)
+        record = self._record(request, lam, seed, seconds, state.mask, state.n_final, guided)
         cpu = lambda d: {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
-        return EditResult(request.id, edit_image.cpu(), request.image.cpu(), mask.cpu(),
-                          None if soft is None else soft.cpu(), None if guidance_image is None else guidance_image.cpu(),
+        return EditResult(request.id, edit_image.cpu(), request.image.cpu(), state.mask.cpu(),
+                          None if state.soft is None else state.soft.cpu(),
+                          None if guidance_image is None else guidance_image.cpu(),
                           cpu(request.source_maps), cpu(request.edit_maps), record)
+
+    def final_decode(self, state: "EditState") -> torch.Tensor:
+        """Decode from x_{t_E} under C_EDIT with ITO on the first t_u steps (Eq. 6); returns y_0."""
+        optimizer = self._optimizer(state.lam, self.ito_cfg.inner_steps, self.ito_cfg.keep_optimizer_state)
+        scale = self.sampling.guidance_scale
+        start = state.x_traj[state.schedule.decode_timesteps(state.n_final)[0]]
+        hook = self._ito_hook(optimizer, self.ito_cfg.update_steps, state.x_traj, state.g_traj, state.mask)
+        return ddim_decode(start, self._eps(state.sides.edit, scale), state.schedule, state.n_final, hook,
+                           self._callback("final"))
 
     def _eps(self, side: tuple[Conditioning, Conditioning], scale: float):
         cond, uncond = side
@@ -250,26 +283,27 @@ class EditModule(pl.LightningModule):
                           f"preserved. Raise mask.threshold or give a mask.", stacklevel=2)
         return mask, soft
 
-    def _guidance(self, x0, x_traj, mask, sides: _Sides, schedule: Schedule, n_guide: int, n_final: int,
-                  seed: int, scale: float):
+    def _guidance(self, state: "EditState", n_guide: int):
         """G: random-noise encoding, decode under C_EDIT with preservation-only ITO; then invert G."""
-        cfg = self.guidance_cfg
-        noise = seeded_noise(tuple(x0.shape), seed + 1, x0.device)
+        cfg, schedule, x0 = self.guidance_cfg, state.schedule, state.x0
+        noise = seeded_noise(tuple(x0.shape), state.seed + 1, x0.device)
         start = noise_encode(x0, noise, schedule.alpha(schedule.decode_timesteps(n_guide)[0]))
-        eps_edit = self._eps(sides.edit, scale)
+        eps_edit = self._eps(state.sides.edit, self.sampling.guidance_scale)
         optimizer = self._optimizer(1.0, cfg.inner_steps, self.ito_cfg.keep_optimizer_state)
         g0 = ddim_decode(start, eps_edit, schedule, n_guide,
-                         self._ito_hook(optimizer, cfg.update_steps, x_traj, None, mask, "guidance"),
+                         self._ito_hook(optimizer, cfg.update_steps, state.x_traj, None, state.mask, "guidance"),
                          self._callback("guidance"))
-        eps_invert = self._eps(sides.edit, self.sampling.inversion_guidance_scale)
-        g_traj = ddim_invert(g0, eps_invert, schedule, n_final)
+        eps_invert = self._eps(state.sides.edit, self.sampling.inversion_guidance_scale)
+        g_traj = ddim_invert(g0, eps_invert, schedule, state.n_final)
         if cfg.refine:
             # A.5: ITO with lam = 0, decoding G towards the input: G's trajectory is updated,
             # the input's is the reference of the guidance loss.
             optimizer = self._optimizer(0.0, cfg.refine_inner_steps, self.ito_cfg.keep_optimizer_state)
-            g0 = ddim_decode(g_traj[schedule.decode_timesteps(n_final)[0]], eps_edit, schedule, n_final,
-                             self._ito_hook(optimizer, cfg.refine_update_steps, g_traj, x_traj, mask, "refine"))
-            g_traj = ddim_invert(g0, eps_invert, schedule, n_final)
+            start = g_traj[schedule.decode_timesteps(state.n_final)[0]]
+            g0 = ddim_decode(start, eps_edit, schedule, state.n_final,
+                             self._ito_hook(optimizer, cfg.refine_update_steps, g_traj, state.x_traj, state.mask,
+                                            "refine"))
+            g_traj = ddim_invert(g0, eps_invert, schedule, state.n_final)
         return g0, g_traj
 
     # --------------------------------------------------------------------------- bookkeeping
@@ -312,7 +346,8 @@ class EditModule(pl.LightningModule):
             "id": request.id, "source_prompt": request.source_prompt, "edit_prompt": request.edit_prompt,
             "modalities": sorted(request.edit_maps), "lam": lam, "seed": seed, "guidance_image": guided,
             "encode_steps": n_final, "mask_area": round(float(mask.mean()), 4),
-            "mask_source": "given" if request.mask is not None else "estimated",
+            "mask_source": "given" if request.mask is not None else ("estimated" if self.uses_mask else "none"),
+            "method": f"{type(self).__module__}.{type(self).__name__}",
             "height": int(request.image.shape[-2]), "width": int(request.image.shape[-1]),
             "seconds": seconds, "unet_evaluations": dict(counts.samples), "unet_calls": dict(counts.calls),
             **({"extra": request.extra} if request.extra else {}),
