@@ -19,6 +19,7 @@ import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from framework.captioning import Captioner
 from framework.config import check_lam
 from framework.errors import ManifestError
 from framework.preprocess import MapSpec, parse_map_spec
@@ -26,7 +27,7 @@ from framework.preprocess import MapSpec, parse_map_spec
 FIELDS = {
     "id": "name of the edit (default: row number)",
     "image": "input image path (required)",
-    "source_prompt": "caption of the input, S / C_0's text (required)",
+    "source_prompt": "caption of the input, S / C_0's text (required unless data.captioner is set)",
     "edit_prompt": "prompt of the edit (default: source_prompt)",
     "source": "{modality: map} of the input's layout (C_0); a map is a path, {keypoints: pose.json} (an OpenPose "
               "map drawn at the input's size) or {image: photo.jpg, detector: canny, ...options} (made by a "
@@ -128,7 +129,7 @@ def _maps(root: Path, value: Any, where: str, **prepare) -> dict[str, Path | Map
 
 
 def parse_row(row: Any, n: int, root: Path, where: str, annotators: Optional[str | Path] = None,
-              allow_pickle: bool = False) -> RequestSpec:
+              allow_pickle: bool = False, captioned: bool = False) -> RequestSpec:
     """Validate one manifest row (every error names the row and the field)."""
     where = f"{where} request {n}"
     if not isinstance(row, dict):
@@ -138,8 +139,9 @@ def parse_row(row: Any, n: int, root: Path, where: str, annotators: Optional[str
         raise ManifestError(f"{where}: unknown field(s) {sorted(unknown)}; valid fields: {sorted(FIELDS)}.")
     if "image" not in row:
         raise ManifestError(f"{where}: missing 'image' (the input image path).")
-    if not isinstance(row.get("source_prompt"), str):
-        raise ManifestError(f"{where}: missing 'source_prompt' (a caption of the input image; the method needs it).")
+    if not isinstance(row.get("source_prompt"), str) and not (captioned and row.get("source_prompt") is None):
+        raise ManifestError(f"{where}: missing 'source_prompt' (a caption of the input image; the method needs "
+                            f"it). Write one, or set a captioner (--data.captioner framework.captioning.BlipCaptioner).")
     prepare = {"annotators": annotators, "allow_pickle": allow_pickle}
     source = _maps(root, row.get("source"), f"{where}.source", **prepare)
     edit = _maps(root, row.get("edit"), f"{where}.edit", **prepare)
@@ -147,8 +149,8 @@ def parse_row(row: Any, n: int, root: Path, where: str, annotators: Optional[str
         raise ManifestError(f"{where}: edit map(s) {sorted(set(edit) - set(source))} have no source map; give "
                             f"the input's own layout under 'source' too.")
     edit = {**source, **edit}
-    edit_prompt = row.get("edit_prompt", row["source_prompt"])
-    if not isinstance(edit_prompt, str):
+    edit_prompt = row.get("edit_prompt", row.get("source_prompt"))
+    if edit_prompt is not None and not isinstance(edit_prompt, str):
         raise ManifestError(f"{where}: 'edit_prompt' must be a string.")
     lam = row.get("lam")
     if lam is not None:
@@ -161,21 +163,22 @@ def parse_row(row: Any, n: int, root: Path, where: str, annotators: Optional[str
         extra["meta"] = row["meta"]
     return RequestSpec(
         id=str(row.get("id", f"{n:04d}")), image=_path(root, row["image"], f"{where}.image"),
-        source_prompt=row["source_prompt"], edit_prompt=edit_prompt, source=source, edit=edit,
+        source_prompt=row.get("source_prompt"), edit_prompt=edit_prompt, source=source, edit=edit,
         mask=_path(root, row["mask"], f"{where}.mask") if row.get("mask") else None,
         seed=seed, lam=None if lam is None else float(lam), extra=extra,
     )
 
 
 def load_manifest(path: str | Path, annotators: Optional[str | Path] = None,
-                  allow_pickle: bool = False) -> list[RequestSpec]:
+                  allow_pickle: bool = False, captioned: bool = False) -> list[RequestSpec]:
     """Parse and validate a manifest; paths inside are relative to the manifest's folder.
 
     `annotators` and `allow_pickle` are for maps made by detectors with weights (framework.preprocess.detect).
     """
     path = Path(path).expanduser()
     rows = _read_rows(path)
-    specs = [parse_row(row, n, path.parent, str(path), annotators, allow_pickle) for n, row in enumerate(rows)]
+    specs = [parse_row(row, n, path.parent, str(path), annotators, allow_pickle, captioned)
+             for n, row in enumerate(rows)]
     ids = [s.id for s in specs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -215,6 +218,12 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     arr = np.asarray(img, dtype=np.float32) / 255.0
     arr = arr[..., None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def to_pil_image(image: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) in [0, 1] -> PIL RGB."""
+    arr = (image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(arr)
 
 
 def _centre_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -278,7 +287,8 @@ class EditDataModule(pl.LightningDataModule):
     """Serves the requests of a manifest, one edit per step, in order; validated at construction."""
 
     def __init__(self, manifest: str, resolution: Optional[int] = None, limit: Optional[int] = None,
-                 num_workers: int = 0, annotators: Optional[str] = None, allow_pickle: bool = False):
+                 num_workers: int = 0, annotators: Optional[str] = None, allow_pickle: bool = False,
+                 captioner: Optional[Captioner] = None):
         """
         Args:
             manifest: Path of a .yaml (list or `requests:` list) or .jsonl manifest of edit requests.
@@ -289,6 +299,8 @@ class EditDataModule(pl.LightningDataModule):
             annotators: Local folder of lllyasviel/Annotators weights, for manifest maps made by the
                 mlsd, hed, scribble and openpose detectors (never downloaded).
             allow_pickle: Allow loading those weights, which are pickle .pth files (pickles can run code).
+            captioner: Writes the source prompt of requests that have none (e.g.
+                framework.captioning.BlipCaptioner); the caption is recorded in the outputs.
         """
         super().__init__()
         if resolution is not None and resolution < 8:
@@ -296,7 +308,24 @@ class EditDataModule(pl.LightningDataModule):
         self.manifest = manifest
         self.resolution = resolution
         self.num_workers = num_workers
-        self.specs = load_manifest(manifest, annotators, allow_pickle)[:limit]
+        self.captioner = captioner
+        self.specs = load_manifest(manifest, annotators, allow_pickle, captioner is not None)[:limit]
+
+    def setup(self, stage: str) -> None:
+        """Caption this process's requests that have no source prompt (before the editor loads)."""
+        todo = [s for s in self.shard() if s is not None and s.source_prompt is None]
+        if not todo:
+            return
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        captioner = self.captioner.to(device).load()
+        captions = captioner.caption([to_pil_image(load_image(s.image, self.resolution)) for s in todo])
+        for spec, text in zip(todo, captions):
+            spec.source_prompt = text
+            spec.edit_prompt = text if spec.edit_prompt is None else spec.edit_prompt
+            spec.extra["caption"] = {"text": text, "captioner": f"{type(captioner).__module__}."
+                                     f"{type(captioner).__qualname__}", "pretrained": getattr(captioner, "pretrained", None)}
+        self.captioner.to("cpu")  # free accelerator memory for the editor
 
     def transfer_batch_to_device(self, batch: Optional[EditRequest], device, dataloader_idx: int):
         return None if batch is None else batch.to(device)

@@ -199,3 +199,31 @@ def test_selected_by_class_path(tiny_blip):
                                                 "init_args": {"pretrained": str(tiny_blip), "num_beams": 1}}})
     blip = parser.instantiate_classes(config).captioner
     assert isinstance(blip, BlipCaptioner) and blip.num_beams == 1 and not blip.loaded
+
+
+def test_requests_without_a_caption_are_captioned_and_recorded(tiny_blip, tmp_path, tiny_dirs, manifest, capsys):
+    """A manifest row with no source_prompt: the configured captioner writes it, the outputs record it."""
+    import json
+
+    import yaml
+
+    from framework.cli import main
+    from tests.framework.test_cli import FAST, write_config
+
+    rows = [{"id": "uncaptioned", "image": "input.png", "edit_prompt": "a blue circle"}]
+    (manifest.parent / "nocap.yaml").write_text(yaml.safe_dump(rows))
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest.parent / "nocap.yaml", out)
+    with pytest.raises(SystemExit):  # no captioner: one clear error
+        main(["fit", "--config", str(config), *FAST])
+    assert "source_prompt" in capsys.readouterr().err
+    data = yaml.safe_load(config.read_text())
+    data["data"]["init_args"]["captioner"] = {"class_path": "framework.captioning.BlipCaptioner",
+                                              "init_args": {"pretrained": str(tiny_blip), "max_new_tokens": 5}}
+    config.write_text(yaml.safe_dump(data))
+    main(["fit", "--config", str(config), *FAST])
+    record = json.loads((out / "uncaptioned" / "result.json").read_text())
+    expected = BlipCaptioner(str(tiny_blip), max_new_tokens=5).load().caption([Image.open(manifest.parent / "input.png")])
+    assert record["source_prompt"] == expected[0] != ""
+    assert record["extra"]["caption"]["text"] == expected[0]
+    assert record["edit_prompt"] == "a blue circle"
