@@ -28,6 +28,7 @@ class DiffEdit(EditModule):
     """
 
     uses_guidance = False
+    uses_ito = False
 
     def __init__(self, *args, alignment: str = "exact", **kwargs):
         """
@@ -62,6 +63,7 @@ class SDEdit(EditModule):
     uses_inversion = False
     uses_mask = False
     uses_guidance = False
+    uses_ito = False
 
     def final_decode(self, state: EditState) -> torch.Tensor:
         schedule, x0 = state.schedule, state.x0

@@ -116,11 +116,13 @@ def check_lam(lam: float, where: str = "lam") -> float:
     return float(lam)
 
 
-def check_steps(sampling: SamplingConfig, ito: ITOConfig, guidance: GuidanceConfig) -> None:
-    """t_u cannot exceed the number of decoding steps."""
+def check_steps(sampling: SamplingConfig, ito: Optional[ITOConfig], guidance: Optional[GuidanceConfig]) -> None:
+    """t_u cannot exceed the number of decoding steps (None: that stage is not used)."""
     decode_steps = max(1, min(sampling.steps, int(sampling.encode_ratio * sampling.steps + 1e-9)))
-    _check(ito.update_steps <= decode_steps,
-           f"ito.update_steps (t_u = {ito.update_steps}) exceeds the {decode_steps} decoding steps "
-           f"(sampling.steps x encode_ratio); lower t_u or raise steps.")
-    _check(guidance.update_steps <= sampling.steps,
-           f"guidance.update_steps ({guidance.update_steps}) exceeds sampling.steps ({sampling.steps}).")
+    if ito is not None:
+        _check(ito.update_steps <= decode_steps,
+               f"ito.update_steps (t_u = {ito.update_steps}) exceeds the {decode_steps} decoding steps "
+               f"(sampling.steps x encode_ratio); lower t_u or raise steps.")
+    if guidance is not None:
+        _check(guidance.update_steps <= sampling.steps,
+               f"guidance.update_steps ({guidance.update_steps}) exceeds sampling.steps ({sampling.steps}).")

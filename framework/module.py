@@ -136,7 +136,8 @@ class EditModule(pl.LightningModule):
         self.mask_cfg = mask or MaskConfig()
         self.ito_cfg = ito or ITOConfig()
         self.guidance_cfg = guidance or GuidanceConfig()
-        check_steps(self.sampling, self.ito_cfg, self.guidance_cfg)
+        check_steps(self.sampling, self.ito_cfg if self.uses_ito else None,
+                    self.guidance_cfg if self.uses_guidance else None)
         if unet_chunk_size is not None and unet_chunk_size < 1:
             raise ConfigError(f"unet_chunk_size must be >= 1 or null, got {unet_chunk_size}.")
         conditioners = list(conditioners or [])
@@ -181,6 +182,7 @@ class EditModule(pl.LightningModule):
     uses_inversion = True
     uses_mask = True
     uses_guidance = True
+    uses_ito = True
 
     def edit(self, request: EditRequest) -> EditResult:
         """The whole procedure on one request (paper Fig. 1): encode, mask, guidance image, final decode."""
