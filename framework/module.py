@@ -31,7 +31,8 @@ from framework.errors import ConfigError, EditError
 from framework.ito import LatentOptimizer, OptimizerFactory
 from framework.masks import binary_mask, noise_difference, soft_mask
 from framework.models import StableDiffusion
-from framework.outputs import EditResult, save_json, write_edit
+from framework.metrics import EditMetric
+from framework.outputs import EditResult, save_json, write_edit, write_results_table
 from losses.base import EditLoss
 from losses.guidance import CosineGuidance
 from losses.preservation import MaskedMSEPreservation
@@ -113,6 +114,7 @@ class EditModule(pl.LightningModule):
         output_dir: str = "outputs/edits",
         unet_chunk_size: Optional[int] = None,
         overwrite: bool = False,
+        metrics: Optional[list[EditMetric]] = None,
     ):
         """
         Args:
@@ -129,6 +131,8 @@ class EditModule(pl.LightningModule):
             output_dir: Folder that receives one sub-folder per edit and summary.json.
             unet_chunk_size: Most samples per UNet call (bounds memory of the batched mask); None: no cap.
             overwrite: Redo edits already finished in output_dir (default: skip them, so a rerun resumes).
+            metrics: Scores of each edit and of the run (framework.metrics: L1Distance, GroundTruthL1,
+                CSFID, FID, ClassifierAccuracy, PickScore, your own); written to results.md/.csv.
         """
         super().__init__()
         self.lam = check_lam(lam)
@@ -153,6 +157,7 @@ class EditModule(pl.LightningModule):
         self.seed = seed
         self.output_dir = _writable_folder(output_dir)
         self.overwrite = overwrite
+        self.metrics = torch.nn.ModuleList(metrics or [])
         self.unet_chunk_size = unet_chunk_size
         self.automatic_optimization = False
         self.denoiser: Optional[Denoiser] = None
@@ -168,6 +173,20 @@ class EditModule(pl.LightningModule):
         self.denoiser = Denoiser(self.backbone.unet, self.conditioners,
                                  self.backbone.scheduler.config.num_train_timesteps, self.unet_chunk_size)
         self.records = []
+
+    def _load_metrics(self) -> None:
+        for metric in self.metrics:
+            metric.reset()
+            metric.load(self.device)
+
+    def on_fit_start(self) -> None:
+        self._load_metrics()
+
+    def on_test_start(self) -> None:
+        self._load_metrics()
+
+    def on_predict_start(self) -> None:
+        self._load_metrics()
 
     def configure_optimizers(self):
         """Nothing to train: the latents of each edit are optimised inside the step."""
@@ -399,6 +418,12 @@ class EditModule(pl.LightningModule):
             save_json({"id": request.id, "error": str(err)}, self.output_dir / request.id / "error.json")
             self.records.append({"id": request.id, "error": str(err)})
             return {}
+        scores: dict[str, float] = {}
+        for metric in self.metrics:
+            scores.update(metric.update(result, request))
+        if scores:
+            result.record["metrics"] = scores
+            self.log_dict({k: float(v) for k, v in scores.items()}, batch_size=1, on_step=True, on_epoch=False)
         write_edit(result, self.output_dir / request.id)
         self.records.append(result.record)
         self.log_dict({"edit/seconds": result.record["seconds"]["total"], "mask/area": result.record["mask_area"],
@@ -443,7 +468,11 @@ class EditModule(pl.LightningModule):
         else:
             records = self.records
         if records:
-            save_json(self._summary(records), self.output_dir / "summary.json")
+            summary = self._summary(records)
+            if self.metrics and world == 1:
+                summary["metrics"] = {k: v for metric in self.metrics for k, v in metric.compute().items()}
+                write_results_table(self.output_dir, records, summary["metrics"])
+            save_json(summary, self.output_dir / "summary.json")
             write_report(self.output_dir, records)
 
     def on_train_end(self) -> None:

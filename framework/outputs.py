@@ -117,3 +117,19 @@ def write_edit(result: EditResult, folder: Path) -> dict[str, str]:
     record = dict(result.record, files=sorted(files) + ["result.json"])
     save_json(record, folder / "result.json")
     return {name: str(folder / name) for name in files}
+
+
+def write_results_table(folder: Path, records: list[dict[str, Any]], aggregate: dict[str, float]) -> None:
+    """results.csv (one row per edit and a mean row) and results.md (the run's scores, then per edit)."""
+    names = sorted({k for r in records for k in r.get("metrics", {})})
+    rows = [[r["id"], r.get("method", ""), r.get("lam", "")] + [r.get("metrics", {}).get(n, "") for n in names]
+            for r in records if "error" not in r]
+    header = ["id", "method", "lam"] + names
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    csv_lines = [",".join(header)] + [",".join(fmt(v) for v in row) for row in rows]
+    csv_lines.append(",".join(["mean", "", ""] + [fmt(aggregate.get(n, "")) for n in names]))
+    save_atomic(lambda tmp: Path(tmp).write_text("\n".join(csv_lines) + "\n"), folder / "results.csv")
+    md = ["| metric | value |", "|---|---|"] + [f"| {k} | {fmt(v)} |" for k, v in sorted(aggregate.items())]
+    md += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    save_atomic(lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"), folder / "results.md")

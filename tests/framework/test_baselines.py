@@ -89,3 +89,28 @@ def test_sdedit_uses_no_inversion_mask_or_ito(tiny_dirs, manifest):
     result = module.edit(_request(manifest, with_mask=False))
     assert result.record["unet_evaluations"] == {"final": 3 * 2}  # 3 decode steps x CFG halves
     assert result.record["mask_source"] == "none" and result.record["method"] == "framework.baselines.SDEdit"
+
+
+def test_metrics_score_each_edit_and_the_run(tmp_path, tiny_dirs, manifest):
+    """`test` with metrics: per-edit scores in result.json, run scores in summary.json and results.md/.csv."""
+    import json
+
+    import yaml
+
+    from framework.cli import main
+    from tests.framework.test_cli import FAST, write_config
+
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out)
+    data = yaml.safe_load(config.read_text())
+    data["model"]["init_args"]["metrics"] = [{"class_path": "framework.metrics.L1Distance", "init_args": {"crop": 32}}]
+    config.write_text(yaml.safe_dump(data))
+    main(["test", "--config", str(config), *FAST])
+    records = [json.loads((out / i / "result.json").read_text()) for i in ("text", "pose")]
+    values = [r["metrics"]["edit/l1"] for r in records]
+    assert all(0 < v < 1 for v in values)
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(summary["metrics"]["edit/l1"] - sum(values) / 2) < 1e-6
+    csv = (out / "results.csv").read_text().splitlines()
+    assert csv[0] == "id,method,lam,edit/l1" and csv[-1].startswith("mean,") and len(csv) == 4
+    assert "| edit/l1 |" in (out / "results.md").read_text()
