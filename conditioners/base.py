@@ -97,3 +97,48 @@ class Conditioner(nn.Module):
 def in_window(progress: float, start: float, end: float) -> bool:
     """Whether a condition acts at this point of the schedule (ControlNet's guidance start/end)."""
     return start <= progress <= end
+
+
+class LayoutConditioner(Conditioner):
+    """Shared set-up of conditioners that read a layout map of one modality with a diffusers model."""
+
+    kind = "layout model"  # names the model in messages
+
+    def __init__(self, modality: str, pretrained: str, scale: float = 1.0, start: float = 0.0,
+                 end: float = 1.0, revision: Optional[str] = None, variant: Optional[str] = None,
+                 allow_pickle: bool = False):
+        """
+        Args:
+            modality: Key of this condition's maps in the manifest ('pose', 'scribble', 'lines', 'depth' ...).
+            pretrained: Hub id or local folder of the diffusers model (e.g.
+                'lllyasviel/control_v11p_sd15_openpose'), or 'builtin:tiny-random'.
+            scale: Conditioning scale: multiplies what the model adds to the UNet.
+            start: Fraction of the noise schedule (0 = pure noise) where the condition starts acting.
+            end: Fraction where it stops.
+            revision: Hub revision.
+            variant: Weight variant such as 'fp16'.
+            allow_pickle: Also load pickle weights (they can run code; off by default).
+        """
+        super().__init__()
+        from framework.errors import ConfigError
+        from framework.models import resolve_pretrained
+
+        if not 0 <= start <= end <= 1:
+            raise ConfigError(f"{self.kind} '{modality}': need 0 <= start <= end <= 1, got start={start}, end={end}.")
+        self.modality = modality
+        self.pretrained = pretrained
+        self.scale = scale
+        self.start, self.end = start, end
+        self.revision, self.variant, self.allow_pickle = revision, variant, allow_pickle
+        self._source = resolve_pretrained(pretrained, f"{self.kind} '{modality}'", None, revision)
+
+    def _load_model(self, cls, builtin_kind: str):
+        """The model, frozen, from a hub id, a local folder or a built-in name."""
+        from framework.models import BUILTIN_PREFIX, builtin_folder, load_component
+
+        source = self._source
+        if source.startswith(BUILTIN_PREFIX):
+            source = str(builtin_folder(source, builtin_kind))
+        model = load_component(cls, source, f"{self.kind} '{self.modality}'", revision=self.revision,
+                               variant=self.variant, allow_pickle=self.allow_pickle)
+        return model.requires_grad_(False).eval()

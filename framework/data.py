@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from framework.captioning import Captioner
 from framework.config import check_lam
 from framework.errors import ManifestError
-from framework.preprocess import MapSpec, parse_map_spec
+from framework.preprocess import MapSpec, existing_file as _path, parse_map_spec
 
 FIELDS = {
     "id": "name of the edit (default: row number)",
@@ -107,15 +107,6 @@ def _read_rows(path: Path) -> list[dict]:
     if not isinstance(rows, list):
         raise ManifestError(f"manifest '{path}': expected a list of requests (or a 'requests:' list).")
     return rows
-
-
-def _path(root: Path, value: Any, where: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ManifestError(f"{where}: expected a file path, got {value!r}.")
-    path = root / Path(value).expanduser()
-    if not path.is_file():
-        raise ManifestError(f"{where}: file '{path}' does not exist (paths are relative to the manifest).")
-    return path
 
 
 def _maps(root: Path, value: Any, where: str, **prepare) -> dict[str, Path | MapSpec]:

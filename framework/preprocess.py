@@ -237,7 +237,7 @@ class DetectedMap(MapSpec):
         return f"{self.detector} map of {self.image}"
 
 
-def _existing_file(root: Path, value: Any, where: str) -> Path:
+def existing_file(root: Path, value: Any, where: str) -> Path:
     """A manifest-relative path that must name a file."""
     if not isinstance(value, str) or not value:
         raise ManifestError(f"{where}: expected a file path, got {value!r}.")
@@ -257,7 +257,7 @@ def parse_map_spec(value: dict, root: Path, where: str, annotators: Optional[Uni
         if set(value) != {"keypoints"}:
             extra = sorted(set(value) - {"keypoints"})
             raise ManifestError(f"{where}: {{keypoints: ...}} takes no other keys, got {extra}.")
-        spec = KeypointsMap(_existing_file(root, value["keypoints"], f"{where}.keypoints"))
+        spec = KeypointsMap(existing_file(root, value["keypoints"], f"{where}.keypoints"))
         try:
             spec.render((8, 8))  # reads and checks the JSON now, so a bad file fails before any model work
         except ManifestError as err:
@@ -272,7 +272,7 @@ def parse_map_spec(value: dict, root: Path, where: str, annotators: Optional[Uni
         check_options(detector, options)
     except ConfigError as err:
         raise ManifestError(f"{where}: {err}") from err
-    image = _existing_file(root, value["image"], f"{where}.image")
+    image = existing_file(root, value["image"], f"{where}.image")
     try:
         folder = check_annotators(detector, annotators, allow_pickle)
     except ModelLoadError as err:
