@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from framework.callbacks import WandbEditLogger
 from framework.data import EditDataModule
 from framework.errors import EditError
 from framework.module import EditModule
@@ -27,6 +28,11 @@ TRAINER_DEFAULTS = {
     "inference_mode": False,  # test/predict still optimise latents with autograd
     "use_distributed_sampler": False,  # the data module shards the manifest itself, without repeats
 }
+
+# Default callbacks. LightningCLI appends `trainer_defaults["callbacks"]` as-is to the callbacks
+# already instantiated from the config (LightningCLI._instantiate_trainer), so these are instances,
+# not class_path dicts; each resets its state in `setup`, so one instance serves every run.
+TRAINER_DEFAULTS["callbacks"] = [WandbEditLogger()]  # does nothing unless the run logs to W&B
 
 _QUIET_WARNINGS = (
     r".*configure_optimizers.*returned `None`.*",

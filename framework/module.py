@@ -423,10 +423,12 @@ class EditModule(pl.LightningModule):
             scores.update(metric.update(result, request))
         if scores:
             result.record["metrics"] = scores
+        if scores and not self.trainer.predicting:
             self.log_dict({k: float(v) for k, v in scores.items()}, batch_size=1, on_step=True, on_epoch=False)
         write_edit(result, self.output_dir / request.id)
         self.records.append(result.record)
-        self.log_dict({"edit/seconds": result.record["seconds"]["total"], "mask/area": result.record["mask_area"],
+        if not self.trainer.predicting:  # Lightning does not log during predict
+            self.log_dict({"edit/seconds": result.record["seconds"]["total"], "mask/area": result.record["mask_area"],
                        "edit/unet_evaluations": float(sum(result.record["unet_evaluations"].values()))},
                       batch_size=1, on_step=True, on_epoch=False)
         return {"result": result}

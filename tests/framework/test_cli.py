@@ -157,4 +157,4 @@ def test_help_print_config_and_overrides(tmp_path, tiny_dirs, manifest, capsys):
     assert "--model.lam" in text and "preservation weight" in text
     with pytest.raises(SystemExit):
         main(["fit", "--model.conditioners.help", "ControlNetConditioner"])
-    assert "conditioning_scale" in capsys.readouterr().out
+    assert "Conditioning scale" in capsys.readouterr().out

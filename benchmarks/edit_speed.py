@@ -1,0 +1,174 @@
+"""Edit speed on the CPU, per stage, ours against diffusers on the same tiny SD-geometry model.
+
+    python benchmarks/edit_speed.py --sizes 64 256 --repeats 3 [--threads 2] [--json out.json]
+
+The tiny model (`framework.tiny`: UNet (32, 64), /8 VAE, CLIP text, a ControlNet) is written to a
+temporary folder and loaded through `framework.models.StableDiffusion` and the project's
+conditioners; diffusers' `StableDiffusionDiffEditPipeline` (DDIMScheduler + DDIMInverseScheduler)
+and `StableDiffusionControlNetImg2ImgPipeline` are built from the very same modules. Every stage
+is run at the paper's settings (25 steps, CFG 7.5, inversion guidance 1, mask n = 10 from strength
+0.5, t_u = 15, k = 1, lam = 0.6), ours and diffusers' interleaved, `--repeats` times (the order
+reverses every repeat); the table shows medians. Per-stage rows give diffusers the same VAE
+latents x0 as ours (their VAE encode is skipped), so they time the denoising loops; the 'total'
+rows run whole procedures from pixels (EditModule.edit against generate_mask + invert + __call__,
+VAE encode and decode included on both sides).
+
+UNet and ControlNet sample-evaluations are counted by forward hooks on the shared modules, so
+both sides are counted the same way. Torch threads are set explicitly with --threads (default 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import common as C  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="image sizes in pixels (multiples of 8)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of every task (median reported)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2, this machine's cores)")
+    p.add_argument("--steps", type=int, default=C.STEPS)
+    p.add_argument("--no-total", action="store_true", help="skip the whole-edit rows (EditModule.edit, DiffEdit)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--quiet", action="store_true", help="no per-run log lines")
+    return p.parse_args(argv)
+
+
+def build(tmp: Path, device: torch.device):
+    """Tiny SD + ControlNet written to `tmp` and loaded through the project's own loaders."""
+    from conditioners.controlnet import ControlNetConditioner
+    from conditioners.text import TextConditioner
+    from framework.models import StableDiffusion
+    from framework.tiny import save_tiny_controlnet, save_tiny_pipeline
+
+    sd_dir = save_tiny_pipeline(tmp / "sd")
+    cn_dir = save_tiny_controlnet(tmp / "controlnet", sd_dir)
+    backbone = StableDiffusion(str(sd_dir)).load().to(device)
+    text = TextConditioner()
+    pose = ControlNetConditioner("pose", str(cn_dir))
+    pose.load(backbone)
+    pose.to(device)
+    return backbone, [text, pose]
+
+
+def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) -> dict:
+    from framework.data import EditRequest
+    from framework.module import EditModule
+
+    req = C.toy_request(size)
+    ours = C.OurStages(backbone, conditioners, device, args.steps)
+    theirs = C.DiffusersStages(backbone, conditioners[1].controlnet, device, args.steps)
+    unet_counter, cn_counter = C.EvalCounter(backbone.unet), C.EvalCounter(conditioners[1].controlnet)
+    tasks, rows = C.stage_tasks(ours, theirs, req, size, log)
+
+    module_stages: dict[str, list] = {}
+    if not args.no_total:
+        # Whole edits from pixels: the engine's EditModule.edit (paper defaults) against DiffEdit's three calls.
+        module = EditModule(backbone=backbone, conditioners=conditioners, output_dir=str(tmp / "out"))
+        module.setup("fit")
+        image = req["image"].to(device)
+        maps = {"source_maps": {"pose": req["source_pose"].to(device)}, "edit_maps": {"pose": req["edit_pose"].to(device)}}
+        nomaps = {"source_maps": {}, "edit_maps": {}}
+        sp, ep = req["source_prompt"], req["edit_prompt"]
+
+        def edit(name, kw):
+            request = EditRequest(id=f"bench{size}", image=image, source_prompt=sp, edit_prompt=ep, mask=None,
+                                  seed=0, lam=None, extra={}, **kw)
+
+            def run():
+                record = module.edit(request).record
+                module_stages.setdefault(name, []).append(record)
+                return record
+            return run
+
+        tasks += [C.Task("EditModule.edit[text]", edit("EditModule.edit[text]", nomaps), "ours"),
+                  C.Task("diffedit.full", lambda: theirs.full(image, sp, ep, output_type="pt"), "diffusers"),
+                  C.Task("EditModule.edit[text+pose]", edit("EditModule.edit[text+pose]", maps), "ours")]
+        rows += [C.Row("total", "EditModule.edit, text", "EditModule.edit[text]", "diffedit.full",
+                       "DiffEdit mask+invert+call", "no: + guidance, Eq. 7 mask"),
+                 C.Row("total", "EditModule.edit, text+pose", "EditModule.edit[text+pose]", "diffedit.full",
+                       "DiffEdit mask+invert+call", "no: + guidance, mask, ControlNet")]
+
+    C.interleaved(tasks, args.repeats, device, unet_counter, cn_counter, log=(lambda s: None) if args.quiet else log)
+    unet_counter.remove()
+    cn_counter.remove()
+    by = {t.name: t for t in tasks}
+    result = {"size": size, "rows": [C.row_dict(r, by) for r in rows], "ito_overhead_pct": C.ito_overhead(by)}
+    if module_stages:
+        stages = {}
+        for name, records in module_stages.items():
+            keys = [k for k in records[0]["seconds"] if k != "total"] + ["total"]
+            stages[name] = {k: round(statistics.median(r["seconds"].get(k, 0.0) for r in records), 4) for k in keys}
+            stages[name]["unet_evaluations"] = records[-1]["unet_evaluations"]
+        result["module_stages"] = stages
+    return result
+
+
+def print_result(res: dict, threads: int) -> str:
+    text = [C.format_table(res["rows"], f"\n== {res['size']} px, CPU, {threads} torch threads, median of runs; "
+                                       f"ratio = ours s / diffusers s (wall; cpu: process CPU time) ==", cpu=True)]
+    o = res["ito_overhead_pct"]
+    text.append("ITO overhead (final decode, t_u=15 vs t_u=0, same UNet evaluations), wall / cpu: "
+                f"text {o['text']:+.1f} % / {o['text cpu']:+.1f} %, text+pose {o['text+pose']:+.1f} % / "
+                f"{o['text+pose cpu']:+.1f} %; the optimiser steps alone: {o['alone']:.1f} % / {o['alone cpu']:.1f} % "
+                f"of the text+pose decode")
+    for name, stages in res.get("module_stages", {}).items():
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in stages.items() if k != "unet_evaluations")
+        text.append(f"{name} per stage (s, median): {parts}; UNet samples {stages['unet_evaluations']}")
+    return "\n".join(text)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    import diffusers
+    import transformers
+
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    log(f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}, "
+        f"python {platform.python_version()}; torch.set_num_threads({args.threads}) -> {torch.get_num_threads()} "
+        f"threads (os.cpu_count() = {os.cpu_count()})")
+    results = {"config": {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "diffusers": diffusers.__version__, "steps": args.steps, "cfg": C.CFG,
+                          "mask_seeds": C.MASK_SEEDS, "mask_strength": C.MASK_STRENGTH, "t_u": C.T_U, "k": C.K,
+                          "lam": C.LAM, "repeats": args.repeats, "model": "framework.tiny (UNet (32, 64), /8 VAE)"},
+               "sizes": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        backbone, conditioners = build(tmp, device)
+        printed = []
+        for size in args.sizes:
+            res = bench_size(size, args, backbone, conditioners, tmp, device, log)
+            results["sizes"].append(res)
+            printed.append(print_result(res, torch.get_num_threads()))
+            log(printed[-1])
+    print("\n\n".join(["\n######## summary ########"] + printed), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

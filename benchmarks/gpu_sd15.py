@@ -1,0 +1,333 @@
+"""A full paper-setting edit at SD 1.5 size on one GPU, ours against diffusers' DiffEdit, per stage.
+
+    python benchmarks/gpu_sd15.py                                  # H100: 512 px, fp16 and bf16
+    python benchmarks/gpu_sd15.py --channels-last --compile --dtypes fp16
+    python benchmarks/gpu_sd15.py --device cpu --size 64 --tiny    # a quick check on the CPU
+
+No downloads: the SD 1.5 UNet, its ControlNet (`ControlNetModel.from_unet`), the VAE and the CLIP
+ViT-L/14 text encoder are built from their published configs (written below) with random weights,
+so timings and memory are those of the real networks; the tokenizer is the project's small one
+(token ids do not change the cost: prompts are padded to 77 tokens). `--tiny` uses
+`framework.tiny`'s models instead.
+
+Per precision (weights cast to fp16 / bf16, as diffusers' `torch_dtype`): the whole edit at the
+paper's settings (25 steps, encode ratio 1, mask from n = 10 seeds decoded from strength 0.5 with
+CFG 7.5 (Eq. 7) under the pose ControlNet, guidance image, final decode with ITO t_u = 15, k = 1),
+timed per stage with peak GPU memory (torch.cuda.max_memory_allocated, reset per stage), against
+DiffEdit's generate_mask + invert + __call__ from the same pixels; then the per-stage like-for-like
+table of benchmarks/edit_speed.py. One untimed warm-up first (it also compiles, with --compile),
+then --repeats runs, ours and diffusers' interleaved; medians. `--max-seconds` (default 540) stops
+starting new runs once passed, so the script ends inside a 10-minute slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import common as C  # noqa: E402
+
+# --------------------------------------------------------------------------- published configs
+# stable-diffusion-v1-5/stable-diffusion-v1-5, unet/config.json
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
+    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
+)
+# stable-diffusion-v1-5/stable-diffusion-v1-5, vae/config.json
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    act_fn="silu", latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+)
+# openai/clip-vit-large-patch14, text_config (SD 1.5's text_encoder/config.json)
+CLIP_L14_TEXT = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
+)
+# stable-diffusion-v1-5/stable-diffusion-v1-5, scheduler/scheduler_config.json (DDIM)
+SD15_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+)
+# lllyasviel/control_v11p_sd15_*: ControlNetModel.from_unet(unet) with its default
+# conditioning_embedding_out_channels (16, 32, 96, 256), as the published ControlNets.
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--size", type=int, default=512, help="image side in pixels (multiple of 8)")
+    p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None,
+                   help="precisions, in order (default: fp16 bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument("--tiny", action="store_true", help="framework.tiny's models instead of SD 1.5 size")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up (median reported)")
+    p.add_argument("--attention", choices=["sdpa", "classic"], default="sdpa",
+                   help="sdpa: torch's scaled_dot_product_attention (diffusers' default with torch 2); "
+                        "classic: diffusers' AttnProcessor (explicit softmax(QK^T)V)")
+    p.add_argument("--channels-last", action="store_true", help="UNet, ControlNet and VAE in channels_last")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (in place: both sides use it)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    p.add_argument("--no-stages", action="store_true", help="only the whole edit, not the per-stage table")
+    p.add_argument("--max-seconds", type=float, default=540, help="start no new run after this (whole script)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU runs)")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- building
+def build_models(tiny: bool, device: torch.device):
+    """(vae, unet, text_encoder, tokenizer, scheduler, controlnet), fp32, random weights, on `device`."""
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from framework.tiny import build_tiny_controlnet, build_tiny_models, build_tokenizer
+
+    if tiny:
+        vae, unet, text_encoder, tokenizer, scheduler = build_tiny_models(0)
+        controlnet = build_tiny_controlnet(unet, 0)
+        return [m.to(device) for m in (vae, unet, text_encoder)] + [tokenizer, scheduler, controlnet.to(device)]
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the GPU: seconds instead of a minute of CPU init
+        unet = UNet2DConditionModel(**SD15_UNET)
+        vae = AutoencoderKL(**SD15_VAE)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L14_TEXT, bos_token_id=tokenizer.bos_token_id,
+                                                    eos_token_id=tokenizer.eos_token_id,
+                                                    pad_token_id=tokenizer.pad_token_id))
+        controlnet = ControlNetModel.from_unet(unet)
+    return vae.to(device), unet.to(device), text_encoder.to(device), tokenizer, DDIMScheduler(**SD15_SCHEDULER), \
+        controlnet.to(device)
+
+
+def wire(vae, unet, text_encoder, tokenizer, scheduler, controlnet):
+    """The project's backbone and conditioners around already-built modules (no weights read)."""
+    from conditioners.controlnet import ControlNetConditioner
+    from conditioners.text import TextConditioner
+    from framework.models import StableDiffusion
+    from framework.tiny import TINY_SD
+
+    backbone = StableDiffusion(TINY_SD)  # a built-in name resolves without touching disk or network ...
+    backbone.vae, backbone.unet, backbone.text_encoder = vae, unet, text_encoder  # ... and is filled here
+    backbone.tokenizer, backbone.scheduler = tokenizer, scheduler
+    for module in (vae, unet, text_encoder, controlnet):
+        module.requires_grad_(False).eval()
+    pose = ControlNetConditioner("pose", TINY_SD)
+    pose.controlnet = controlnet  # load() then keeps it
+    return backbone, [TextConditioner(), pose]
+
+
+def set_attention(modules, kind: str) -> None:
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    for m in modules:
+        if hasattr(m, "set_attn_processor"):
+            m.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+
+
+# --------------------------------------------------------------------------- the whole edit
+STAGES = ("encode", "inversion", "mask", "guidance", "final", "decode")
+
+
+def our_full_edit(ours: C.OurStages, req: dict, device, unet_counter, cn_counter) -> dict:
+    """EditModule.edit's procedure at the paper's settings, from pixels, stage by stage, timed with
+    peak memory (the Lightning module itself is not needed for this)."""
+    image = req["image"].to(device)
+    maps = {"pose": req["source_pose"].to(device)}, {"pose": req["edit_pose"].to(device)}
+    out = {}
+
+    def stage(name, fn):
+        unet_counter.reset()
+        cn_counter.reset()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        C.sync(device)
+        start = time.perf_counter()
+        value = fn()
+        C.sync(device)
+        out[name] = {"s": time.perf_counter() - start, "unet": unet_counter.samples, "cn": cn_counter.samples,
+                     "peak": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+        return value
+
+    x0, src, edit = stage("encode", lambda: ours.encode(image, req["source_prompt"], req["edit_prompt"], *maps))
+    x_traj = stage("inversion", lambda: ours.invert(x0, src))
+    mask = stage("mask", lambda: ours.mask(x0, src, edit, C.PAPER_MASK))
+    g0, g_traj = stage("guidance", lambda: ours.guidance(x0, x_traj, mask, edit))
+    y0 = stage("final", lambda: ours.final(x_traj, g_traj, mask, edit))
+    picture = stage("decode", lambda: (ours.decode(y0), ours.decode(g0)))
+    out["_finite"] = bool(torch.isfinite(y0).all()) and bool(torch.isfinite(picture[0]).all())
+    return out
+
+
+def diffedit_full(theirs: C.DiffusersStages, req: dict, device, unet_counter, cn_counter) -> dict:
+    """DiffEdit from the same pixels: generate_mask, invert, __call__ ('call', with the VAE decode), each timed."""
+    image = req["image"].to(device)
+    sp, ep = req["source_prompt"], req["edit_prompt"]
+    out = {}
+
+    def stage(name, fn):
+        unet_counter.reset()
+        cn_counter.reset()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        C.sync(device)
+        start = time.perf_counter()
+        value = fn()
+        C.sync(device)
+        out[name] = {"s": time.perf_counter() - start, "unet": unet_counter.samples, "cn": cn_counter.samples,
+                     "peak": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+        return value
+
+    mask = stage("generate_mask", lambda: theirs.generate_mask(image, sp, ep))
+    inverted = stage("invert", lambda: theirs.invert(image, sp))
+    stage("call", lambda: theirs.call(ep, mask, inverted, output_type="pt"))
+    return out
+
+
+def summarise(runs: list[dict]) -> dict:
+    keys = [k for k in runs[0] if not k.startswith("_")]
+    out = {}
+    for k in keys:
+        peaks = [r[k]["peak"] for r in runs if r[k]["peak"] is not None]
+        out[k] = {"s": round(statistics.median(r[k]["s"] for r in runs), 4), "unet": runs[-1][k]["unet"],
+                  "cn": runs[-1][k]["cn"], "peak_gib": round(max(peaks) / 2 ** 30, 3) if peaks else None,
+                  "runs": [round(r[k]["s"], 4) for r in runs]}
+    out["total"] = {"s": round(sum(out[k]["s"] for k in keys), 4), "unet": sum(out[k]["unet"] for k in keys),
+                    "cn": sum(out[k]["cn"] for k in keys),
+                    "peak_gib": max((out[k]["peak_gib"] or 0) for k in keys) if out[keys[0]]["peak_gib"] is not None
+                    else None}
+    return out
+
+
+def format_full(ours: dict, theirs: dict, title: str) -> str:
+    gib = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [title, "| ours stage | s | UNet | CN | peak GiB |", "|---|---|---|---|---|"]
+    for k, v in ours.items():
+        lines.append(f"| {k} | {v['s']:.3f} | {v['unet']} | {v['cn']} | {gib(v['peak_gib'])} |")
+    lines += ["", "| DiffEdit stage | s | UNet | CN | peak GiB |", "|---|---|---|---|---|"]
+    for k, v in theirs.items():
+        lines.append(f"| {k} | {v['s']:.3f} | {v['unet']} | {v['cn']} | {gib(v['peak_gib'])} |")
+    lines.append(f"whole edit: ours {ours['total']['s']:.3f} s / DiffEdit {theirs['total']['s']:.3f} s = "
+                 f"{ours['total']['s'] / theirs['total']['s']:.2f}x (ours adds the guidance image, decodes the mask "
+                 f"12 steps (Eq. 7) and runs the ControlNet; DiffEdit is text-only)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    deadline = t_start + args.max_seconds
+    warnings.filterwarnings("ignore")
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtypes = args.dtypes or (["fp16", "bf16"] if device.type == "cuda" else ["fp32"])
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    import diffusers
+    import transformers
+
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"device {gpu}; torch {torch.__version__}, diffusers {diffusers.__version__}, transformers "
+          f"{transformers.__version__}; {args.size} px, {'tiny' if args.tiny else 'SD 1.5 size'}, attention "
+          f"{args.attention}, channels_last {args.channels_last}, compile {args.compile}; torch threads "
+          f"{torch.get_num_threads()}", flush=True)
+
+    t0 = time.perf_counter()
+    vae, unet, text_encoder, tokenizer, scheduler, controlnet = build_models(args.tiny, device)
+    n_params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in
+                (("unet", unet), ("controlnet", controlnet), ("vae", vae), ("text_encoder", text_encoder))}
+    print(f"built in {time.perf_counter() - t0:.1f} s; parameters (M): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in n_params.items()), flush=True)
+    backbone, conditioners = wire(vae, unet, text_encoder, tokenizer, scheduler, controlnet)
+    set_attention((unet, controlnet, vae), args.attention)
+    if args.channels_last:
+        for m in (unet, controlnet, vae):
+            m.to(memory_format=torch.channels_last)
+    if args.compile:
+        unet.compile(mode=args.compile_mode)  # in place: our Denoiser and the pipelines call the same module
+
+    req = C.toy_request(args.size)
+    results = {"config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                          "dtypes": dtypes, "device_name": gpu, "torch": torch.__version__,
+                          "diffusers": diffusers.__version__, "params_m": n_params}, "precisions": {}}
+    printed = []
+    for name in dtypes:
+        if time.perf_counter() > deadline:
+            print(f"[{name}] skipped: past --max-seconds", flush=True)
+            continue
+        dtype = DTYPES[name]
+        for m in (vae, unet, text_encoder, controlnet):
+            m.to(dtype)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        ours = C.OurStages(backbone, conditioners, device)
+        theirs = C.DiffusersStages(backbone, controlnet, device)
+        unet_counter, cn_counter = C.EvalCounter(unet), C.EvalCounter(controlnet)
+
+        # Whole edits, interleaved; the first of each is the warm-up (and the compile).
+        t0 = time.perf_counter()
+        our_full_edit(ours, req, device, unet_counter, cn_counter)
+        diffedit_full(theirs, req, device, unet_counter, cn_counter)
+        log(f"[{name}] warm-up (both whole edits): {time.perf_counter() - t0:.1f} s")
+        ours_runs, theirs_runs = [], []
+        for rep in range(args.repeats):
+            if time.perf_counter() > deadline and ours_runs:
+                break
+            pair = [("ours", our_full_edit, ours, ours_runs), ("diffusers", diffedit_full, theirs, theirs_runs)]
+            for side, fn, stages, runs in (pair if rep % 2 == 0 else pair[::-1]):
+                runs.append(fn(stages, req, device, unet_counter, cn_counter))
+                log(f"[{name}] rep {rep + 1} {side}: "
+                    + ", ".join(f"{k} {v['s']:.3f}" for k, v in runs[-1].items() if not k.startswith("_")))
+        finite = all(r.get("_finite", True) for r in ours_runs)
+        full = {"ours": summarise(ours_runs), "diffedit": summarise(theirs_runs), "finite": finite}
+        entry = {"whole_edit": full}
+        printed.append(format_full(full["ours"], full["diffedit"],
+                                   f"\n== whole edit, {name}, {args.size} px, {gpu}, median of {len(ours_runs)}; "
+                                   f"our latents finite: {finite} (random weights) =="))
+        print(printed[-1], flush=True)
+
+        if not args.no_stages and time.perf_counter() < deadline:
+            tasks, rows = C.stage_tasks(ours, theirs, req, args.size, log)
+            C.interleaved(tasks, args.repeats, device, unet_counter, cn_counter, deadline=deadline,
+                          log=log)
+            by = {t.name: t for t in tasks}
+            entry["stages"] = [C.row_dict(r, by) for r in rows]
+            entry["ito_overhead_pct"] = C.ito_overhead(by)
+            printed.append(C.format_table(entry["stages"], f"\n== per stage, {name}, {args.size} px, {gpu}; "
+                                                           f"ratio = ours s / diffusers s ==", memory=True)
+                           + f"\nITO overhead (t_u=15 vs 0, same UNet evaluations): {entry['ito_overhead_pct']}")
+            print(printed[-1], flush=True)
+        unet_counter.remove()
+        cn_counter.remove()
+        results["precisions"][name] = entry
+    results["seconds"] = round(time.perf_counter() - t_start, 1)
+    print("\n".join(["\n######## summary ########"] + printed + [f"\nscript time {results['seconds']} s"]), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
