@@ -88,7 +88,7 @@ class Denoiser:
     def __call__(self, latents: torch.Tensor, t: int, cond: Conditioning,
                  uncond: Optional[Conditioning] = None, guidance_scale: float = 1.0) -> torch.Tensor:
         """eps for latents (b, 4, h, w) with `cond` of batch b; CFG when guidance_scale != 1."""
-        unet_dtype = self.unet.dtype
+        unet_dtype = next(self.unet.parameters()).dtype  # ModelMixin.dtype walks every submodule per call
         x = latents.to(unet_dtype) if not torch.is_autocast_enabled(latents.device.type) else latents
         if guidance_scale == 1.0 or uncond is None:
             return self._chunked(x, t, cond).float()
