@@ -23,6 +23,15 @@ def _offline_and_isolated(tmp_path_factory):
     quiet_libraries()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on a shared 2-core runner, thread hand-offs make tiny ops 10-50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """Folders of a tiny SD model, two ControlNets (pose, scribble) and a T2I-Adapter."""

@@ -13,13 +13,7 @@ from framework.captioning import BlipCaptioner, Captioner, build_tiny_blip
 from framework.errors import ModelLoadError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core runner, thread hand-offs cost ~10 ms per tiny op (50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

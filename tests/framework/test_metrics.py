@@ -20,13 +20,7 @@ from framework.metrics import (
 from framework.outputs import EditResult, to_pil
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core runner, thread hand-offs make Inception's forward ~15x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def result(edit: torch.Tensor, input: torch.Tensor, id: str = "e") -> EditResult:
