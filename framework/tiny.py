@@ -44,14 +44,17 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in chars)))
 
 
-def build_tokenizer():
-    """A CLIP tokenizer with byte-level base symbols plus whole-word merges for a small vocabulary."""
+def build_tokenizer(words=_WORDS, max_length: int = 77):
+    """A CLIP tokenizer with byte-level base symbols plus whole-word merges for a small vocabulary.
+
+    Words in `words` become single tokens; anything else is spelt out character by character.
+    """
     from transformers import CLIPTokenizer
 
     base = list(_bytes_to_unicode().values())
     vocab_list = base + [c + "</w>" for c in base]
     merges: list[tuple[str, str]] = []
-    for word in _WORDS:
+    for word in words:
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         while len(symbols) > 1:
             pair = (symbols[0], symbols[1])
@@ -61,7 +64,7 @@ def build_tokenizer():
             symbols = [pair[0] + pair[1]] + symbols[2:]
     vocab_list = list(dict.fromkeys(vocab_list)) + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: i for i, token in enumerate(vocab_list)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
 def _randomise_zero_convs(controlnet: torch.nn.Module, generator: torch.Generator) -> None:
@@ -74,7 +77,7 @@ def _randomise_zero_convs(controlnet: torch.nn.Module, generator: torch.Generato
 
 def build_tiny_models(seed: int = 0):
     """Build (vae, unet, text_encoder, tokenizer, scheduler) with seeded random weights."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -117,16 +120,7 @@ def build_tiny_models(seed: int = 0):
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    # SD 1.5's scheduler settings.
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return vae, unet, text_encoder, tokenizer, scheduler
+    return vae, unet, text_encoder, tokenizer, sd15_scheduler()
 
 
 def build_tiny_controlnet(unet, seed: int = 0):
@@ -150,10 +144,28 @@ def build_tiny_adapter(seed: int = 0):
     )
 
 
+def sd15_scheduler():
+    """A DDIM scheduler with SD 1.5's settings."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
 def save_tiny_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
     """Write the tiny SD model (diffusers folder layout, safetensors) to `path` and return it."""
+    return save_sd_folder(path, *build_tiny_models(seed))
+
+
+def save_sd_folder(path: str | os.PathLike, vae, unet, text_encoder, tokenizer, scheduler) -> Path:
+    """Write SD components into a diffusers pipeline folder (safetensors) that `from_pretrained` reads."""
     path = Path(path)
-    vae, unet, text_encoder, tokenizer, scheduler = build_tiny_models(seed)
     path.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(path / "unet")
     vae.save_pretrained(path / "vae")

@@ -1,0 +1,237 @@
+"""Stage 2 of the toy model: UNet, CLIP text encoder and one ControlNet per layout modality.
+
+There is no pretrained base to freeze, so all of them are trained together from scratch on the
+latents of the stage-1 VAE: in each batch a sample is conditioned by text only or, with
+`control_probability`, also by one modality's map through that modality's ControlNet (the other
+samples get zero residuals). Captions are dropped with `caption_dropout` so that classifier-free
+guidance works. Noise follows SD 1.5's scaled-linear schedule with epsilon prediction, and an EMA
+of every trained weight is what gets exported.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..tiny import build_tokenizer, save_sd_folder, sd15_scheduler
+from .vae import cosine_lr
+
+TOY_WORDS = (
+    "a and on figure nothing striped light dark grey background red green blue yellow "
+    "circle square triangle"
+).split()
+"""Caption words that become single tokens (the toy-world grammar)."""
+
+
+def build_unet(block_out_channels: Sequence[int] = (32, 64, 64), layers_per_block: int = 1,
+               cross_attention_dim: int = 64, attention_head_dim: int = 8, sample_size: int = 16):
+    """A cross-attention UNet in SD 1.5's layout: attention in all but the deepest block."""
+    from diffusers import UNet2DConditionModel
+
+    blocks = len(block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * (blocks - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (blocks - 1),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
+        norm_num_groups=min(32, block_out_channels[0]),
+    )
+
+
+def build_text_encoder(vocab_size: int, tokenizer, hidden: int = 64, layers: int = 2, max_length: int = 32):
+    """A small CLIP text transformer."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, max_position_embeddings=max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+
+
+def build_controlnet(unet, vae_scale_factor: int):
+    """A ControlNet for `unet` whose map embedding downsamples by the VAE's factor."""
+    from diffusers import ControlNetModel
+
+    steps = vae_scale_factor.bit_length() - 1
+    channels = tuple(16 * 2 ** i for i in range(steps + 1))
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+
+
+def _replace_folder(path: Path, write) -> None:
+    """Write into a sibling temporary folder, then swap it in."""
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+class DiffusionTraining(L.LightningModule):
+    """Trains UNet + text encoder + ControlNets on toy-world latents and exports diffusers folders.
+
+    Exports `export_dir/sd` (a Stable Diffusion pipeline folder) and `export_dir/controlnet-<modality>`.
+    """
+
+    def __init__(self, vae: str = "outputs/toymodel/vae", unet_channels: tuple[int, ...] = (32, 64, 64),
+                 layers_per_block: int = 1, attention_head_dim: int = 8, text_hidden: int = 64,
+                 text_layers: int = 2, max_length: int = 32, modalities: tuple[str, ...] = ("pose", "scribble"),
+                 control_probability: float = 0.6, caption_dropout: float = 0.1, lr: float = 1e-3,
+                 warmup_steps: int = 100, total_steps: int = 4000, ema_decay: float = 0.995,
+                 export_dir: str = "outputs/toymodel", export_every: int = 500, seed: int = 0):
+        """
+        Args:
+            vae: Folder of the stage-1 VAE (normalised latents, `scaling_factor` 1).
+            unet_channels: UNet widths (also the ControlNets').
+            layers_per_block: ResNet/attention layers per UNet block.
+            attention_head_dim: Attention head size.
+            text_hidden: Text encoder width (= the UNet's cross-attention width).
+            text_layers: Text encoder layers.
+            max_length: Tokenizer length (toy captions are at most 20 tokens).
+            modalities: One ControlNet per modality, trained on the pool's maps.
+            control_probability: Chance that a sample is also conditioned on a map.
+            caption_dropout: Chance that a caption is replaced by the empty prompt.
+            lr: Peak AdamW learning rate (warm-up, then cosine over `total_steps`).
+            warmup_steps: Warm-up steps.
+            total_steps: Length of the cosine schedule.
+            ema_decay: Decay of the exported exponential moving average.
+            export_dir: Where the diffusers folders are written.
+            export_every: Steps between exports (0: only at the end).
+            seed: Weight initialisation seed.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        from diffusers import AutoencoderKL
+
+        if not Path(vae, "config.json").exists():
+            from ..errors import EditError
+
+            raise EditError(f"no VAE at {vae!r}: train stage 1 first "
+                            "(python -m framework.toymodel fit --config experiments/toyworld/train_vae.yaml)")
+        self.vae = AutoencoderKL.from_pretrained(vae).requires_grad_(False).eval()
+        self.tokenizer = build_tokenizer(TOY_WORDS, max_length)
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        torch.manual_seed(seed)
+        unet = build_unet(unet_channels, layers_per_block, text_hidden, attention_head_dim,
+                          self.vae.config.sample_size // scale)
+        text_encoder = build_text_encoder(len(self.tokenizer), self.tokenizer, text_hidden, text_layers, max_length)
+        self.nets = nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+        for m in modalities:
+            self.nets[f"controlnet_{m}"] = build_controlnet(unet, scale)
+        self.ema = copy.deepcopy(self.nets).requires_grad_(False)
+        self.scheduler = sd15_scheduler()
+        self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
+        self._latents: Optional[torch.Tensor] = None
+        self._ids: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ data
+
+    @torch.no_grad()
+    def _pool_latents(self) -> torch.Tensor:
+        """Posterior mean and std of every pool image, encoded once: (n, 2, 4, h, w)."""
+        if self._latents is None:
+            pool = self.trainer.datamodule.pool
+            chunks = []
+            for i in range(0, len(pool), 256):
+                x = torch.from_numpy(pool.images[i:i + 256]).permute(0, 3, 1, 2).float() / 127.5 - 1
+                dist = self.vae.encode(x.to(self.device)).latent_dist
+                chunks.append(torch.stack([dist.mean, dist.std], 1))
+            self._latents = torch.cat(chunks)
+        return self._latents
+
+    def token_ids(self, captions: Sequence[str]) -> torch.Tensor:
+        """Token ids (b, max_length), cached per caption."""
+        missing = [c for c in set(captions) if c not in self._ids]
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=self.hparams.max_length,
+                                 truncation=True, return_tensors="pt").input_ids
+            self._ids.update(zip(missing, ids))
+        return torch.stack([self._ids[c] for c in captions]).to(self.device)
+
+    # ------------------------------------------------------------------ training
+
+    def control_residuals(self, nets, noisy, t, context, maps: dict, choice: torch.Tensor):
+        """Sum of ControlNet residuals, each from the samples assigned to its modality (others zero)."""
+        down, mid = None, None
+        for k, m in enumerate(self.hparams.modalities):
+            rows = (choice == k + 1).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            d, md = nets[f"controlnet_{m}"](noisy[rows], t[rows], encoder_hidden_states=context[rows],
+                                            controlnet_cond=maps[m][rows], return_dict=False)
+            if down is None:
+                down = [noisy.new_zeros((len(noisy),) + r.shape[1:]) for r in d]
+                mid = noisy.new_zeros((len(noisy),) + md.shape[1:])
+            down = [full.index_add(0, rows, r) for full, r in zip(down, d)]
+            mid = mid.index_add(0, rows, md)
+        return down, mid
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        h = self.hparams
+        stats = self._pool_latents()[batch["index"].to(self.device)]
+        latents = stats[:, 0] + stats[:, 1] * torch.randn_like(stats[:, 0])
+        b = len(latents)
+        captions = [("" if torch.rand(()) < h.caption_dropout else c) for c in batch["caption"]]
+        context = self.nets["text_encoder"](self.token_ids(captions))[0]
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, len(self.alphas_cumprod), (b,), device=self.device)
+        ab = self.alphas_cumprod[t].view(b, 1, 1, 1)
+        noisy = ab.sqrt() * latents + (1 - ab).sqrt() * noise
+        # 0: text only; k >= 1: also the map of modality k - 1.
+        n_mod = len(h.modalities)
+        choice = torch.where(torch.rand(b, device=self.device) < h.control_probability,
+                             torch.randint(1, n_mod + 1, (b,), device=self.device), 0) if n_mod else \
+            torch.zeros(b, dtype=torch.long, device=self.device)
+        down, mid = self.control_residuals(self.nets, noisy, t, context, batch, choice)
+        pred = self.nets["unet"](noisy, t, encoder_hidden_states=context, down_block_additional_residuals=down,
+                                 mid_block_additional_residual=mid).sample
+        loss = F.mse_loss(pred, noise)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = torch.optim.AdamW(self.nets.parameters(), lr=h.lr, weight_decay=0.01)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, h.warmup_steps, h.total_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = min(self.hparams.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+        ema = [p for p in self.ema.parameters()]
+        live = [p.detach() for p in self.nets.parameters()]
+        torch._foreach_lerp_(ema, live, 1 - decay)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.update_ema()
+        every = self.hparams.export_every
+        if every and self.global_step % every == 0:
+            self.export()
+
+    def on_train_end(self) -> None:
+        self.export()
+
+    # ------------------------------------------------------------------ export
+
+    def export(self, path: Optional[str] = None) -> Path:
+        """Write the EMA weights as `sd/` (pipeline folder) and `controlnet-<modality>/` folders."""
+        root = Path(path or self.hparams.export_dir)
+        if self.trainer is not None and not self.trainer.is_global_zero:
+            return root
+        root.mkdir(parents=True, exist_ok=True)
+        nets = self.ema
+        _replace_folder(root / "sd", lambda p: save_sd_folder(
+            p, self.vae, nets["unet"], nets["text_encoder"], self.tokenizer, self.scheduler))
+        for m in self.hparams.modalities:
+            _replace_folder(root / f"controlnet-{m}", nets[f"controlnet_{m}"].save_pretrained)
+        return root

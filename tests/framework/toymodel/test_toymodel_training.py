@@ -1,0 +1,138 @@
+"""Toy-model training recipe: loss formulas, latent normalisation, ControlNet routing, export and reload."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from framework.toymodel.data import load_pool, render_pool
+from framework.toymodel.vae import build_vae, cosine_lr, normalised_vae, weighted_reconstruction
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_weighted_reconstruction_matches_formula():
+    recon = torch.zeros(1, 3, 1, 2)
+    image = torch.tensor([0.5, -1.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    fg = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    # Pixel errors 0.5 (foreground, weight 4) and 1.0 (background, weight 1): |e| + e^2 = 0.75 and 2.
+    expected = (4 * 0.75 + 1 * 2.0) / 5
+    assert weighted_reconstruction(recon, image, fg, 4.0).item() == pytest.approx(expected)
+
+
+def test_cosine_lr_warms_up_then_decays_to_floor():
+    assert cosine_lr(0, 10, 100) == pytest.approx(0.1)
+    assert cosine_lr(9, 10, 100) == pytest.approx(1.0)
+    assert cosine_lr(55, 10, 100) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert cosine_lr(500, 10, 100) == pytest.approx(0.05)
+
+
+def test_normalised_vae_has_unit_latents_and_same_reconstruction():
+    torch.manual_seed(0)
+    vae = build_vae((8, 16), latent_channels=4, size=16).eval()
+    images = torch.rand(32, 3, 16, 16) * 2 - 1
+    norm = normalised_vae(vae, images)
+    z = norm.encode(images).latent_dist.mean
+    assert z.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert (z.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-4
+    assert norm.config.scaling_factor == 1.0
+    with torch.no_grad():
+        before = vae.decode(vae.encode(images).latent_dist.mean).sample
+        after = norm.decode(z).sample
+        # The posterior's std is scaled by the same factor as its mean.
+        ratio = norm.encode(images).latent_dist.std / vae.encode(images).latent_dist.std
+        scale = (vae.encode(images).latent_dist.mean.std(dim=(0, 2, 3)))
+    assert (before - after).abs().max() < 1e-4
+    assert torch.allclose(ratio, (1 / scale).view(1, -1, 1, 1).expand_as(ratio), rtol=1e-3)
+
+
+def test_pool_is_deterministic_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITO_EDIT_CACHE", str(tmp_path))
+    a = load_pool(6, size=32, seed_offset=50)
+    files = list((tmp_path / "toyworld-pools").glob("*.npz"))
+    assert len(files) == 1
+    b = load_pool(6, size=32, seed_offset=50)  # read back from the cache
+    c = render_pool(6, size=32, seed_offset=50)
+    for other in (b, c):
+        assert np.array_equal(a.images, other.images) and np.array_equal(a.foreground, other.foreground)
+        assert a.captions == other.captions
+        assert all(np.array_equal(a.maps[m], other.maps[m]) for m in a.maps)
+    # Foreground is exactly the non-background pixels: a flat-background scene differs from its grey there.
+    assert a.foreground.any(axis=(1, 2)).all()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two-step runs of both stages through the CLI, with tiny widths."""
+    from framework.toymodel.__main__ import main
+
+    root = tmp_path_factory.mktemp("toymodel")
+    common = ["--trainer.max_steps", "2", "--trainer.logger", "false", "--trainer.callbacks.init_args.every_n_train_steps", "1",
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+              "--data.init_args.pool_size", "8", "--data.init_args.batch_size", "4", "--data.init_args.cache", "false",
+              "--trainer.default_root_dir", str(root)]
+    vae = ["fit", "--config", "experiments/toyworld/train_vae.yaml", *common,
+           "--trainer.callbacks.init_args.dirpath", str(root / "vae_ckpt"),
+           "--model.init_args.block_out_channels", "[8, 16, 16]", "--model.init_args.export_dir", str(root / "vae")]
+    main(vae)
+    # Resume at step 2 and log every step: a fresh start would log steps 0, 1, 2.
+    main([*vae, "--trainer.max_steps", "3", "--ckpt_path", "last", "--trainer.log_every_n_steps", "1",
+          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root / "resumed")])
+    main(["fit", "--config", "experiments/toyworld/train_diffusion.yaml", *common,
+          "--trainer.callbacks.init_args.dirpath", str(root / "diffusion_ckpt"),
+          "--model.init_args.vae", str(root / "vae"), "--model.init_args.unet_channels", "[32, 32, 32]",
+          "--model.init_args.export_dir", str(root / "model")])
+    return root
+
+
+def test_stage_resumes_from_its_last_checkpoint(trained):
+    import csv
+
+    ckpt = torch.load(trained / "vae_ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3
+    (metrics,) = (trained / "resumed").rglob("metrics.csv")
+    steps = {row["step"] for row in csv.DictReader(metrics.open()) if row.get("train/loss")}
+    assert steps == {"2"}  # only the step after the checkpoint ran
+
+
+def test_exports_load_in_the_engine_and_edit(trained, tmp_path):
+    from framework.models import StableDiffusion
+
+    sd = StableDiffusion(str(trained / "model" / "sd")).load()
+    assert sd.vae_scale_factor == 4 and sd.vae.config.scaling_factor == 1.0
+    image = torch.rand(1, 3, 64, 64)
+    latents = sd.encode_image(image)
+    assert latents.shape == (1, 4, 16, 16)
+    assert sd.decode_latents(latents).shape == (1, 3, 64, 64)
+    assert sd.encode_prompt("a red circle on a striped background").shape == (1, 32, 64)
+    for m in ("pose", "scribble"):
+        assert (trained / "model" / f"controlnet-{m}" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_control_residuals_route_each_sample_to_its_modality(trained):
+    from framework.toymodel.diffusion import DiffusionTraining
+
+    module = DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32))
+    b = 4
+    noisy, t = torch.randn(b, 4, 16, 16), torch.tensor([10, 200, 500, 900])
+    context = torch.randn(b, 32, 64)
+    maps = {m: torch.rand(b, 3, 64, 64) for m in ("pose", "scribble")}
+    nets = module.nets
+    for net in (nets["controlnet_pose"], nets["controlnet_scribble"]):  # zero convs start at zero
+        for p in net.parameters():
+            p.data.normal_(0, 0.05)
+    choice = torch.tensor([0, 1, 2, 1])  # none, pose, scribble, pose
+    with torch.no_grad():
+        down, mid = module.control_residuals(nets, noisy, t, context, maps, choice)
+        d_pose, m_pose = nets["controlnet_pose"](noisy[[1, 3]], t[[1, 3]], encoder_hidden_states=context[[1, 3]],
+                                                 controlnet_cond=maps["pose"][[1, 3]], return_dict=False)
+        d_scr, m_scr = nets["controlnet_scribble"](noisy[[2]], t[[2]], encoder_hidden_states=context[[2]],
+                                                   controlnet_cond=maps["scribble"][[2]], return_dict=False)
+    assert mid[0].abs().max() == 0 and all(d[0].abs().max() == 0 for d in down)
+    assert torch.allclose(mid[[1, 3]], m_pose, atol=1e-5) and torch.allclose(mid[2:3], m_scr, atol=1e-5)
+    for full, p, s in zip(down, d_pose, d_scr):
+        assert torch.allclose(full[[1, 3]], p, atol=1e-5) and torch.allclose(full[2:3], s, atol=1e-5)
+    assert mid.abs().max() > 0
