@@ -41,7 +41,8 @@ def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, crop: int = 24, margin
     x0, y0, x1, y1 = boxes.unbind(1)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half = torch.maximum(x1 - x0, y1 - y0) / 2 * (1 + margin)
-    lin = torch.linspace(-1, 1, crop, device=images.device, dtype=images.dtype)
+    # Sample at the crop's pixel centres.
+    lin = (torch.arange(crop, device=images.device, dtype=images.dtype) + 0.5) / crop * 2 - 1
     gy, gx = torch.meshgrid(lin, lin, indexing="ij")
     # grid_sample coordinates: -1..1 spans the image (align_corners=False).
     x = (cx[:, None, None] + half[:, None, None] * gx) * 2 - 1

@@ -1,0 +1,223 @@
+"""Quality measures of a trained toy model, on held-out toy-world scenes (seeds below one million).
+
+Used by `benchmarks/toyworld_gates.py`. Every measure reads images the way the evaluation does:
+with the toy classifier at a box, or with masks of the world's palette.
+
+- VAE: PSNR of reconstructions; classifier accuracy on reconstructions vs on renders.
+- Inversion: DDIM inversion then reconstruction (25 steps, guidance 1) against the render.
+- Text: samples from single-object captions; the object is found as the largest saturated region
+  and the classifier reads its colour and shape.
+- Pose: samples from a pose map; IoU of the figure-coloured pixels with the rendered figure, against
+  the same IoU for a mismatched figure (chance), and the classifier's arm-pose class.
+- Scribble: samples from a scribble map (flat-background scenes); IoU of the sample's outlines with the map's strokes, both
+  dilated by one pixel (a one-pixel tolerance), against a mismatched map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..toyworld import caption, condition_maps, render, sample_scene
+from ..toyworld.conditions import outline
+from ..toyworld.scenes import SHIRT, SKIN, TROUSERS, SHAPES, figure_box, figure_mask
+from .classifier import COLOUR_NAMES, ToyClassifier, accuracy_on_scenes, pose_class
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> (1, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) in [0, 1] -> uint8 HxWx3."""
+    return (image[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) / 255 ** 2
+    return float(10 * np.log10(1 / max(mse, 1e-12)))
+
+
+def dilate(mask: np.ndarray, radius: int = 1) -> np.ndarray:
+    """Binary dilation with a (2r+1)^2 square."""
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(mask, np.ones((2 * radius + 1,) * 2, bool))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def saturated_box(image: np.ndarray, min_saturation: float = 0.5, min_value: int = 60):
+    """Normalised box of the largest saturated region (objects are saturated; backgrounds are not)."""
+    from scipy.ndimage import label
+
+    rgb = image.astype(np.float64)
+    high, low = rgb.max(2), rgb.min(2)
+    mask = (high >= min_value) & ((high - low) / np.maximum(high, 1) >= min_saturation)
+    labels, count = label(mask)
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    ys, xs = np.nonzero(labels == 1 + int(sizes.argmax()))
+    h, w = mask.shape
+    return (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
+
+
+def palette_mask(image: np.ndarray, colours: Sequence[tuple[int, int, int]], tolerance: float = 60.0) -> np.ndarray:
+    """Pixels within `tolerance` (RGB distance) of any of `colours`."""
+    rgb = image.astype(np.float64)
+    dist = np.stack([np.linalg.norm(rgb - np.asarray(c, np.float64), axis=2) for c in colours])
+    return dist.min(0) <= tolerance
+
+
+def foreground_outline(image: np.ndarray, threshold: float = 50.0, width: int = 1) -> np.ndarray:
+    """Outline of the pixels far from the background (estimated as the median of the border)."""
+    rgb = image.astype(np.float64)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    background = np.median(border, axis=0)
+    fg = np.linalg.norm(rgb - background, axis=2) > threshold
+    return outline(fg, width)
+
+
+@dataclass
+class ToyModel:
+    """The bundled (or any) toy model: SD folder and ControlNets, sampled with the engine's code."""
+
+    root: Path
+    steps: int = 25
+
+    def __post_init__(self):
+        from conditioners.controlnet import ControlNetConditioner
+        from conditioners.text import TextConditioner
+
+        from ..ddim import Schedule
+        from ..denoiser import Denoiser
+        from ..models import StableDiffusion
+
+        self.root = Path(self.root)
+        self.backbone = StableDiffusion(str(self.root / "sd")).load()
+        conditioners = [TextConditioner()]
+        for m in ("pose", "scribble"):
+            if (self.root / f"controlnet-{m}").exists():
+                conditioners.append(ControlNetConditioner(m, str(self.root / f"controlnet-{m}")))
+        for c in conditioners[1:]:
+            c.load(self.backbone)
+        self.denoiser = Denoiser(self.backbone.unet, conditioners, self.backbone.scheduler.config.num_train_timesteps)
+        self.schedule = Schedule.from_scheduler(self.backbone.scheduler, self.steps)
+
+    def _cond(self, prompt: str, maps: dict):
+        from conditioners.base import ConditionSide
+
+        side = ConditionSide(prompt, maps)
+        return (self.denoiser.encode(side, self.backbone),
+                self.denoiser.encode(side.unconditional(""), self.backbone))
+
+    @torch.no_grad()
+    def sample(self, prompt: str, maps: Optional[dict] = None, seed: int = 0, guidance: float = 5.0,
+               size: int = 64) -> np.ndarray:
+        """DDIM sample from noise under a prompt and layout maps ({modality: uint8 HxWx3})."""
+        from ..ddim import ddim_decode, seeded_noise
+
+        cond, uncond = self._cond(prompt, {m: to_tensor(v) for m, v in (maps or {}).items()})
+        scale = self.backbone.vae_scale_factor
+        x = seeded_noise((1, 4, size // scale, size // scale), seed)
+        z = ddim_decode(x, lambda x, t: self.denoiser(x, t, cond, uncond, guidance), self.schedule, self.steps)
+        return to_uint8(self.backbone.decode_latents(z))
+
+    @torch.no_grad()
+    def reconstruct(self, image: np.ndarray, prompt: str, invert: bool = True) -> np.ndarray:
+        """VAE round trip, or DDIM inversion and reconstruction at guidance 1 when `invert`."""
+        from ..ddim import ddim_decode, ddim_invert
+
+        z = self.backbone.encode_image(to_tensor(image))
+        if invert:
+            cond, _ = self._cond(prompt, {})
+            eps = lambda x, t: self.denoiser(x, t, cond)  # noqa: E731
+            z = ddim_invert(z, eps, self.schedule, self.steps)[self.schedule.timesteps[0]]
+            z = ddim_decode(z, eps, self.schedule, self.steps)
+        return to_uint8(self.backbone.decode_latents(z))
+
+
+def held_out(count: int, size: int, want, start: int = 0) -> list[int]:
+    """The first `count` seeds from `start` whose scene satisfies `want(scene)`."""
+    seeds, seed = [], start
+    while len(seeds) < count:
+        if want(sample_scene(seed, size)):
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
+def measure_vae(model: ToyModel, classifier: ToyClassifier, n: int = 64, size: int = 64, invert_n: int = 16):
+    seeds = list(range(n))
+    renders = [render(sample_scene(s, size), size)[0] for s in seeds]
+    recons = [model.reconstruct(r, "", invert=False) for r in renders]
+    on_recon = accuracy_on_scenes(classifier, seeds, size, [to_tensor(r)[0] for r in recons])
+    on_render = accuracy_on_scenes(classifier, seeds, size)
+    inv = [psnr(model.reconstruct(renders[i], caption(sample_scene(i, size))), renders[i]) for i in range(invert_n)]
+    return {
+        "vae_psnr": float(np.mean([psnr(a, b) for a, b in zip(recons, renders)])),
+        **{f"vae_{k}_gap": on_render[k] - on_recon[k] for k in ("colour", "shape")},
+        **{f"render_{k}": on_render[k] for k in on_render}, **{f"recon_{k}": on_recon[k] for k in on_recon},
+        "inversion_psnr": float(np.mean(inv)),
+    }
+
+
+def measure_text(model: ToyModel, classifier: ToyClassifier, n: int = 48, size: int = 64, guidance: float = 5.0):
+    seeds = held_out(n, size, lambda s: len(s.objects) == 1 and s.figure is None)
+    colour, shape, found = [], [], 0
+    for i, seed in enumerate(seeds):
+        scene = sample_scene(seed, size)
+        image = model.sample(caption(scene), seed=i, guidance=guidance, size=size)
+        box = saturated_box(image)
+        if box is None:
+            colour.append(False)
+            shape.append(False)
+            continue
+        found += 1
+        pred = classifier.classify(to_tensor(image), torch.tensor([box], dtype=torch.float32))
+        obj = scene.objects[0]
+        colour.append(COLOUR_NAMES[int(pred["colour"])] == obj.colour)
+        shape.append(SHAPES[int(pred["shape"])] == obj.shape)
+    return {"text_colour": float(np.mean(colour)), "text_shape": float(np.mean(shape)),
+            "text_found": found / len(seeds)}
+
+
+def measure_pose(model: ToyModel, classifier: ToyClassifier, n: int = 32, size: int = 64, guidance: float = 5.0):
+    seeds = held_out(n, size, lambda s: s.figure is not None)
+    scenes = [sample_scene(s, size) for s in seeds]
+    masks = [figure_mask(s.figure, size) for s in scenes]
+    matched, mismatched, pose_hits = [], [], []
+    for i, scene in enumerate(scenes):
+        image = model.sample(caption(scene), {"pose": condition_maps(scene, size)["pose"]}, seed=i,
+                             guidance=guidance, size=size)
+        body = palette_mask(image, (SHIRT, SKIN, TROUSERS))
+        matched.append(iou(body, masks[i]))
+        mismatched.append(iou(body, masks[(i + 1) % len(scenes)]))
+        pred = classifier.classify(to_tensor(image), torch.tensor([figure_box(scene.figure)], dtype=torch.float32))
+        pose_hits.append(int(pred["pose"]) == pose_class(scene.figure))
+    return {"pose_iou": float(np.mean(matched)), "pose_iou_mismatched": float(np.mean(mismatched)),
+            "pose_class": float(np.mean(pose_hits))}
+
+
+def measure_scribble(model: ToyModel, n: int = 32, size: int = 64, guidance: float = 5.0):
+    # Flat backgrounds: stripes are edges of the image but not strokes of the scribble.
+    seeds = held_out(n, size, lambda s: s.background.kind == "flat")
+    scenes = [sample_scene(s, size) for s in seeds]
+    strokes = [condition_maps(s, size)["scribble"][..., 0] > 127 for s in scenes]
+    matched, mismatched = [], []
+    for i, scene in enumerate(scenes):
+        image = model.sample(caption(scene), {"scribble": condition_maps(scene, size)["scribble"]}, seed=i,
+                             guidance=guidance, size=size)
+        edges = dilate(foreground_outline(image))
+        matched.append(iou(edges, dilate(strokes[i])))
+        mismatched.append(iou(edges, dilate(strokes[(i + 1) % len(scenes)])))
+    return {"scribble_edge_iou": float(np.mean(matched)), "scribble_edge_iou_mismatched": float(np.mean(mismatched))}
