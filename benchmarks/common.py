@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: our edit stages, diffusers' counterparts, counters, timing, tables.
 
-Our stages call the engine's own functions (`ddim_invert`, `ddim_decode`, `noise_difference`,
-`soft_mask`, `binary_mask`, `noise_encode`, `LatentOptimizer`, `Denoiser`) with the settings
+Our stages call the engine's own functions (`ddim_invert`, `ddim_decode`, `estimate_soft_mask`,
+`binary_mask`, `noise_encode`, `LatentOptimizer`, `Denoiser`) with the settings
 `EditModule.edit` uses; diffusers' stages call `StableDiffusionDiffEditPipeline` and
 `StableDiffusionControlNetImg2ImgPipeline` built from the very same modules.
 """
@@ -27,7 +27,7 @@ from framework.config import MaskConfig  # noqa: E402
 from framework.ddim import Schedule, ddim_decode, ddim_invert, noise_encode, seeded_noise  # noqa: E402
 from framework.denoiser import Conditioning, Denoiser  # noqa: E402
 from framework.ito import LatentOptimizer  # noqa: E402
-from framework.masks import binary_mask, noise_difference, soft_mask  # noqa: E402
+from framework.masks import binary_mask, estimate_soft_mask, mask_schedule  # noqa: E402
 from losses.guidance import CosineGuidance  # noqa: E402
 from losses.preservation import MaskedMSEPreservation  # noqa: E402
 
@@ -66,6 +66,24 @@ class EvalCounter:
     def remove(self) -> None:
         if self._handle is not None:
             self._handle.remove()
+
+
+def max_rss() -> int:
+    """Peak resident memory of this process so far, in bytes (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss() -> int:
+    """Resident memory of this process now, in bytes (/proc/self/statm; 0 where it is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def sync(device: torch.device) -> None:
@@ -186,9 +204,10 @@ class OurStages:
         return ddim_invert(x0, self.eps(side, scale), self.schedule, self.n_final())
 
     def mask(self, x0, src, edit, cfg: MaskConfig, seed: int = 0, scale: float = CFG):
-        difference = noise_difference(x0, self.denoiser, src, edit, self.schedule, cfg, seed, scale)
-        soft = soft_mask(difference, cfg)[None, None]
-        return binary_mask(soft[0, 0], cfg.threshold)
+        """EditModule._mask at full resolution: Eq. 7 with the mask's own grid, seed groups and early stop."""
+        schedule = mask_schedule(self.schedule, self.backbone.scheduler, cfg)
+        soft, _ = estimate_soft_mask(x0, self.denoiser, src, edit, schedule, cfg, seed, scale)
+        return binary_mask(soft, cfg.threshold)
 
     def _hook(self, optimizer: LatentOptimizer, update_steps: int, x_traj, g_traj, mask):
         """EditModule._ito_hook: k optimiser steps on y_t at each of the first t_u decoding steps."""

@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2, this machine's cores)")
     p.add_argument("--steps", type=int, default=C.STEPS)
     p.add_argument("--no-total", action="store_true", help="skip the whole-edit rows (EditModule.edit, DiffEdit)")
+    p.add_argument("--no-embedding", action="store_true",
+                   help="skip the ControlNet-embedding rows (precomputed per request vs per UNet call)")
+    p.add_argument("--embedding-only", action="store_true", help="only the ControlNet-embedding rows")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--quiet", action="store_true", help="no per-run log lines")
     return p.parse_args(argv)
@@ -121,6 +124,53 @@ def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) 
     return result
 
 
+def embedding_comparison(size: int, args, backbone, conditioners, device, log) -> list[dict]:
+    """The text+pose stages with the pose ControlNet's map embedding precomputed once per request side
+    (`ControlNetConditioner(precompute_embedding=True)`, the default) against embedded at every UNet call,
+    the same ControlNet module on both sides; interleaved, medians, paired ratios."""
+    from conditioners.controlnet import ControlNetConditioner
+
+    text, pose = conditioners
+    per_call = ControlNetConditioner("pose", pose.pretrained, precompute_embedding=False)
+    per_call.controlnet = pose.controlnet
+    req = C.toy_request(size)
+    image, sp, ep = req["image"].to(device), req["source_prompt"], req["edit_prompt"]
+    maps = {"pose": req["source_pose"].to(device)}, {"pose": req["edit_pose"].to(device)}
+    tasks = []
+    for label, cond in (("precomputed", pose), ("per-call", per_call)):
+        ours = C.OurStages(backbone, [text, cond], device, args.steps)
+        x0, src, edit = ours.encode(image, sp, ep, *maps)
+        x_traj = ours.invert(x0, src)
+        mask = ours.mask(x0, src, edit, C.PAPER_MASK)
+        g_traj = ours.guidance(x0, x_traj, mask, edit)[1]
+        tasks += [C.Task(f"inversion[{label}]", lambda o=ours, x=x0, s=src: o.invert(x, s), label),
+                  C.Task(f"mask[{label}]", lambda o=ours, x=x0, s=src, e=edit: o.mask(x, s, e, C.PAPER_MASK), label),
+                  C.Task(f"final[{label}]", lambda o=ours, xt=x_traj, gt=g_traj, m=mask, e=edit: o.final(xt, gt, m, e),
+                         label)]
+    counters = C.EvalCounter(backbone.unet), C.EvalCounter(pose.controlnet)
+    C.interleaved(tasks, args.repeats, device, *counters, log=(lambda s: None) if args.quiet else log)
+    for counter in counters:
+        counter.remove()
+    by = {t.name: t for t in tasks}
+    rows = []
+    for stage in ("inversion", "mask", "final"):
+        on, off = by[f"{stage}[precomputed]"], by[f"{stage}[per-call]"]
+        pairs = [a.cpu_seconds / b.cpu_seconds for a, b in zip(on.samples, off.samples) if b.cpu_seconds]
+        rows.append({"stage": f"{stage} (text+pose)", "precomputed_cpu_s": round(on.median().cpu_seconds, 4),
+                     "per_call_cpu_s": round(off.median().cpu_seconds, 4), "unet": on.median().unet,
+                     "ratio_paired_cpu": round(statistics.median(pairs), 3) if pairs else None})
+    return rows
+
+
+def format_embedding(rows: list[dict], size: int) -> str:
+    lines = [f"\n== {size} px: ControlNet map embedding precomputed per request vs per UNet call (CPU seconds, "
+             f"median; paired = median of per-repeat ratios; below 1: precomputing is faster) ==",
+             "| stage | UNet samples | precomputed cpu s | per-call cpu s | cpu paired |", "|---|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['unet']} | {r['precomputed_cpu_s']:.3f} | {r['per_call_cpu_s']:.3f} | "
+              f"{r['ratio_paired_cpu']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def print_result(res: dict, threads: int) -> str:
     text = [C.format_table(res["rows"], f"\n== {res['size']} px, CPU, {threads} torch threads, median of runs; "
                                        f"ratio = ours s / diffusers s (wall; cpu: process CPU time) ==", cpu=True)]
@@ -157,10 +207,16 @@ def main(argv=None) -> dict:
         backbone, conditioners = build(tmp, device)
         printed = []
         for size in args.sizes:
-            res = bench_size(size, args, backbone, conditioners, tmp, device, log)
-            results["sizes"].append(res)
-            printed.append(print_result(res, torch.get_num_threads()))
-            log(printed[-1])
+            if not args.embedding_only:
+                res = bench_size(size, args, backbone, conditioners, tmp, device, log)
+                results["sizes"].append(res)
+                printed.append(print_result(res, torch.get_num_threads()))
+                log(printed[-1])
+            if not args.no_embedding:
+                rows = embedding_comparison(size, args, backbone, conditioners, device, log)
+                results.setdefault("embedding", {})[size] = rows
+                printed.append(format_embedding(rows, size))
+                log(printed[-1])
     print("\n\n".join(["\n######## summary ########"] + printed), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -148,9 +148,10 @@ def set_attention(modules, kind: str) -> None:
 STAGES = ("encode", "inversion", "mask", "guidance", "final", "decode")
 
 
-def our_full_edit(ours: C.OurStages, req: dict, device, unet_counter, cn_counter) -> dict:
+def our_full_edit(ours: C.OurStages, req: dict, device, unet_counter, cn_counter, mask_cfg=C.PAPER_MASK) -> dict:
     """EditModule.edit's procedure at the paper's settings, from pixels, stage by stage, timed with
-    peak memory (the Lightning module itself is not needed for this)."""
+    peak memory (the Lightning module itself is not needed for this). On the CPU, 'maxrss' is the
+    process's peak resident memory (bytes) after each stage: a high-water mark that never falls."""
     image = req["image"].to(device)
     maps = {"pose": req["source_pose"].to(device)}, {"pose": req["edit_pose"].to(device)}
     out = {}
@@ -165,12 +166,13 @@ def our_full_edit(ours: C.OurStages, req: dict, device, unet_counter, cn_counter
         value = fn()
         C.sync(device)
         out[name] = {"s": time.perf_counter() - start, "unet": unet_counter.samples, "cn": cn_counter.samples,
-                     "peak": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+                     "peak": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+                     "maxrss": C.max_rss()}
         return value
 
     x0, src, edit = stage("encode", lambda: ours.encode(image, req["source_prompt"], req["edit_prompt"], *maps))
     x_traj = stage("inversion", lambda: ours.invert(x0, src))
-    mask = stage("mask", lambda: ours.mask(x0, src, edit, C.PAPER_MASK))
+    mask = stage("mask", lambda: ours.mask(x0, src, edit, mask_cfg))
     g0, g_traj = stage("guidance", lambda: ours.guidance(x0, x_traj, mask, edit))
     y0 = stage("final", lambda: ours.final(x_traj, g_traj, mask, edit))
     picture = stage("decode", lambda: (ours.decode(y0), ours.decode(g0)))

@@ -138,7 +138,7 @@ class LayoutConditioner(Conditioner):
 
         source = self._source
         if source.startswith(BUILTIN_PREFIX):
-            source = str(builtin_folder(source, builtin_kind))
+            source = str(builtin_folder(source, builtin_kind, self.modality))
         model = load_component(cls, source, f"{self.kind} '{self.modality}'", revision=self.revision,
                                variant=self.variant, allow_pickle=self.allow_pickle)
         return model.requires_grad_(False).eval()

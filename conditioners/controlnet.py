@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from typing import Optional
 
 import torch
+from torch import nn
 
 from conditioners.base import ConditionSide, Encoding, LayoutConditioner, UNetInputs, in_window
 
@@ -14,25 +16,73 @@ class ControlNetConditioner(LayoutConditioner):
 
     Several of these in the conditioner list sum their residuals (multi-condition editing).
     A request without a map for this modality on either side is edited without it.
+
+    The map's conditioning embedding (the ControlNet's full-resolution convolutions that bring the
+    map to the latent grid) does not depend on the timestep or the latents, so `encode` computes it
+    once per request side and every UNet call reuses it (`precompute_embedding`).
     """
 
     kind = "ControlNet"
+
+    def __init__(self, modality: str, pretrained: str, scale: float = 1.0, start: float = 0.0,
+                 end: float = 1.0, revision: Optional[str] = None, variant: Optional[str] = None,
+                 allow_pickle: bool = False, precompute_embedding: bool = True):
+        """
+        Args:
+            modality: Key of this condition's maps in the manifest ('pose', 'scribble', 'lines', 'depth' ...).
+            pretrained: Hub id or local folder of the ControlNet (e.g. 'lllyasviel/control_v11p_sd15_openpose'),
+                or 'builtin:tiny-random'.
+            scale: Conditioning scale: multiplies the residuals the ControlNet adds to the UNet.
+            start: Fraction of the noise schedule (0 = pure noise) where the condition starts acting.
+            end: Fraction where it stops.
+            revision: Hub revision.
+            variant: Weight variant such as 'fp16'.
+            allow_pickle: Also load pickle weights (they can run code; off by default).
+            precompute_embedding: Embed each map once per request side (the ControlNet's own
+                `controlnet_cond_embedding`) instead of at every UNet call; the same result, less work.
+        """
+        super().__init__(modality, pretrained, scale, start, end, revision, variant, allow_pickle)
+        self.precompute_embedding = precompute_embedding
+
     def load(self, backbone) -> None:
         from diffusers import ControlNetModel
 
         if "controlnet" not in self._modules:  # loaded once (or given already)
             self.controlnet = self._load_model(ControlNetModel, "controlnet")
 
+    def _embeds_ahead(self) -> bool:
+        """Precompute only where the map goes straight into the embedding (RGB channel order)."""
+        return self.precompute_embedding and self.controlnet.config.controlnet_conditioning_channel_order == "rgb"
+
+    @torch.no_grad()
     def encode(self, side: ConditionSide, backbone) -> Optional[Encoding]:
         # ControlNet takes the map as is, in [0, 1] (no [-1, 1] normalisation).
-        return self.map_for(side)
+        control = self.map_for(side)
+        if control is None or not self._embeds_ahead():
+            return control
+        dtype = next(self.controlnet.parameters()).dtype
+        return self.controlnet.controlnet_cond_embedding(control.to(dtype))  # (1, c, H/8, W/8)
 
     def apply(self, inputs: UNetInputs, latents: torch.Tensor, t: int, encoding: Encoding,
               progress: float) -> None:
+        """`encoding` is a map batch (b, 3, H, W) or, from `encode`, its embedding batch (b, c, H/8, W/8)."""
         if not in_window(progress, self.start, self.end):
             return
-        down, mid = self.controlnet(
-            latents, t, encoder_hidden_states=inputs.encoder_hidden_states,
-            controlnet_cond=encoding.to(latents.dtype), conditioning_scale=self.scale, return_dict=False,
-        )
+        embedded = encoding.shape[1] != self.controlnet.config.conditioning_channels
+        with _embedding_given(self.controlnet) if embedded else nullcontext():
+            down, mid = self.controlnet(
+                latents, t, encoder_hidden_states=inputs.encoder_hidden_states,
+                controlnet_cond=encoding.to(latents.dtype), conditioning_scale=self.scale, return_dict=False,
+            )
         inputs.add_control(down, mid)
+
+
+@contextmanager
+def _embedding_given(controlnet):
+    """Within: the ControlNet's conditioning-embedding module passes its input through (it is precomputed)."""
+    embedding = controlnet.controlnet_cond_embedding
+    controlnet.controlnet_cond_embedding = nn.Identity()
+    try:
+        yield
+    finally:
+        controlnet.controlnet_cond_embedding = embedding

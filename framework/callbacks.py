@@ -89,9 +89,22 @@ class WandbEditLogger(Callback):
     COLUMNS: ClassVar[list[str]] = ["id", "source_prompt", "edit_prompt", "modalities", "lam", "seed", "mask_area",
                                     *[f"seconds_{s}" for s in STAGE_SECONDS], "unet_evaluations", "error", "edit"]
 
+    @classmethod
+    def columns(cls, metric_names: list[str]) -> list[str]:
+        """The table's columns: COLUMNS with the run's metric keys (`edit/l1`, ...) before the edit image."""
+        return [*cls.COLUMNS[:-1], *metric_names, cls.COLUMNS[-1]]
+
     @staticmethod
-    def table_row(record: dict[str, Any], output_dir: Path) -> list[Any]:
-        """One table row from an edit record (`result.json`, or `{"id", "error"}` of a failed edit)."""
+    def metric_names(records: list[dict[str, Any]]) -> list[str]:
+        """Every per-edit metric key of the run's records, sorted."""
+        return sorted({key for record in records for key in record.get("metrics", {})})
+
+    @staticmethod
+    def table_row(record: dict[str, Any], output_dir: Path, metric_names: tuple[str, ...] = ()) -> list[Any]:
+        """One table row from an edit record (`result.json`, or `{"id", "error"}` of a failed edit).
+
+        `metric_names`: the metric columns, in order; an edit without a value gets None there.
+        """
         import wandb
 
         seconds = record.get("seconds", {})
@@ -101,7 +114,7 @@ class WandbEditLogger(Callback):
                 ", ".join(record.get("modalities", [])), record.get("lam"), record.get("seed"),
                 record.get("mask_area"), *[seconds.get(s) for s in STAGE_SECONDS],
                 sum(record.get("unet_evaluations", {}).values()) if "error" not in record else None,
-                record.get("error"), image]
+                record.get("error"), *[record.get("metrics", {}).get(name) for name in metric_names], image]
 
     def _log_run(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._active:
@@ -111,8 +124,9 @@ class WandbEditLogger(Callback):
         output_dir = Path(pl_module.output_dir)
         for logger in wandb_loggers(trainer):
             if records:
-                rows = [self.table_row(r, output_dir) for r in records]
-                logger.log_table(key="edits/table", columns=self.COLUMNS, data=rows)
+                names = self.metric_names(records)  # per-edit scores (test runs with model.metrics)
+                rows = [self.table_row(r, output_dir, names) for r in records]
+                logger.log_table(key="edits/table", columns=self.columns(names), data=rows)
             logger.log_hyperparams(pl_module.resolved_parameters())
 
     def on_train_end(self, trainer, pl_module) -> None:

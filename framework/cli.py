@@ -7,13 +7,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 from lightning.pytorch.cli import LightningCLI
 
 from framework.callbacks import WandbEditLogger
 from framework.data import EditDataModule
-from framework.errors import EditError
+from framework.errors import ConfigError, EditError
 from framework.module import EditModule
 
 TRAINER_DEFAULTS = {
@@ -89,8 +90,15 @@ class EditCLI(LightningCLI):
             parser_kwargs={"default_env": False},
         )
 
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--sweep", type=Optional[dict], default=None,
+                            help="Several runs of this config: read by `python -m framework.sweep FILE`.")
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("sweep") is not None:
+            raise ConfigError("this config has a `sweep:` section (several runs); run it with "
+                              "`python -m framework.sweep <file>` (see its --help).")
         trainer = config.trainer
         if trainer.precision is None:
             on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)

@@ -58,9 +58,25 @@ class MaskConfig:
     """Clip level of 'mean_ratio' normalisation, in multiples of the mean."""
     guidance_scale: Optional[float] = None
     """CFG scale of the mask decodes; None = sampling.guidance_scale."""
+    steps: Optional[int] = None
+    """Cost: DDIM steps of the mask's own, coarser schedule (it decodes strength x steps of them);
+    None = sampling.steps (the paper's 25: 12 decode steps)."""
+    resolution: float = 1.0
+    """Cost: estimate the mask on the input resized by this factor (0 < r <= 1; the map is then
+    upsampled to the latent grid); 1 = full resolution."""
+    early_stop_iou: Optional[float] = None
+    """Cost: add seeds in groups of `seed_group` and stop once the binary mask's IoU with the previous
+    group's exceeds this (1.0 never stops); None = all n seeds in one batch per step."""
+    seed_group: int = 2
+    """Seeds per group when early_stop_iou is set (at least two groups run before a stop)."""
 
     def __post_init__(self):
         _check(self.seeds >= 1, f"mask.seeds must be >= 1, got {self.seeds}.")
+        _check(self.steps is None or self.steps >= 1, f"mask.steps must be >= 1 or null, got {self.steps}.")
+        _check(0 < self.resolution <= 1, f"mask.resolution must be in (0, 1], got {self.resolution}.")
+        _check(self.early_stop_iou is None or 0 < self.early_stop_iou <= 1,
+               f"mask.early_stop_iou must be in (0, 1] or null, got {self.early_stop_iou}.")
+        _check(self.seed_group >= 1, f"mask.seed_group must be >= 1, got {self.seed_group}.")
         _check(0 < self.strength <= 1, f"mask.strength must be in (0, 1], got {self.strength}.")
         _check(0 <= self.threshold < 1, f"mask.threshold must be in [0, 1), got {self.threshold}.")
         _check(self.smoothing >= 0, f"mask.smoothing must be >= 0, got {self.smoothing}.")
@@ -126,3 +142,43 @@ def check_steps(sampling: SamplingConfig, ito: Optional[ITOConfig], guidance: Op
     if guidance is not None:
         _check(guidance.update_steps <= sampling.steps,
                f"guidance.update_steps ({guidance.update_steps}) exceeds sampling.steps ({sampling.steps}).")
+
+
+@dataclass
+class AutoLam:
+    """`lam: auto`: lambda per edit from its mask, lam = clip(intercept + slope * area, low, high).
+
+    `area` is the fraction of the (latent-resolution) edit mask that is edit region, in [0, 1].
+    The paper (A.3) observes that larger masks go with larger changes, i.e. harder edits, which
+    need more of the guidance image (lower lam), while small edits do well with lam = 1 (Sec. 3.2).
+    The defaults give lam = 1 (no guidance image) for an empty mask, the paper's 0.6 for a mask
+    covering 20 % of the image, and the floor 0.3 from 35 %. They are a starting point: fit them
+    per domain from a lam sweep (experiments/eval/lam_sweep.yaml).
+    """
+
+    intercept: float = 1.0
+    """lam of an empty mask (before clipping)."""
+    slope: float = -2.0
+    """Change of lam per unit of mask area (negative: larger masks get more guidance)."""
+    low: float = 0.3
+    """Smallest lam the rule gives."""
+    high: float = 1.0
+    """Largest lam the rule gives (1: edits with small masks skip the guidance image)."""
+
+    def __post_init__(self):
+        _check(0 <= self.low <= self.high <= 1,
+               f"auto_lam needs 0 <= low <= high <= 1, got low={self.low}, high={self.high}.")
+
+    def __call__(self, mask_area: float) -> float:
+        """lam for an edit whose mask covers `mask_area` of the image."""
+        return float(min(self.high, max(self.low, self.intercept + self.slope * float(mask_area))))
+
+
+def check_lam_setting(lam, where: str = "lam"):
+    """A lam setting: a number in [0, 1], or 'auto' (lam from the mask, see AutoLam)."""
+    if lam == "auto":
+        return "auto"
+    _check(isinstance(lam, (int, float)) and not isinstance(lam, bool) and 0 <= lam <= 1,
+           f"{where} must be in [0, 1] (1 = preservation only, 0 = guidance only) or 'auto' (set per edit "
+           f"from its mask), got {lam!r}.")
+    return float(lam)

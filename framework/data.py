@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from framework.captioning import Captioner
-from framework.config import check_lam
+from framework.config import check_lam_setting
 from framework.errors import ManifestError
 from framework.preprocess import MapSpec, existing_file as _path, parse_map_spec
 
@@ -36,7 +36,7 @@ FIELDS = {
             "source map",
     "mask": "edit-mask image path (white = edit); overrides the estimated mask",
     "seed": "random seed of this edit",
-    "lam": "preservation weight of this edit, in [0, 1]",
+    "lam": "preservation weight of this edit, in [0, 1], or 'auto' (from its mask: model.auto_lam)",
     "target": "ground-truth edited image (evaluation only)",
     "true_mask": "ground-truth edit region (evaluation only)",
     "meta": "free-form metadata, copied to the outputs",
@@ -56,7 +56,7 @@ class RequestSpec:
     edit: dict[str, Path | MapSpec]
     mask: Optional[Path] = None
     seed: Optional[int] = None
-    lam: Optional[float] = None
+    lam: Optional[float | str] = None  # a number or "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,7 +72,7 @@ class EditRequest:
     edit_maps: dict[str, torch.Tensor]
     mask: Optional[torch.Tensor]
     seed: Optional[int]
-    lam: Optional[float]
+    lam: Optional[float | str]  # a number or "auto"
     extra: dict[str, Any]
     index: int = 0
 
@@ -145,7 +145,7 @@ def parse_row(row: Any, n: int, root: Path, where: str, annotators: Optional[str
         raise ManifestError(f"{where}: 'edit_prompt' must be a string.")
     lam = row.get("lam")
     if lam is not None:
-        check_lam(lam, f"{where}: lam")
+        lam = check_lam_setting(lam, f"{where}: lam")
     seed = row.get("seed")
     if seed is not None and not isinstance(seed, int):
         raise ManifestError(f"{where}: 'seed' must be an integer, got {seed!r}.")
@@ -156,7 +156,7 @@ def parse_row(row: Any, n: int, root: Path, where: str, annotators: Optional[str
         id=str(row.get("id", f"{n:04d}")), image=_path(root, row["image"], f"{where}.image"),
         source_prompt=row.get("source_prompt"), edit_prompt=edit_prompt, source=source, edit=edit,
         mask=_path(root, row["mask"], f"{where}.mask") if row.get("mask") else None,
-        seed=seed, lam=None if lam is None else float(lam), extra=extra,
+        seed=seed, lam=lam, extra=extra,
     )
 
 
@@ -300,7 +300,11 @@ class EditDataModule(pl.LightningDataModule):
         self.resolution = resolution
         self.num_workers = num_workers
         self.captioner = captioner
-        self.specs = load_manifest(manifest, annotators, allow_pickle, captioner is not None)[:limit]
+        self.specs = self.load_specs(annotators, allow_pickle)[:limit]
+
+    def load_specs(self, annotators: Optional[str], allow_pickle: bool) -> list[RequestSpec]:
+        """The validated requests to serve; subclasses (framework.datasets) build them from other sources."""
+        return load_manifest(self.manifest, annotators, allow_pickle, self.captioner is not None)
 
     def setup(self, stage: str) -> None:
         """Caption this process's requests that have no source prompt (before the editor loads)."""

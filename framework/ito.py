@@ -44,7 +44,9 @@ class LatentOptimizer:
         self.keep_state = keep_state
         self._param: Optional[torch.Tensor] = None
         self._optimizer: Optional[torch.optim.Optimizer] = None
-        self.last_loss = float("nan")
+        self.last_loss: Optional[torch.Tensor] = None
+        """The objective of the last inner step, a 0-dim tensor on the latents' device (None before any
+        step). Kept as a tensor so the loop never waits for the GPU; `float()` it only where it is logged."""
 
     def _slot(self, y_t: torch.Tensor) -> tuple[torch.Tensor, torch.optim.Optimizer]:
         if self.keep_state and self._param is not None and self._param.shape == y_t.shape:
@@ -70,5 +72,5 @@ class LatentOptimizer:
                     break
                 loss.backward()
                 optimizer.step()
-                self.last_loss = float(loss.detach())
+                self.last_loss = loss.detach()  # no .item(): a GPU sync per ITO step
         return param.detach().clone().to(y_t.dtype)

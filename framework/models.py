@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, Union
 from urllib.parse import urlparse
 
 import torch
@@ -59,6 +59,7 @@ def resolve_pretrained(pretrained: str, what: str, subfolder: Optional[str] = No
     Accepts a local folder, a hub id (cached, or with the Hub reachable) or a `builtin:` name.
     """
     if pretrained.startswith(BUILTIN_PREFIX):
+        check_builtin(pretrained)
         return pretrained
     path = Path(pretrained).expanduser()
     if path.exists():
@@ -112,12 +113,34 @@ def load_component(cls, pretrained: str, what: str, subfolder: Optional[str] = N
         raise ModelLoadError(f"{what}: could not load from '{pretrained}': {err}.{hint}") from err
 
 
-def builtin_folder(name: str, kind: str) -> Path:
-    """Resolve a `builtin:` name to a folder, building the tiny models on first use."""
-    if name != tiny.TINY_SD:
-        raise ConfigError(f"unknown built-in model '{name}'; available: '{tiny.TINY_SD}'.")
+TOYWORLD = "builtin:toyworld"
+"""The bundled toy-world model: SD structure, trained by `framework.toymodel`, shipped as safetensors."""
+
+BUILTINS = (tiny.TINY_SD, TOYWORLD)
+
+
+def toyworld_folder() -> Path:
+    """Where the bundled toy model lives inside the package."""
+    return Path(__file__).resolve().parent / "assets" / "toyworld"
+
+
+def check_builtin(name: str) -> None:
+    if name not in BUILTINS:
+        raise ConfigError(f"unknown built-in model '{name}'; available: {', '.join(repr(b) for b in BUILTINS)}.")
+
+
+def builtin_folder(name: str, kind: str, modality: Optional[str] = None) -> Path:
+    """Resolve a `builtin:` name to a folder (the tiny random models are built on first use).
+
+    kind: 'sd', 'controlnet' (of `modality` for the toy model), 't2i_adapter' or 'classifier'.
+    """
+    check_builtin(name)
+    if name == TOYWORLD:
+        return _toyworld_part(kind, modality)
     builders = {"sd": tiny.tiny_pipeline_dir, "controlnet": tiny.tiny_controlnet_dir,
                 "t2i_adapter": tiny.tiny_adapter_dir}
+    if kind not in builders:
+        raise ConfigError(f"'{name}' has no {kind} model; '{TOYWORLD}' has a classifier.")
     if _rank() == 0 and kind not in _announced:
         log.warning(
             f"Using '{name}' for the {kind} model: tiny random weights built locally (cached in "
@@ -126,6 +149,18 @@ def builtin_folder(name: str, kind: str) -> Path:
         )
         _announced.add(kind)
     return builders[kind]()
+
+
+def _toyworld_part(kind: str, modality: Optional[str]) -> Path:
+    root = toyworld_folder()
+    parts = {"sd": "sd", "classifier": "classifier", "controlnet": f"controlnet-{modality}"}
+    folder = root / parts.get(kind, kind)
+    if not folder.is_dir():
+        have = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+        raise ModelLoadError(
+            f"'{TOYWORLD}' has no {kind}{f' for {modality!r}' if modality else ''} model (expected {folder}; the "
+            f"bundled toy model has: {', '.join(have) or 'nothing: the package was installed without its assets'}).")
+    return folder
 
 
 _SD_PARTS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
@@ -144,6 +179,27 @@ def _check_sd_folder(source: str) -> None:
             f"whole diffusers checkpoint (unet, vae, text_encoder, tokenizer, scheduler).")
 
 
+def _check_slicing(value: Union[str, int, None]) -> Union[str, int, None]:
+    """attention_slicing: None, 'auto', 'max' or a positive int."""
+    if value is None or value in ("auto", "max"):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigError(f"attention_slicing must be 'auto', 'max', a positive int or null, got {value!r}.")
+
+
+def _sliceable(module: nn.Module) -> bool:
+    """A whole diffusers model that supports sliced attention (UNet, ControlNet), not one of its layers."""
+    from diffusers import ModelMixin
+
+    return isinstance(module, ModelMixin) and hasattr(module, "set_attention_slice")
+
+
+def _vae_sample_size(vae) -> int:
+    size = vae.config.sample_size
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
 class StableDiffusion(nn.Module):
     """Stable Diffusion 1.x components (VAE, UNet, CLIP text encoder, tokenizer, DDIM scheduler).
 
@@ -152,7 +208,8 @@ class StableDiffusion(nn.Module):
 
     def __init__(self, pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
                  revision: Optional[str] = None, variant: Optional[str] = None,
-                 allow_pickle: bool = False):
+                 allow_pickle: bool = False, attention_slicing: Union[int, Literal["auto", "max"], None] = None,
+                 vae_tiling: bool = False, vae_tile_size: Optional[int] = None):
         """
         Args:
             pretrained: Hub id or local folder of a diffusers SD 1.x checkpoint, or
@@ -160,12 +217,26 @@ class StableDiffusion(nn.Module):
             revision: Hub revision (branch, tag or commit).
             variant: Weight variant such as 'fp16'.
             allow_pickle: Also load `.bin`/`.ckpt` pickle weights (they can run code; off by default).
+            attention_slicing: Sliced attention in the UNet and every ControlNet (diffusers'
+                `set_attention_slice`): 'auto' (heads in two halves), 'max' (one at a time), an int
+                (heads per slice), or None (off: torch's SDPA, already memory-efficient on torch 2;
+                slicing only saves memory against the classic attention processor).
+            vae_tiling: Encode and decode images larger than `vae_tile_size` in overlapping tiles
+                (diffusers' VAE tiling): bounded VAE memory for large images; each tile is normalised
+                on its own, so the result differs from untiled near seams. Smaller images are unaffected.
+            vae_tile_size: Tile side in pixels (a multiple of 8); None = the VAE's sample_size (512 for SD 1.5).
         """
         super().__init__()
         self.pretrained = pretrained
         self.revision = revision
         self.variant = variant
         self.allow_pickle = allow_pickle
+        self.attention_slicing = _check_slicing(attention_slicing)
+        self.vae_tiling = vae_tiling
+        if vae_tile_size is not None and (vae_tile_size < 8 or vae_tile_size % 8):
+            raise ConfigError(f"vae_tile_size must be a multiple of 8 pixels (>= 8), got {vae_tile_size}; "
+                              f"use e.g. 512, or null for the VAE's own sample size.")
+        self.vae_tile_size = vae_tile_size
         self._source = resolve_pretrained(pretrained, "Stable Diffusion", "unet", revision)
         _check_sd_folder(self._source)
         self.vae = self.unet = self.text_encoder = None
@@ -194,7 +265,25 @@ class StableDiffusion(nn.Module):
         self.scheduler = load_component(DDIMScheduler, source, "scheduler", "scheduler", revision=self.revision)
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False).eval()
+        self.configure_memory()
         return self
+
+    def configure_memory(self, *extra: nn.Module) -> None:
+        """Apply the memory options: attention slicing to the UNet and to every diffusers model inside
+        `extra` (the conditioners' ControlNets), VAE tiling to the VAE. Idempotent."""
+        models = [self.unet] + [m for module in extra for m in module.modules() if _sliceable(m)]
+        if self.attention_slicing is not None:
+            for model in models:
+                try:
+                    model.set_attention_slice(self.attention_slicing)
+                except ValueError as err:
+                    raise ConfigError(f"attention_slicing {self.attention_slicing!r} does not fit "
+                                      f"{type(model).__name__}: {err} Use 'auto', 'max' or a smaller int.") from err
+        if self.vae_tiling:
+            tile = self.vae_tile_size or _vae_sample_size(self.vae)
+            self.vae.tile_sample_min_size = tile
+            self.vae.tile_latent_min_size = tile // self.vae_scale_factor
+            self.vae.enable_tiling()
 
     @property
     def vae_scale_factor(self) -> int:

@@ -13,9 +13,9 @@ import os
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -23,13 +23,15 @@ import torch.nn.functional as F
 
 from conditioners.base import Conditioner, ConditionSide
 from conditioners.text import TextConditioner
-from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, check_lam, check_steps
+from framework.config import (
+    AutoLam, GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, check_lam_setting, check_steps,
+)
 from framework.data import EditRequest
 from framework.ddim import Schedule, ddim_decode, ddim_invert, noise_encode, seeded_noise
 from framework.denoiser import Conditioning, Denoiser
 from framework.errors import ConfigError, EditError
 from framework.ito import LatentOptimizer, OptimizerFactory
-from framework.masks import binary_mask, noise_difference, soft_mask
+from framework.masks import binary_mask, estimate_soft_mask, mask_image_size, mask_schedule
 from framework.models import StableDiffusion
 from framework.metrics import EditMetric
 from framework.outputs import EditResult, save_json, write_edit, write_results_table
@@ -88,7 +90,8 @@ def _writable_folder(path: str) -> Path:
 
 
 OOM_HINT = ("Out of GPU memory. Lower it with: --model.unet_chunk_size 8 (smaller UNet batches in the mask), "
-            "--model.mask.seeds 5, --data.resolution 512 (or less), --trainer.precision 16-mixed, or "
+            "--model.backbone.init_args.vae_tiling true (large images), --model.mask.seeds 5, "
+            "--data.resolution 512 (or less), --trainer.precision 16-mixed, or "
             "--model.mask.compare_at first (one step instead of a decode).")
 
 
@@ -105,7 +108,7 @@ class EditModule(pl.LightningModule):
         conditioners: Optional[list[Conditioner]] = None,
         losses: Optional[list[EditLoss]] = None,
         optimizer: Optional[Callable[[Iterable], torch.optim.Optimizer]] = None,
-        lam: float = 0.6,
+        lam: Union[float, Literal["auto"]] = 0.6,
         sampling: Optional[SamplingConfig] = None,
         mask: Optional[MaskConfig] = None,
         ito: Optional[ITOConfig] = None,
@@ -115,6 +118,7 @@ class EditModule(pl.LightningModule):
         unet_chunk_size: Optional[int] = None,
         overwrite: bool = False,
         metrics: Optional[list[EditMetric]] = None,
+        auto_lam: Optional[AutoLam] = None,
     ):
         """
         Args:
@@ -122,7 +126,8 @@ class EditModule(pl.LightningModule):
             conditioners: Condition plugins; a text conditioner is put first when none is listed.
             losses: ITO loss plugins (None: masked-MSE preservation + cosine guidance, the paper's).
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1, the paper's).
-            lam: lambda, preservation weight; guidance gets 1 - lam. 1 skips the guidance image.
+            lam: lambda, preservation weight; guidance gets 1 - lam. 1 skips the guidance image. 'auto':
+                set per edit from its mask area by `auto_lam` (recorded in result.json as lam and lam_rule).
             sampling: DDIM steps, encode ratio, CFG scales, inversion prompt.
             mask: Edit-mask estimation (Eq. 7) settings.
             ito: t_u, k and optimiser-state policy of the final decode.
@@ -133,9 +138,12 @@ class EditModule(pl.LightningModule):
             overwrite: Redo edits already finished in output_dir (default: skip them, so a rerun resumes).
             metrics: Scores of each edit and of the run (framework.metrics: L1Distance, GroundTruthL1,
                 CSFID, FID, ClassifierAccuracy, PickScore, your own); written to results.md/.csv.
+            auto_lam: The rule of `lam: auto` (also of requests with `lam: auto`): lam = clip(intercept +
+                slope * mask_area, low, high); None: AutoLam's defaults.
         """
         super().__init__()
-        self.lam = check_lam(lam)
+        self.lam = check_lam_setting(lam)
+        self.auto_lam = auto_lam or AutoLam()
         self.sampling = sampling or SamplingConfig()
         self.mask_cfg = mask or MaskConfig()
         self.ito_cfg = ito or ITOConfig()
@@ -170,6 +178,7 @@ class EditModule(pl.LightningModule):
         self.backbone.load()
         for conditioner in self.conditioners:
             conditioner.load(self.backbone)
+        self.backbone.configure_memory(*self.conditioners)  # attention slicing reaches the ControlNets too
         self.denoiser = Denoiser(self.backbone.unet, self.conditioners,
                                  self.backbone.scheduler.config.num_train_timesteps, self.unet_chunk_size)
         self.records = []
@@ -206,7 +215,9 @@ class EditModule(pl.LightningModule):
     def edit(self, request: EditRequest) -> EditResult:
         """The whole procedure on one request (paper Fig. 1): encode, mask, guidance image, final decode."""
         self._current_id = request.id
-        lam = self.lam if request.lam is None else check_lam(request.lam, f"request '{request.id}' lam")
+        setting = self.lam if request.lam is None else check_lam_setting(request.lam, f"request '{request.id}' lam")
+        auto = setting == "auto"  # lam is then set from the mask, after step 2
+        lam = self.auto_lam.high if auto else setting
         seed = self.seed if request.seed is None else request.seed
         schedule = Schedule.from_scheduler(self.backbone.scheduler, self.sampling.steps)
         self.denoiser.reset_counts()
@@ -216,8 +227,8 @@ class EditModule(pl.LightningModule):
             sides = _Sides(self.denoiser, self.backbone, request, self.sampling)
             x0 = self.backbone.encode_image(request.image)  # (1, 4, h, w)
         n_guide = schedule.encode_level(self.guidance_cfg.encode_ratio or self.sampling.encode_ratio)
-        guided = self.uses_guidance and lam < 1 and any(
-            loss.role_weight(lam) != 0 for loss in self.losses if loss.role == "guidance")
+        # With lam: auto, whether G is made is known only after the mask: invert deep enough for it.
+        guided = self._guided(self.auto_lam.low if auto else lam)
         state = EditState(request, x0, sides, schedule, schedule.encode_level(self.sampling.encode_ratio), lam, seed)
 
         # 1. DDIM inversion of x_0 under C_0 (Eq. 2), computed once, reused by every stage.
@@ -234,6 +245,9 @@ class EditModule(pl.LightningModule):
                 state.mask, state.soft = self._mask(request, x0, sides, schedule, seed)
         else:
             state.mask = torch.zeros_like(x0[:, :1])
+        if auto:  # lam from the mask's area (AutoLam; paper A.3: difficulty follows mask size)
+            state.lam = lam = self.auto_lam(float(state.mask.mean()))
+            guided = self._guided(lam)
 
         # 3. Guidance image G: ITO with lam = 1 from a random-noise encoding (Sec. 3.2), then g_t.
         if guided:
@@ -250,11 +264,18 @@ class EditModule(pl.LightningModule):
             guidance_image = None if state.g0 is None else self.backbone.decode_latents(state.g0)
         seconds["total"] = round(sum(seconds.values()), 4)
         record = self._record(request, lam, seed, seconds, state.mask, state.n_final, guided)
+        if auto:
+            record["lam_rule"] = {"rule": "auto", "mask_area": float(state.mask.mean()), **asdict(self.auto_lam)}
         cpu = lambda d: {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
         return EditResult(request.id, edit_image.cpu(), request.image.cpu(), state.mask.cpu(),
                           None if state.soft is None else state.soft.cpu(),
                           None if guidance_image is None else guidance_image.cpu(),
                           cpu(request.source_maps), cpu(request.edit_maps), record)
+
+    def _guided(self, lam: float) -> bool:
+        """Whether an edit at this lam makes a guidance image: the method uses one and its loss has weight."""
+        return self.uses_guidance and lam < 1 and any(
+            loss.role_weight(lam) != 0 for loss in self.losses if loss.role == "guidance")
 
     def final_decode(self, state: "EditState") -> torch.Tensor:
         """Decode from x_{t_E} under C_EDIT with ITO on the first t_u steps (Eq. 6); returns y_0."""
@@ -292,9 +313,12 @@ class EditModule(pl.LightningModule):
         else:
             cfg = self.mask_cfg
             scale = self.sampling.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
-            difference = noise_difference(x0, self.denoiser, sides.source, sides.edit, schedule, cfg, seed, scale)
-            soft = soft_mask(difference, cfg)[None, None]
-            mask = binary_mask(soft[0, 0], cfg.threshold)
+            x_mask, sides = self._mask_inputs(request, x0, sides)
+            grid = mask_schedule(schedule, self.backbone.scheduler, cfg)
+            soft, _ = estimate_soft_mask(x_mask, self.denoiser, sides.source, sides.edit, grid, cfg, seed, scale,
+                                         (h, w))
+            mask = binary_mask(soft, cfg.threshold)
+            soft = soft[None, None]
         area = float(mask.mean())
         if area == 0.0:
             warnings.warn(f"Edit '{request.id}': the edit mask is empty, so the edit can only change what "
@@ -303,6 +327,17 @@ class EditModule(pl.LightningModule):
             warnings.warn(f"Edit '{request.id}': the edit mask covers the whole image, so nothing is "
                           f"preserved. Raise mask.threshold or give a mask.", stacklevel=2)
         return mask, soft
+
+    def _mask_inputs(self, request: EditRequest, x0: torch.Tensor, sides: _Sides):
+        """x_0 and the condition sides at `mask.resolution`: the input and its maps resized, re-encoded."""
+        size = mask_image_size(*request.image.shape[-2:], self.mask_cfg.resolution)
+        if size == tuple(request.image.shape[-2:]):
+            return x0, sides
+        small = lambda image: F.interpolate(image.float(), size=size, mode="area")  # noqa: E731
+        low = replace(request, image=small(request.image),
+                      source_maps={k: small(v) for k, v in request.source_maps.items()},
+                      edit_maps={k: small(v) for k, v in request.edit_maps.items()})
+        return self.backbone.encode_image(low.image), _Sides(self.denoiser, self.backbone, low, self.sampling)
 
     def _guidance(self, state: "EditState", n_guide: int):
         """G: random-noise encoding, decode under C_EDIT with preservation-only ITO; then invert G."""
@@ -380,7 +415,13 @@ class EditModule(pl.LightningModule):
                               **{k: v for k, v in vars(m).items() if not k.startswith("_") and
                                  isinstance(v, (int, float, str, bool, type(None)))}}
         return {
-            "lam": self.lam, "seed": self.seed, "backbone": self.backbone.pretrained,
+            "method": f"{type(self).__module__}.{type(self).__name__}",
+            "stages": {"inversion": self.uses_inversion, "mask": self.uses_mask, "guidance": self.uses_guidance,
+                       "ito": self.uses_ito},
+            "lam": self.lam, "auto_lam": asdict(self.auto_lam) if self.lam == "auto" else None,
+            "seed": self.seed, "backbone": self.backbone.pretrained,
+            "memory": {k: getattr(self.backbone, k, None)
+                       for k in ("attention_slicing", "vae_tiling", "vae_tile_size")},
             "sampling": asdict(self.sampling), "mask": asdict(self.mask_cfg), "ito": asdict(self.ito_cfg),
             "guidance": asdict(self.guidance_cfg), "conditioners": [describe(c) for c in self.conditioners],
             "losses": [describe(loss) for loss in self.losses],
@@ -474,6 +515,9 @@ class EditModule(pl.LightningModule):
             if self.metrics and world == 1:
                 summary["metrics"] = {k: v for metric in self.metrics for k, v in metric.compute().items()}
                 write_results_table(self.output_dir, records, summary["metrics"])
+                if not self.trainer.predicting:  # the run's scores also reach the loggers, as run/<key>
+                    for logger in self.loggers:
+                        logger.log_metrics({f"run/{k}": float(v) for k, v in summary["metrics"].items()})
             save_json(summary, self.output_dir / "summary.json")
             write_report(self.output_dir, records)
 

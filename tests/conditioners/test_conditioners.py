@@ -101,3 +101,21 @@ def test_cfg_is_one_batched_call(backbone):
     assert torch.allclose(eps, e_u + 7.5 * (e_c - e_u), atol=1e-4)
     chunked = Denoiser(backbone.unet, [TextConditioner()], 1000, chunk_size=1)
     assert torch.allclose(chunked(x, 501, cond, uncond, 7.5), eps, atol=1e-4) and chunked.calls["other"] == 2
+
+
+def test_controlnet_embedding_computed_once_per_side_gives_the_same_eps(backbone, tiny_dirs):
+    """precompute_embedding: the map is embedded at encode, not at each of the UNet calls; eps unchanged."""
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    side = ConditionSide("a figure", {"pose": _map((10, 30))})
+    eps, embeddings = {}, {}
+    for precompute in (True, False):
+        pose = _controlnet(backbone, tiny_dirs["pose"], precompute_embedding=precompute)
+        calls = []
+        hook = pose.controlnet.controlnet_cond_embedding.register_forward_hook(lambda *a: calls.append(1))
+        denoiser = Denoiser(backbone.unet, [TextConditioner(), pose], 1000)
+        cond = denoiser.encode(side, backbone)
+        eps[precompute] = torch.cat([denoiser(x, t, cond.repeat(4), cond.repeat(4), 7.5) for t in (901, 501, 101)])
+        embeddings[precompute] = len(calls)
+        hook.remove()
+    assert embeddings == {True: 1, False: 3}  # once per side, or once per UNet call (CFG halves in one batch)
+    assert float((eps[True] - eps[False]).abs().max()) <= 1e-5 * float(eps[False].abs().max())

@@ -200,3 +200,18 @@ def test_stage_progress_keeps_the_latest_stage_without_a_bar():
     bar.on_edit_step(trainer, None, {"id": "e", "stage": "guidance", "kind": "step", "i": 3, "t": 500,
                                      "latents": torch.zeros(1)})
     assert bar.get_metrics(trainer, None) == {"stage": "guidance", "step": 3}
+
+
+def test_wandb_table_has_a_column_per_metric(tmp_path):
+    records = [{"id": "a", "lam": 0.6, "seconds": {"total": 1.0}, "unet_evaluations": {"final": 4},
+                "metrics": {"edit/l1": 0.25, "gt/background_l1": 0.125}},
+               {"id": "b", "lam": 1.0, "seconds": {}, "unet_evaluations": {"final": 2}, "metrics": {"edit/l1": 0.5}},
+               {"id": "c", "error": "NaN latents"}]
+    names = WandbEditLogger.metric_names(records)
+    assert names == ["edit/l1", "gt/background_l1"]
+    columns = WandbEditLogger.columns(names)
+    assert columns[-3:] == ["edit/l1", "gt/background_l1", "edit"] and columns[:-3] == WandbEditLogger.COLUMNS[:-1]
+    rows = [WandbEditLogger.table_row(r, tmp_path, tuple(names)) for r in records]
+    assert all(len(row) == len(columns) for row in rows)
+    assert [row[-3:-1] for row in rows] == [[0.25, 0.125], [0.5, None], [None, None]]
+    assert rows[0][columns.index("unet_evaluations")] == 4 and rows[2][columns.index("error")] == "NaN latents"

@@ -158,3 +158,22 @@ def test_help_print_config_and_overrides(tmp_path, tiny_dirs, manifest, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--model.conditioners.help", "ControlNetConditioner"])
     assert "Conditioning scale" in capsys.readouterr().out
+
+
+def test_memory_and_mask_cost_options_from_yaml(tmp_path, tiny_dirs, manifest, capsys):
+    config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, tmp_path / "o")
+    with pytest.raises(SystemExit) as exit_info:
+        run("--config", config, "--model.backbone.init_args.attention_slicing", "4",
+            "--model.backbone.init_args.vae_tiling", "true", "--model.mask.steps", "10",
+            "--model.mask.resolution", "0.5", "--model.mask.early_stop_iou", "0.9", "--print_config")
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    backbone = printed["backbone"]["init_args"]
+    assert (backbone["attention_slicing"], backbone["vae_tiling"], backbone["vae_tile_size"]) == (4, True, None)
+    mask = printed["mask"]
+    assert (mask["steps"], mask["resolution"], mask["early_stop_iou"]) == (10, 0.5, 0.9)
+    for override, message in ((["--model.mask.resolution", "0"], "mask.resolution"),
+                              (["--model.backbone.init_args.attention_slicing", "half"], "attention_slicing")):
+        with pytest.raises(SystemExit):
+            run("--config", config, *override)
+        assert message in capsys.readouterr().err

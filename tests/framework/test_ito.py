@@ -90,3 +90,17 @@ def test_zero_weight_losses_are_not_evaluated(lam):
     y = torch.randn(1, 4, 8, 8)
     losses = [MaskedMSEPreservation(), Exploding()] if lam == 1.0 else [MaskedMSEPreservation()]
     ito_objective(y, losses, lam, x_t=y, g_t=y, mask=_mask(), t=1)
+
+
+def test_last_loss_stays_a_tensor_until_read():
+    """No `.item()` per ITO step (a GPU sync): the loss is kept as a detached 0-dim tensor."""
+    y, x = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    m = _mask()
+    optimizer = LatentOptimizer([MaskedMSEPreservation()], 1.0, 2)
+    assert optimizer.last_loss is None
+    optimizer(y, x_t=x, g_t=None, mask=m, t=1)
+    loss = optimizer.last_loss
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
+    # the second inner step's objective, evaluated after Adam's first step of ~lr * sign(grad)
+    first = MaskedMSEPreservation()(y, x_t=x, g_t=None, mask=m, t=1)
+    assert 0 < float(loss) < float(first)

@@ -7,7 +7,7 @@ from conditioners import ConditionSide, ControlNetConditioner, TextConditioner
 from framework.config import MaskConfig
 from framework.ddim import Schedule
 from framework.denoiser import Denoiser
-from framework.masks import binary_mask, gaussian_blur, noise_difference, normalise, soft_mask
+from framework.masks import binary_mask, gaussian_blur, mask_iou, noise_difference, normalise, soft_mask
 
 SIZE = 128  # 16 x 16 latents
 
@@ -98,3 +98,100 @@ def test_normalise_and_threshold():
     assert torch.allclose(ratio, (m.clamp(max=1.75) / 1.75))
     assert torch.equal(binary_mask(m / 4, 0.1), torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]]))
     assert float(soft_mask(m, MaskConfig(smoothing=0)).max()) == 1.0
+
+
+# ------------------------------------------------------------------------ cost options (issue 6)
+def _counted(denoiser, fn):
+    denoiser.reset_counts()
+    out = fn()
+    return out, sum(denoiser.samples.values()), sum(denoiser.calls.values())
+
+
+def _estimate(setup, cfg, schedule_steps=10, edit_prompt="a blue square"):
+    from framework.masks import estimate_soft_mask, mask_schedule
+
+    backbone, denoiser, x0 = setup
+    sides = _sides(backbone, denoiser, ConditionSide("a red circle"), ConditionSide(edit_prompt))
+    schedule = mask_schedule(Schedule.from_scheduler(backbone.scheduler, schedule_steps), backbone.scheduler, cfg)
+    return _counted(denoiser, lambda: estimate_soft_mask(x0, denoiser, *sides, schedule, cfg, 0, 7.5))
+
+
+def test_default_estimate_is_the_unreduced_eq7_mask(setup):
+    backbone, denoiser, x0 = setup
+    cfg = MaskConfig(seeds=3)
+    (soft, used), samples, calls = _estimate(setup, cfg)
+    sides = _sides(backbone, denoiser, ConditionSide("a red circle"), ConditionSide("a blue square"))
+    direct = soft_mask(noise_difference(x0, denoiser, *sides, Schedule.from_scheduler(backbone.scheduler, 10),
+                                        cfg, 0, 7.5), cfg)
+    assert used == 3 and torch.equal(soft, direct)
+    assert (samples, calls) == (5 * 3 * 2 * 2, 5)  # 5 decode steps, one batch of n x 2 conditions x CFG each
+
+
+@pytest.mark.parametrize("options, calls, samples", [
+    ({}, 5, 5 * 4 * 4),  # 10-step grid, strength 0.5: 5 steps of 4 seeds x 2 conditions x 2 CFG halves
+    ({"seeds": 2}, 5, 5 * 2 * 4),  # fewer seeds: fewer samples per call
+    ({"steps": 4}, 2, 2 * 4 * 4),  # a coarser grid for the mask only: 2 decode steps
+    ({"steps": 4, "seeds": 2}, 2, 2 * 2 * 4),
+    ({"compare_at": "first", "steps": 4}, 1, 1 * 4 * 4),
+])
+def test_cost_options_change_unet_evaluations_as_expected(setup, options, calls, samples):
+    (soft, used), n_samples, n_calls = _estimate(setup, MaskConfig(**{"seeds": 4, **options}))
+    assert (n_calls, n_samples) == (calls, samples)
+    assert soft.shape == (16, 16)
+
+
+def test_early_stop_never_fires_at_iou_one_and_gives_the_unreduced_mask(setup):
+    """early_stop_iou 1.0 is unreachable (the IoU must exceed it): every seed group runs, in groups."""
+    (reference, _), ref_samples, ref_calls = _estimate(setup, MaskConfig(seeds=6))
+    (soft, used), samples, calls = _estimate(setup, MaskConfig(seeds=6, early_stop_iou=1.0, seed_group=2))
+    assert used == 6 and samples == ref_samples == 5 * 6 * 4 and calls == 3 * ref_calls  # 3 groups of 2 seeds
+    assert mask_iou(binary_mask(soft, 0.1), binary_mask(reference, 0.1)) == 1.0
+    # The same mean over the same seeds; UNet batches of 8 rather than 24 round differently (float32),
+    # amplified by 5 DDIM steps at CFG 7.5: measured 4.1e-5 on the [0, 1] map.
+    assert float((soft - reference).abs().max()) < 2e-4
+
+
+def test_early_stop_stops_after_two_groups_once_the_mask_settles(setup):
+    (soft, used), samples, calls = _estimate(setup, MaskConfig(seeds=10, early_stop_iou=0.01, seed_group=3))
+    assert used == 6 and samples == 5 * 6 * 4 and calls == 2 * 5  # the second group is the first chance to stop
+
+
+def test_mask_iou():
+    a = torch.zeros(4, 4)
+    a[:2] = 1
+    b = torch.zeros(4, 4)
+    b[1:3] = 1
+    assert mask_iou(a, b) == pytest.approx(4 / 12) and mask_iou(a, a) == 1.0
+    assert mask_iou(torch.zeros(3, 3), torch.zeros(3, 3)) == 1.0
+
+
+def test_mask_image_size_is_a_multiple_of_8():
+    from framework.masks import mask_image_size
+
+    assert mask_image_size(512, 768, 0.5) == (256, 384)
+    assert mask_image_size(128, 120, 0.3) == (40, 32) and mask_image_size(64, 64, 0.01) == (8, 8)
+
+
+def test_lower_resolution_mask_runs_the_unet_on_smaller_latents(tiny_dirs, tmp_path):
+    """mask.resolution 0.5: the input and its maps are resized, the UNet sees 8x8 latents in the mask
+    stage only, and the soft mask comes back on the full 16x16 latent grid."""
+    from conditioners import ControlNetConditioner
+    from framework.config import GuidanceConfig, ITOConfig, SamplingConfig
+    from framework.data import load_manifest, load_request
+    from framework.models import StableDiffusion
+    from framework.module import EditModule
+    from tests.conftest import ROOT
+
+    request = load_request(load_manifest(ROOT / "experiments/examples/manifest.yaml")[3], 128)  # text + pose
+    module = EditModule(StableDiffusion(str(tiny_dirs["sd"])), [ControlNetConditioner("pose", str(tiny_dirs["pose"]))],
+                        sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2, resolution=0.5),
+                        ito=ITOConfig(update_steps=2), guidance=GuidanceConfig(update_steps=2),
+                        output_dir=str(tmp_path))
+    module.setup("fit")
+    shapes = {}
+    module.backbone.unet.register_forward_pre_hook(
+        lambda m, args: shapes.setdefault(module.denoiser.stage, set()).add(tuple(args[0].shape[-2:])))
+    result = module.edit(request)
+    assert shapes["mask"] == {(8, 8)} and shapes["final"] == {(16, 16)}
+    assert result.soft_mask.shape == result.mask.shape == (1, 1, 16, 16)
+    assert result.record["unet_evaluations"]["mask"] == 3 * 2 * 4  # 3 steps, 2 seeds x 2 conditions x 2 halves

@@ -1,0 +1,92 @@
+"""The bundled toy model and classifier: they load like any checkpoint and do what they were trained for."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from framework.errors import ConfigError, ModelLoadError
+from framework.models import StableDiffusion, toyworld_folder
+from framework.toymodel.classifier import ToyClassifier, accuracy_on_scenes
+from framework.toymodel.gates import psnr, to_tensor, to_uint8
+from framework.toyworld import make_edit, render, sample_scene
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_bundled_model_is_small_safetensors_only():
+    files = [p for p in toyworld_folder().rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert sum(p.stat().st_size for p in files) < 40e6
+    assert {p.name for p in toyworld_folder().iterdir()} >= {"sd", "controlnet-pose", "controlnet-scribble",
+                                                            "classifier"}
+
+
+def test_bundled_model_loads_and_reconstructs_held_out_scenes():
+    sd = StableDiffusion("builtin:toyworld").load()
+    assert sd.vae_scale_factor == 4
+    values = []
+    for seed in range(8):  # held out: training scenes start at seed 1,000,000
+        image = render(sample_scene(seed, 64), 64)[0]
+        latents = sd.encode_image(to_tensor(image))
+        assert latents.shape == (1, 4, 16, 16)
+        out = sd.decode_latents(latents)
+        assert out.shape == (1, 3, 64, 64)
+        values.append(psnr(to_uint8(out), image))
+    assert np.mean(values) > 23  # measured 26.5 dB on 12 scenes when bundled
+
+
+def test_bundled_controlnets_load_by_modality_and_a_missing_one_is_named():
+    from conditioners.controlnet import ControlNetConditioner
+
+    sd = StableDiffusion("builtin:toyworld").load()
+    pose = ControlNetConditioner("pose", "builtin:toyworld")
+    pose.load(sd)
+    assert pose.controlnet.config.cross_attention_dim == sd.unet.config.cross_attention_dim
+    lines = ControlNetConditioner("lines", "builtin:toyworld")
+    with pytest.raises(ModelLoadError, match="controlnet-pose, controlnet-scribble"):
+        lines.load(sd)
+    with pytest.raises(ConfigError, match="builtin:toyworld"):
+        StableDiffusion("builtin:toy")
+
+
+def test_bundled_classifier_beats_chance_by_far_on_fresh_renders():
+    model = ToyClassifier.from_pretrained(toyworld_folder() / "classifier")
+    acc = accuracy_on_scenes(model, range(200, 400))
+    # Chance: colour 1/4, shape 1/3, arm pose about 1/4 (4 classes).
+    assert acc["colour"] > 0.95 and acc["shape"] > 0.95 and acc["pose"] > 0.6
+
+
+def _result(image: np.ndarray):
+    return SimpleNamespace(edit=to_tensor(image), input=to_tensor(image))
+
+
+def _request(pair):
+    from framework.datasets import toy_meta
+
+    return SimpleNamespace(extra={"meta": toy_meta(pair, pair.kind)})
+
+
+@pytest.mark.parametrize("kind", ["text", "scribble"])
+def test_toy_accuracy_reads_the_target_as_new_and_the_source_as_original(kind):
+    from framework.toymodel.metric import ToyClassifierAccuracy
+
+    metric = ToyClassifierAccuracy()
+    hits = {"target": [], "source": []}
+    count = 0
+    for seed in range(6):
+        pair = make_edit(seed, kind, 64)
+        on_target = metric.update(_result(pair.target_image), _request(pair))
+        on_source = metric.update(_result(pair.source_image), _request(pair))
+        count += 2
+        assert f"toy/{kind}/new_class" in on_target
+        hits["target"].append(on_target["toy/new_class"] - on_target.get("toy/original_class", 0))
+        if "toy/original_class" in on_source:  # scribble edits: only when the object moved away
+            hits["source"].append(on_source["toy/original_class"] - on_source["toy/new_class"])
+    # The true target reads as the new class, the unedited source as the original one.
+    assert np.mean(hits["target"]) >= 5 / 6 and len(hits["source"]) >= 2 and np.mean(hits["source"]) >= 5 / 6
+    assert metric.compute()["toy/count"] == count

@@ -1,0 +1,128 @@
+"""Every shipped evaluation config (experiments/eval/*.yaml) runs through `python -m framework.sweep` on the
+tiny models with a tiny edit count; every run of every sweep is also built and instantiated (`--check`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from framework.config import AutoLam
+from framework.sweep import main as sweep
+from tests.conftest import ROOT
+from tests.framework.test_datasets import imagenet  # noqa: F401 - fixtures
+from tests.framework.test_metrics import biased_classifier, tiny_clip  # noqa: F401 - fixtures
+
+EVAL = ROOT / "experiments" / "eval"
+SMALL = ["--model.sampling.steps", "5", "--model.mask.seeds", "2", "--model.ito.update_steps", "3",
+         "--model.guidance.update_steps", "3"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def toy_sets(tiny_dirs, cache: Path, edits: int = 2) -> list[str]:
+    """--set arguments swapping the toy model for the tiny one and asking for `edits` edits."""
+    sets = {"model.backbone.pretrained": tiny_dirs["sd"], "model.conditioners.0.pretrained": tiny_dirs["pose"],
+            "model.conditioners.1.pretrained": tiny_dirs["scribble"], "data.edits": edits, "data.cache_dir": cache}
+    return [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_eval_config_is_shipped():
+    assert {p.stem for p in EVAL.glob("*.yaml")} == {"toy_table1", "imagenet_table1", "lam_sweep", "tu_k_sweep"}
+
+
+def test_toy_table1_runs_every_method(tmp_path, tiny_dirs):
+    out = tmp_path / "table"
+    sweep([str(EVAL / "toy_table1.yaml"), "--output_dir", str(out), *toy_sets(tiny_dirs, tmp_path / "cache"),
+           "--", *SMALL])
+    table = {row["run"]: row for row in read_csv(out / "sweep.csv")}
+    assert list(table) == ["controlnet_sdedit", "diffedit_0.7", "diffedit_1.0", "ito_lam1", "ito_full"]
+    assert [table[r]["method"] for r in table] == ["SDEdit", "DiffEdit", "DiffEdit", "EditModule", "EditModule"]
+    assert [table[r]["encode_ratio"] for r in table] == ["1.0000", "0.7000", "1.0000", "1.0000", "1.0000"]
+    assert [table[r]["lam"] for r in table] == ["", "", "", "1.0000", "0.6000"]  # lam only where ITO runs
+    for name, row in table.items():
+        assert (row["edits"], row["failed"]) == ("2", "0")
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert float(row["gt/background_l1"]) == pytest.approx(summary["metrics"]["gt/background_l1"], abs=1e-4)
+        edits = [r for r in read_csv(out / name / "results.csv") if r["id"] != "mean"]
+        assert [r["id"] for r in edits] == ["text_000000", "pose_000001"]  # the held-out 'test' seeds 0, 1
+        values = [float(r["gt/background_l1"]) for r in edits]
+        assert all(0 < v < 1 for v in values)
+        assert summary["metrics"]["gt/background_l1"] == pytest.approx(sum(values) / 2, abs=1e-4)
+    record = lambda run, i="pose_000001": json.loads((out / run / i / "result.json").read_text())  # noqa: E731
+    assert list(record("controlnet_sdedit")["unet_evaluations"]) == ["final"]
+    assert record("diffedit_0.7")["encode_steps"] == 3 and record("diffedit_1.0")["encode_steps"] == 5  # of 5
+    assert record("ito_lam1")["guidance_image"] is False and record("ito_full")["guidance_image"] is True
+    # The W&B table of the run has a column per metric, filled per edit.
+    tables = list((out / "ito_full" / "logs" / "wandb").glob("offline-run-*/files/media/table/edits/*.table.json"))
+    assert len(tables) == 1
+    wandb_table = json.loads(tables[0].read_text())
+    column = wandb_table["columns"].index("gt/background_l1")
+    assert [row[column] for row in wandb_table["data"]] == pytest.approx(
+        [record("ito_full", i)["metrics"]["gt/background_l1"] for i in ("text_000000", "pose_000001")])
+    assert wandb_table["columns"][-1] == "edit"
+
+
+def test_imagenet_table1_scores_flexit_edits(tmp_path, tiny_dirs, imagenet, biased_classifier, tiny_clip):  # noqa: F811
+    sets = {"model.backbone.pretrained": tiny_dirs["sd"], "data.queries": imagenet / "queries.csv",
+            "data.root": imagenet / "val", "data.resolution": 64, "data.limit": 2,
+            "model.metrics.1.features": "{class_path: tests.framework.test_metrics.MeanColour}",
+            "model.metrics.2.classifier": biased_classifier, "model.metrics.3.model": tiny_clip / "model",
+            "model.metrics.3.processor": tiny_clip / "processor"}
+    args = [str(EVAL / "imagenet_table1.yaml"), "--output_dir", str(tmp_path / "in")]
+    args += [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+    sweep([*args, "--check"])  # all five runs build
+    sweep([*args, "--only", "diffedit_0.7", "--only", "ito_full", "--", *SMALL])
+    table = {row["run"]: row for row in read_csv(tmp_path / "in" / "sweep.csv")}
+    assert list(table) == ["diffedit_0.7", "ito_full"]
+    for row in table.values():
+        # Edits 00000_a (tench -> goldfish, id 1) and 00002_c (goldfish -> tench, id 0). The stand-in classifier's
+        # logits are its bias (0, 5, 1, 3, 2): among the targets {0, 1} it always says 1.
+        assert (float(row["classify/new_class"]), float(row["classify/original_class"])) == (0.5, 0.5)
+        assert float(row["csfid/classes"]) == 2.0 and float(row["csfid/class_mean"]) >= 0
+        assert float(row["edit/l1"]) > 0 and float(row["pick/count"]) == 2.0
+    preference = [float(table[r]["pick/probability"]) for r in table]
+    assert sum(preference) == pytest.approx(1.0, abs=2e-4) and all(0 < p < 1 for p in preference)
+    first = json.loads((tmp_path / "in" / "ito_full" / "00000_a" / "result.json").read_text())
+    assert (first["source_prompt"], first["edit_prompt"]) == ("a photo of a tench", "a photo of a goldfish")
+
+
+def test_lam_sweep_with_auto(tmp_path, tiny_dirs):
+    out = tmp_path / "lam"
+    args = [str(EVAL / "lam_sweep.yaml"), "--output_dir", str(out), *toy_sets(tiny_dirs, tmp_path / "cache")]
+    sweep([*args, "--check"])  # all seven runs build
+    sweep([*args, "--only", "lam-0.6", "--only", "lam-auto", "--", *SMALL])
+    rows = {row["run"]: row for row in read_csv(out / "sweep.csv")}
+    assert list(rows) == ["lam-0.6", "lam-auto"] and rows["lam-auto"]["lam"] == "auto"
+    rule = AutoLam()  # the sweep's auto_lam is the documented default
+    for edit in ("text_500000", "pose_500001"):  # the 'val' seeds
+        record = json.loads((out / "lam-auto" / edit / "result.json").read_text())
+        assert record["lam"] == pytest.approx(rule(record["lam_rule"]["mask_area"]))
+        assert json.loads((out / "lam-0.6" / edit / "result.json").read_text())["lam"] == 0.6
+    assert (out / "plots" / "gt_background_l1_vs_lam.png").is_file()
+    assert not list((out / "plots").glob("*_vs_t_u.png"))
+
+
+def test_tu_k_sweep(tmp_path, tiny_dirs):
+    out = tmp_path / "tuk"
+    args = [str(EVAL / "tu_k_sweep.yaml"), "--output_dir", str(out), *toy_sets(tiny_dirs, tmp_path / "cache")]
+    sweep([*args, "--check"])  # all ten runs build (t_u up to 25 of the default 25 steps)
+    sweep([*args, "--set", "model.sampling.steps=6", "--only", "update_steps-5_inner_steps-1",
+           "--only", "update_steps-5_inner_steps-30", "--", "--model.mask.seeds", "2",
+           "--model.guidance.update_steps", "3"])
+    rows = read_csv(out / "sweep.csv")
+    assert [(r["t_u"], r["k"]) for r in rows] == [("5", "1"), ("5", "30")]
+    names = sorted(p.name for p in (out / "plots").iterdir())
+    assert "gt_background_l1_vs_k.png" in names and not any(n.endswith("_vs_t_u.png") for n in names)
