@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from framework.toymodel.classifier import ToyClassifier  # noqa: E402
-from framework.toymodel.gates import ToyModel, measure_pose, measure_scribble, measure_text, measure_vae  # noqa: E402
+from framework.toymodel.classifier import ToyClassifier
+from framework.toymodel.gates import ToyModel, measure_pose, measure_scribble, measure_text, measure_vae
 
 DEFAULT_MODEL = ROOT / "framework" / "assets" / "toyworld"
 
@@ -42,12 +42,12 @@ def gates(m: dict) -> list[tuple[str, float, str, bool]]:
     ]
     if "pose_iou" in m:
         ok = m["pose_iou"] >= max(0.4, 2 * m["pose_iou_mismatched"])
-        rows.append(("Pose samples: figure IoU (mismatched: %.2f)" % m["pose_iou_mismatched"], m["pose_iou"],
+        rows.append((f"Pose samples: figure IoU (mismatched: {m['pose_iou_mismatched']:.2f})", m["pose_iou"],
                      ">= max(0.4, 2 x mismatched)", ok))
         rows.append(("Pose samples: arm-pose class (%)", 100 * m["pose_class"], ">= 50", m["pose_class"] >= 0.5))
     if "scribble_edge_iou" in m:
-        rows.append(("Scribble samples: edge IoU, 1 px tolerance (mismatched: %.2f)"
-                     % m["scribble_edge_iou_mismatched"], m["scribble_edge_iou"], ">= 0.5",
+        rows.append((f"Scribble samples: edge IoU, 1 px tolerance (mismatched: {m['scribble_edge_iou_mismatched']:.2f})",
+                     m["scribble_edge_iou"], ">= 0.5",
                      m["scribble_edge_iou"] >= 0.5))
     return rows
 

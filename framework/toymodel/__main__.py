@@ -6,7 +6,6 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 
-
 def main(args=None) -> None:
     LightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                  args=args,

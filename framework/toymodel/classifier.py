@@ -11,8 +11,8 @@ Pose classes: each arm is "up" when its wrist is above its shoulder: 0 none, 1 r
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import lightning as L
 import numpy as np
@@ -81,7 +81,7 @@ class ToyClassifier(nn.Module):
         crops = crop_boxes(images.to(param), boxes.to(param), self.config["crop"], self.config["margin"])
         return {k: v.argmax(1) for k, v in self(crops).items()}
 
-    def save_pretrained(self, path: Union[str, Path]) -> Path:
+    def save_pretrained(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -92,7 +92,7 @@ class ToyClassifier(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, Path]) -> "ToyClassifier":
+    def from_pretrained(cls, path: str | Path) -> ToyClassifier:
         from safetensors.torch import load_file
 
         from ..errors import EditError
@@ -145,9 +145,9 @@ class CropData(L.LightningDataModule):
                  margin: float = 0.2, seed_offset: int = TRAIN_SEED_OFFSET, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
-        self.dataset: Optional[TensorDataset] = None
+        self.dataset: TensorDataset | None = None
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             h = self.hparams
             self.dataset = render_crops(h.scenes, h.size, h.seed_offset, h.crop, h.margin, seed=h.seed)

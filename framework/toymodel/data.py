@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import lightning as L
 import numpy as np
@@ -126,9 +125,9 @@ class ToyWorldData(L.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.pool: Optional[ScenePool] = None
+        self.pool: ScenePool | None = None
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.pool is None:
             h = self.hparams
             self.pool = load_pool(h.pool_size, h.size, h.seed_offset, tuple(h.modalities), h.cache)

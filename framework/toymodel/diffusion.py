@@ -11,22 +11,17 @@ of every trained weight is what gets exported.
 from __future__ import annotations
 
 import copy
-import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..tiny import build_tokenizer, save_sd_folder, sd15_scheduler
-from .vae import cosine_lr
+from .stage import TrainingStage, replace_folder
 
-TOY_WORDS = (
-    "a and on figure nothing striped light dark grey background red green blue yellow "
-    "circle square triangle"
-).split()
+TOY_WORDS = ["a", "and", "on", "figure", "nothing", "striped", "light", "dark", "grey", "background", "red", "green", "blue", "yellow", "circle", "square", "triangle"]
 """Caption words that become single tokens (the toy-world grammar)."""
 
 
@@ -66,18 +61,7 @@ def build_controlnet(unet, vae_scale_factor: int):
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
 
 
-def _replace_folder(path: Path, write) -> None:
-    """Write into a sibling temporary folder, then swap it in."""
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-
-
-class DiffusionTraining(L.LightningModule):
+class DiffusionTraining(TrainingStage):
     """Trains UNet + text encoder + ControlNets on toy-world latents and exports diffusers folders.
 
     Exports `export_dir/sd` (a Stable Diffusion pipeline folder) and `export_dir/controlnet-<modality>`.
@@ -131,7 +115,7 @@ class DiffusionTraining(L.LightningModule):
         self.ema = copy.deepcopy(self.nets).requires_grad_(False)
         self.scheduler = sd15_scheduler()
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
-        self._latents: Optional[torch.Tensor] = None
+        self._latents: torch.Tensor | None = None
         self._ids: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ data
@@ -199,11 +183,10 @@ class DiffusionTraining(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def configure_optimizers(self):
-        h = self.hparams
-        opt = torch.optim.AdamW(self.nets.parameters(), lr=h.lr, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, h.warmup_steps, h.total_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    weight_decay = 0.01
+
+    def trained_parameters(self):
+        return self.nets.parameters()
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -212,26 +195,16 @@ class DiffusionTraining(L.LightningModule):
         live = [p.detach() for p in self.nets.parameters()]
         torch._foreach_lerp_(ema, live, 1 - decay)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def after_step(self) -> None:
         self.update_ema()
-        every = self.hparams.export_every
-        if every and self.global_step % every == 0:
-            self.export()
-
-    def on_train_end(self) -> None:
-        self.export()
 
     # ------------------------------------------------------------------ export
 
-    def export(self, path: Optional[str] = None) -> Path:
-        """Write the EMA weights as `sd/` (pipeline folder) and `controlnet-<modality>/` folders."""
-        root = Path(path or self.hparams.export_dir)
-        if self.trainer is not None and not self.trainer.is_global_zero:
-            return root
+    def write(self, root: Path) -> None:
+        """The EMA weights as `sd/` (pipeline folder) and `controlnet-<modality>/` folders."""
         root.mkdir(parents=True, exist_ok=True)
         nets = self.ema
-        _replace_folder(root / "sd", lambda p: save_sd_folder(
+        replace_folder(root / "sd", lambda p: save_sd_folder(
             p, self.vae, nets["unet"], nets["text_encoder"], self.tokenizer, self.scheduler))
         for m in self.hparams.modalities:
-            _replace_folder(root / f"controlnet-{m}", nets[f"controlnet_{m}"].save_pretrained)
-        return root
+            replace_folder(root / f"controlnet-{m}", nets[f"controlnet_{m}"].save_pretrained)

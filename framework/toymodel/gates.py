@@ -15,16 +15,16 @@ with the toy classifier at a box, or with masks of the world's palette.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..toyworld import caption, condition_maps, render, sample_scene
 from ..toyworld.conditions import outline
-from ..toyworld.scenes import SHIRT, SKIN, TROUSERS, SHAPES, figure_box, figure_mask
+from ..toyworld.scenes import SHAPES, SHIRT, SKIN, TROUSERS, figure_box, figure_mask
 from .classifier import COLOUR_NAMES, ToyClassifier, accuracy_on_scenes, pose_class
 
 
@@ -121,7 +121,7 @@ class ToyModel:
                 self.denoiser.encode(side.unconditional(""), self.backbone))
 
     @torch.no_grad()
-    def sample(self, prompt: str, maps: Optional[dict] = None, seed: int = 0, guidance: float = 5.0,
+    def sample(self, prompt: str, maps: dict | None = None, seed: int = 0, guidance: float = 5.0,
                size: int = 64) -> np.ndarray:
         """DDIM sample from noise under a prompt and layout maps ({modality: uint8 HxWx3})."""
         from ..ddim import ddim_decode, seeded_noise
@@ -140,7 +140,7 @@ class ToyModel:
         z = self.backbone.encode_image(to_tensor(image))
         if invert:
             cond, _ = self._cond(prompt, {})
-            eps = lambda x, t: self.denoiser(x, t, cond)  # noqa: E731
+            eps = lambda x, t: self.denoiser(x, t, cond)
             z = ddim_invert(z, eps, self.schedule, self.steps)[self.schedule.timesteps[0]]
             z = ddim_decode(z, eps, self.schedule, self.steps)
         return to_uint8(self.backbone.decode_latents(z))

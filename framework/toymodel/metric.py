@@ -14,8 +14,6 @@ Values are also kept per kind (`toy/<kind>/new_class`). Edits without such meta 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from ..metrics import EditMetric
@@ -44,7 +42,7 @@ class ToyClassifierAccuracy(EditMetric):
         """
         super().__init__()
         self.classifier = classifier
-        self.net: Optional[ToyClassifier] = None
+        self.net: ToyClassifier | None = None
 
     def _load(self) -> None:
         path = self.classifier

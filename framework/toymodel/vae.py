@@ -10,13 +10,12 @@ is an ordinary `AutoencoderKL` with `scaling_factor` 1.
 from __future__ import annotations
 
 import copy
-import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
-import lightning as L
 import torch
-import torch.nn.functional as F
+
+from .stage import TrainingStage, cosine_lr, replace_folder  # noqa: F401  (cosine_lr: re-exported)
 
 
 def build_vae(block_out_channels: Sequence[int] = (32, 64, 64), layers_per_block: int = 1,
@@ -40,14 +39,6 @@ def weighted_reconstruction(recon: torch.Tensor, image: torch.Tensor, foreground
     per_pixel = (error.abs() + error.square()).mean(dim=1, keepdim=True)
     w = 1 + (weight - 1) * foreground
     return (per_pixel * w).sum() / w.sum()
-
-
-def cosine_lr(step: int, warmup: int, total: int, floor: float = 0.05) -> float:
-    """Linear warm-up then cosine decay to `floor` of the peak (a LambdaLR factor)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -77,7 +68,7 @@ def normalised_vae(vae, images: torch.Tensor, batch: int = 256):
     return vae
 
 
-class VAETraining(L.LightningModule):
+class VAETraining(TrainingStage):
     """Trains the toy VAE; writes a normalised diffusers `AutoencoderKL` folder to `export_dir`."""
 
     def __init__(self, block_out_channels: tuple[int, ...] = (32, 64, 64), layers_per_block: int = 1,
@@ -123,36 +114,15 @@ class VAETraining(L.LightningModule):
         self.log_dict({"train/loss": loss, "train/psnr": psnr, "train/object_weight": weight}, prog_bar=True)
         return loss
 
-    def configure_optimizers(self):
-        h = self.hparams
-        opt = torch.optim.AdamW(self.vae.parameters(), lr=h.lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, h.warmup_steps, h.total_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def trained_parameters(self):
+        return self.vae.parameters()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        every = self.hparams.export_every
-        if every and self.global_step % every == 0:
-            self.export()
-
-    def on_train_end(self) -> None:
-        self.export()
-
-    def export(self, path: Optional[str] = None) -> Path:
-        """Write the normalised VAE (safetensors, diffusers layout) and return its folder."""
-        if self.trainer is not None and not self.trainer.is_global_zero:
-            return Path(path or self.hparams.export_dir)
-        path = Path(path or self.hparams.export_dir)
+    def write(self, root: Path) -> None:
+        """The normalised VAE (safetensors, diffusers layout)."""
         pool = self.trainer.datamodule.pool
         n = min(self.hparams.stats_images, len(pool))
         images = torch.from_numpy(pool.images[:n]).permute(0, 3, 1, 2).float().to(self.device) / 127.5 - 1
         was_training = self.vae.training
         vae = normalised_vae(self.vae, images)
         self.vae.train(was_training)
-        tmp = path.with_name(path.name + ".tmp")
-        vae.save_pretrained(tmp)
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path)
-        tmp.rename(path)
-        return path
+        replace_folder(root, vae.save_pretrained)

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from framework.errors import ConfigError, ModelLoadError
 from framework.models import StableDiffusion, toyworld_folder

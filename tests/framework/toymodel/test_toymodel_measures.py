@@ -8,10 +8,15 @@ import torch
 
 from framework.toymodel.classifier import crop_boxes, pose_class
 from framework.toymodel.gates import (
-    dilate, foreground_outline, iou, palette_mask, psnr, saturated_box,
+    dilate,
+    foreground_outline,
+    iou,
+    palette_mask,
+    psnr,
+    saturated_box,
 )
 from framework.toyworld import condition_maps, render, sample_scene
-from framework.toyworld.scenes import SHIRT, SKIN, TROUSERS, figure_mask, object_box, L_SHO, L_WRI, R_SHO, R_WRI
+from framework.toyworld.scenes import L_SHO, L_WRI, R_SHO, R_WRI, SHIRT, SKIN, TROUSERS, figure_mask, object_box
 
 
 def _scene(want, size=64):
