@@ -77,8 +77,9 @@ def binary_mask(soft: torch.Tensor, threshold: float) -> torch.Tensor:
     return (soft > threshold).float()[None, None]
 
 
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Intersection over union of two binary masks; 1.0 when both are empty."""
+def mask_iou(a, b) -> float:
+    """Intersection over union of two binary masks (tensors or arrays); 1.0 when both are empty."""
+    a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
     union = float(torch.logical_or(a > 0.5, b > 0.5).sum())
     return 1.0 if union == 0 else float(torch.logical_and(a > 0.5, b > 0.5).sum()) / union
 

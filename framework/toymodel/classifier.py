@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..toyworld import render, sample_scene
 from ..toyworld.scenes import COLOURS, L_SHO, L_WRI, R_SHO, R_WRI, SHAPES, figure_box, object_box
-from .data import TRAIN_SEED_OFFSET
+from .data import TRAIN_SEED_OFFSET, images_to_tensor
 
 COLOUR_NAMES = tuple(COLOURS)
 POSE_CLASSES = ("arms down", "right arm up", "left arm up", "both arms up")
@@ -126,7 +126,7 @@ def render_crops(count: int, size: int = 64, seed_offset: int = TRAIN_SEED_OFFSE
     images, boxes, labels = [], [], []
     for i in range(count):
         scene = sample_scene(seed_offset + i, size)
-        image = torch.from_numpy(render(scene, size)[0]).permute(2, 0, 1).float() / 255
+        image = images_to_tensor(render(scene, size)[0])
         for box, colour, shape, pose in scene_items(scene, size):
             w = max(box[2] - box[0], box[3] - box[1])
             box = np.asarray(box) + rng.uniform(-jitter, jitter, 4) * w
@@ -205,7 +205,7 @@ def accuracy_on_scenes(model: ToyClassifier, seeds: Sequence[int], size: int = 6
     hits: dict[str, list[bool]] = {"colour": [], "shape": [], "pose": []}
     for i, seed in enumerate(seeds):
         scene = sample_scene(seed, size)
-        image = images[i] if images is not None else torch.from_numpy(render(scene, size)[0]).permute(2, 0, 1) / 255
+        image = images[i] if images is not None else images_to_tensor(render(scene, size)[0])
         items = scene_items(scene, size)
         boxes = torch.tensor([it[0] for it in items], dtype=torch.float32)
         pred = model.classify(image[None].expand(len(items), -1, -1, -1).float(), boxes)

@@ -26,6 +26,12 @@ TRAIN_SEED_OFFSET = 1_000_000
 MODALITIES = ("pose", "scribble")
 
 
+def images_to_tensor(images: np.ndarray, signed: bool = False) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [0, 1], or in [-1, 1] when `signed` (the VAE's range)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).float() / 255
+    return x * 2 - 1 if signed else x
+
+
 @dataclass
 class ScenePool:
     """Rendered scenes as arrays: images, foreground masks, condition maps and captions."""
@@ -97,12 +103,12 @@ class PoolDataset(Dataset):
         pool = self.pool
         item = {
             "index": i,
-            "image": torch.from_numpy(pool.images[i]).permute(2, 0, 1).float() / 127.5 - 1,
+            "image": images_to_tensor(pool.images[i], signed=True),
             "foreground": torch.from_numpy(pool.foreground[i])[None].float(),
             "caption": pool.captions[i],
         }
         for m, maps in pool.maps.items():
-            item[m] = torch.from_numpy(maps[i]).permute(2, 0, 1).float() / 255
+            item[m] = images_to_tensor(maps[i])
         return item
 
 

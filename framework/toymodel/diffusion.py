@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..tiny import build_tokenizer, save_sd_folder, sd15_scheduler
+from .data import images_to_tensor
 from .stage import TrainingStage, replace_folder
 
 TOY_WORDS = ["a", "and", "on", "figure", "nothing", "striped", "light", "dark", "grey", "background", "red", "green", "blue", "yellow", "circle", "square", "triangle"]
@@ -127,7 +128,7 @@ class DiffusionTraining(TrainingStage):
             pool = self.trainer.datamodule.pool
             chunks = []
             for i in range(0, len(pool), 256):
-                x = torch.from_numpy(pool.images[i:i + 256]).permute(0, 3, 1, 2).float() / 127.5 - 1
+                x = images_to_tensor(pool.images[i:i + 256], signed=True)
                 dist = self.vae.encode(x.to(self.device)).latent_dist
                 chunks.append(torch.stack([dist.mean, dist.std], 1))
             self._latents = torch.cat(chunks)

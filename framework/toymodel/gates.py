@@ -22,15 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..masks import mask_iou as iou
 from ..toyworld import caption, condition_maps, render, sample_scene
 from ..toyworld.conditions import outline
 from ..toyworld.scenes import SHAPES, SHIRT, SKIN, TROUSERS, figure_box, figure_mask
 from .classifier import COLOUR_NAMES, ToyClassifier, accuracy_on_scenes, pose_class
+from .data import images_to_tensor
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 -> (1, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    return images_to_tensor(image)[None]
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -48,11 +50,6 @@ def dilate(mask: np.ndarray, radius: int = 1) -> np.ndarray:
     from scipy.ndimage import binary_dilation
 
     return binary_dilation(mask, np.ones((2 * radius + 1,) * 2, bool))
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def saturated_box(image: np.ndarray, min_saturation: float = 0.5, min_value: int = 60):
@@ -161,7 +158,7 @@ def measure_vae(model: ToyModel, classifier: ToyClassifier, n: int = 64, size: i
     renders = [render(sample_scene(s, size), size)[0] for s in seeds]
     recons = [model.reconstruct(r, "", invert=False) for r in renders]
     on_recon = accuracy_on_scenes(classifier, seeds, size, [to_tensor(r)[0] for r in recons])
-    on_render = accuracy_on_scenes(classifier, seeds, size)
+    on_render = accuracy_on_scenes(classifier, seeds, size, [to_tensor(r)[0] for r in renders])
     inv = [psnr(model.reconstruct(renders[i], caption(sample_scene(i, size))), renders[i]) for i in range(invert_n)]
     return {
         "vae_psnr": float(np.mean([psnr(a, b) for a, b in zip(recons, renders)])),

@@ -18,6 +18,7 @@ import torch
 
 from ..metrics import EditMetric
 from ..outputs import EditResult
+from ..toyworld.scenes import SHAPES
 from .classifier import COLOUR_NAMES, POSE_CLASSES, ToyClassifier
 
 BUILTIN_CLASSIFIER = "builtin:toyworld"
@@ -57,8 +58,6 @@ class ToyClassifierAccuracy(EditMetric):
         return {k: int(v) for k, v in pred.items()}
 
     def _object_is(self, read: dict[str, int], cls: str) -> bool:
-        from ..toyworld.scenes import SHAPES
-
         colour, shape = cls.split()
         return COLOUR_NAMES[read["colour"]] == colour and SHAPES[read["shape"]] == shape
 

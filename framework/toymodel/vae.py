@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .data import images_to_tensor
 from .stage import TrainingStage, cosine_lr, replace_folder  # noqa: F401  (cosine_lr: re-exported)
 
 
@@ -121,7 +122,7 @@ class VAETraining(TrainingStage):
         """The normalised VAE (safetensors, diffusers layout)."""
         pool = self.trainer.datamodule.pool
         n = min(self.hparams.stats_images, len(pool))
-        images = torch.from_numpy(pool.images[:n]).permute(0, 3, 1, 2).float().to(self.device) / 127.5 - 1
+        images = images_to_tensor(pool.images[:n], signed=True).to(self.device)
         was_training = self.vae.training
         vae = normalised_vae(self.vae, images)
         self.vae.train(was_training)
