@@ -14,7 +14,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from framework.callbacks import WandbEditLogger
 from framework.data import EditDataModule
-from framework.errors import ConfigError, EditError
+from framework.errors import ConfigError, edit_error_in
 from framework.module import EditModule
 
 TRAINER_DEFAULTS = {
@@ -125,27 +125,13 @@ def _uses_wandb(logger) -> bool:
     return any("WandbLogger" in str(getattr(item, "class_path", "")) for item in items)
 
 
-def _edit_error_in(err: BaseException):
-    """The project's own error behind `err`: jsonargparse wraps errors raised while instantiating."""
-    seen, stack = set(), [err]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, EditError):
-            return current
-        stack += [current.__cause__, current.__context__]
-    return None
-
-
 def main(args=None) -> None:
     """Run the CLI; the project's errors end the run with one clear line and exit status 2."""
     quiet_libraries()
     try:
         EditCLI(args=args)
     except Exception as err:  # noqa: BLE001 - re-raised unless it is one of ours
-        edit_error = _edit_error_in(err)
+        edit_error = edit_error_in(err)
         if edit_error is None:
             raise
         print(f"error: {edit_error}", file=sys.stderr)

@@ -40,7 +40,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from framework.errors import ConfigError, EditError
+from framework.errors import ConfigError, EditError, edit_error_in
 
 COMMANDS = ("fit", "test", "predict")
 # Grid keys that are plot axes (framework.plots): the last part of the key -> axis.
@@ -144,12 +144,6 @@ def run_config(base: dict, run: Run, sets: dict[str, Any], out: Path, sweep_name
 # ------------------------------------------------------------------------------ running
 
 
-def _cli_error(err: BaseException) -> Optional[EditError]:
-    from framework.cli import _edit_error_in
-
-    return _edit_error_in(err)
-
-
 def check_run(config_path: Path, extra: Sequence[str]) -> None:
     """Parse and instantiate a run's config (model, data, trainer) without editing: fails as the run would."""
     from framework.cli import EditCLI, quiet_libraries
@@ -158,7 +152,7 @@ def check_run(config_path: Path, extra: Sequence[str]) -> None:
     try:
         EditCLI(args=["--config", str(config_path), *extra], run=False)
     except Exception as err:  # noqa: BLE001 - re-raised unless it is one of ours
-        found = _cli_error(err)
+        found = edit_error_in(err)
         if found is None:
             raise
         raise ConfigError(f"run config '{config_path}': {found}") from None

@@ -21,6 +21,7 @@ from torch import nn
 from ..tiny import build_tokenizer, save_sd_folder, sd15_scheduler
 from .data import images_to_tensor
 from .stage import TrainingStage, replace_folder
+from .vae import load_stage1_vae
 
 TOY_WORDS = ["a", "and", "on", "figure", "nothing", "striped", "light", "dark", "grey", "background", "red", "green", "blue", "yellow", "circle", "square", "triangle"]
 """Caption words that become single tokens (the toy-world grammar)."""
@@ -96,14 +97,7 @@ class DiffusionTraining(TrainingStage):
         """
         super().__init__()
         self.save_hyperparameters()
-        from diffusers import AutoencoderKL
-
-        if not Path(vae, "config.json").exists():
-            from ..errors import EditError
-
-            raise EditError(f"no VAE at {vae!r}: train stage 1 first "
-                            "(python -m framework.toymodel fit --config experiments/toyworld/train_vae.yaml)")
-        self.vae = AutoencoderKL.from_pretrained(vae).requires_grad_(False).eval()
+        self.vae = load_stage1_vae(vae).requires_grad_(False).eval()
         self.tokenizer = build_tokenizer(TOY_WORDS, max_length)
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         torch.manual_seed(seed)

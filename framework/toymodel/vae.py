@@ -69,6 +69,18 @@ def normalised_vae(vae, images: torch.Tensor, batch: int = 256):
     return vae
 
 
+def load_stage1_vae(path: str):
+    """The exported stage-1 VAE at `path`, or an error that says how to train it."""
+    from diffusers import AutoencoderKL
+
+    if not Path(path, "config.json").exists():
+        from ..errors import EditError
+
+        raise EditError(f"no VAE at {path!r}: train stage 1 first "
+                        "(python -m framework.toymodel fit --config experiments/toyworld/train_vae.yaml)")
+    return AutoencoderKL.from_pretrained(path)
+
+
 class VAETraining(TrainingStage):
     """Trains the toy VAE; writes a normalised diffusers `AutoencoderKL` folder to `export_dir`."""
 
@@ -127,3 +139,53 @@ class VAETraining(TrainingStage):
         vae = normalised_vae(self.vae, images)
         self.vae.train(was_training)
         replace_folder(root, vae.save_pretrained)
+
+
+class DecoderTuning(TrainingStage):
+    """Trains only the decoder of an exported VAE; the encoder, and so the latent space, stay as they are.
+
+    The diffusion model is trained on the encoder's latents, so a better decoder can be swapped into
+    a trained model without retraining stage 2. The decoder learns from posterior samples, as in
+    stage 1, with the same object-weighted loss. The export is the whole VAE: the encoder and
+    `quant_conv` are bit-identical to `vae`'s.
+    """
+
+    def __init__(self, vae: str = "outputs/toymodel/vae", lr: float = 5e-4, warmup_steps: int = 50,
+                 total_steps: int = 1500, object_weight: tuple[float, float] = (4.0, 2.0),
+                 export_dir: str = "outputs/toymodel/vae-decoder", export_every: int = 250):
+        """
+        Args:
+            vae: Folder of the exported (normalised) stage-1 VAE.
+            lr: Peak AdamW learning rate (warm-up, then cosine over `total_steps`).
+            warmup_steps: Warm-up steps.
+            total_steps: Length of the cosine schedule and of the weight ramp.
+            object_weight: Foreground weight at the first and at the last step (linear ramp).
+            export_dir: Where the VAE with the tuned decoder is written.
+            export_every: Steps between exports (0: only at the end).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.vae = load_stage1_vae(vae)
+        self.vae.encoder.requires_grad_(False)
+        self.vae.quant_conv.requires_grad_(False)
+
+    object_weight_at = VAETraining.object_weight_at
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        image, foreground = batch["image"], batch["foreground"]
+        with torch.no_grad():
+            posterior = self.vae.encode(image).latent_dist
+        recon = self.vae.decode(posterior.sample()).sample
+        weight = self.object_weight_at(self.global_step)
+        loss = weighted_reconstruction(recon, image, foreground, weight)
+        with torch.no_grad():
+            psnr = -10 * torch.log10(((recon.clamp(-1, 1) - image) / 2).square().mean())
+        self.log_dict({"train/loss": loss, "train/psnr": psnr, "train/object_weight": weight}, prog_bar=True)
+        return loss
+
+    def trained_parameters(self):
+        return [p for p in self.vae.parameters() if p.requires_grad]
+
+    def write(self, root: Path) -> None:
+        """The VAE with the tuned decoder (safetensors, diffusers layout)."""
+        replace_folder(root, self.vae.save_pretrained)

@@ -81,6 +81,9 @@ def trained(tmp_path_factory):
     # Resume at step 2 and log every step: a fresh start would log steps 0, 1, 2.
     main([*vae, "--trainer.max_steps", "3", "--ckpt_path", "last", "--trainer.log_every_n_steps", "1",
           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root / "resumed")])
+    main(["fit", "--config", "experiments/toyworld/tune_decoder.yaml", *common,
+          "--trainer.callbacks.init_args.dirpath", str(root / "decoder_ckpt"),
+          "--model.init_args.vae", str(root / "vae"), "--model.init_args.export_dir", str(root / "vae-decoder")])
     main(["fit", "--config", "experiments/toyworld/train_diffusion.yaml", *common,
           "--trainer.callbacks.init_args.dirpath", str(root / "diffusion_ckpt"),
           "--model.init_args.vae", str(root / "vae"), "--model.init_args.unet_channels", "[32, 32, 32]",
@@ -96,6 +99,40 @@ def test_stage_resumes_from_its_last_checkpoint(trained):
     (metrics,) = (trained / "resumed").rglob("metrics.csv")
     steps = {row["step"] for row in csv.DictReader(metrics.open()) if row.get("train/loss")}
     assert steps == {"2"}  # only the step after the checkpoint ran
+
+
+def test_decoder_tuning_keeps_the_latent_space_and_changes_the_decoder(trained):
+    from diffusers import AutoencoderKL
+
+    before, after = (AutoencoderKL.from_pretrained(str(trained / name)) for name in ("vae", "vae-decoder"))
+    b, a = before.state_dict(), after.state_dict()
+    kept = [k for k in b if k.startswith(("encoder.", "quant_conv."))]
+    tuned = [k for k in b if k.startswith(("decoder.", "post_quant_conv."))]
+    assert kept and tuned and len(kept) + len(tuned) == len(b)
+    assert all(torch.equal(b[k], a[k]) for k in kept)
+    assert sum(not torch.equal(b[k], a[k]) for k in tuned) > len(tuned) // 2
+    image = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(before.encode(image).latent_dist.mean, after.encode(image).latent_dist.mean)
+
+
+def test_a_missing_stage1_vae_is_named_with_the_command_that_makes_it(tmp_path):
+    from framework.errors import EditError
+    from framework.toymodel.vae import DecoderTuning
+
+    with pytest.raises(EditError, match="train_vae.yaml"):
+        DecoderTuning(vae=str(tmp_path / "nowhere"))
+
+
+def test_the_training_cli_ends_a_project_error_with_one_line(tmp_path, capsys):
+    from framework.toymodel.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", "experiments/toyworld/tune_decoder.yaml", "--model.init_args.vae", str(tmp_path / "no"),
+              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no VAE at") and "Traceback" not in "".join(err)
 
 
 def test_exports_load_in_the_engine_and_edit(trained, tmp_path):
