@@ -69,6 +69,9 @@ class MaskConfig:
     group's exceeds this (1.0 never stops); None = all n seeds in one batch per step."""
     seed_group: int = 2
     """Seeds per group when early_stop_iou is set (at least two groups run before a stop)."""
+    cache_dir: Optional[str] = None
+    """Store each estimated soft mask in this folder, keyed by everything it depends on, and reuse it
+    (the runs of a sweep share their masks); None: no cache. Given masks are never cached."""
 
     def __post_init__(self):
         _check(self.seeds >= 1, f"mask.seeds must be >= 1, got {self.seeds}.")

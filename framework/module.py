@@ -31,6 +31,7 @@ from framework.ddim import Schedule, ddim_decode, ddim_invert, noise_encode, see
 from framework.denoiser import Conditioning, Denoiser
 from framework.errors import ConfigError, EditError
 from framework.ito import LatentOptimizer, OptimizerFactory
+from framework.mask_cache import MaskCache, mask_key, plain_fields
 from framework.masks import binary_mask, estimate_soft_mask, mask_image_size, mask_schedule
 from framework.models import StableDiffusion
 from framework.metrics import EditMetric
@@ -146,6 +147,7 @@ class EditModule(pl.LightningModule):
         self.auto_lam = auto_lam or AutoLam()
         self.sampling = sampling or SamplingConfig()
         self.mask_cfg = mask or MaskConfig()
+        self._mask_cached = False
         self.ito_cfg = ito or ITOConfig()
         self.guidance_cfg = guidance or GuidanceConfig()
         check_steps(self.sampling, self.ito_cfg if self.uses_ito else None,
@@ -221,6 +223,7 @@ class EditModule(pl.LightningModule):
         seed = self.seed if request.seed is None else request.seed
         schedule = Schedule.from_scheduler(self.backbone.scheduler, self.sampling.steps)
         self.denoiser.reset_counts()
+        self._mask_cached = False  # set when the estimated mask is read from mask.cache_dir
         seconds: dict[str, float] = {}
 
         with self._stage("encode", seconds):
@@ -312,11 +315,23 @@ class EditModule(pl.LightningModule):
             soft = None
         else:
             cfg = self.mask_cfg
-            scale = self.sampling.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
-            x_mask, sides = self._mask_inputs(request, x0, sides)
-            grid = mask_schedule(schedule, self.backbone.scheduler, cfg)
-            soft, _ = estimate_soft_mask(x_mask, self.denoiser, sides.source, sides.edit, grid, cfg, seed, scale,
-                                         (h, w))
+            cache = key = soft = None
+            if cfg.cache_dir:
+                cache = MaskCache(cfg.cache_dir)
+                key = mask_key(request, self.backbone, self.conditioners, self.sampling, cfg, seed, x0.dtype,
+                               x0.device)
+                soft = cache.get(key)
+                if soft is not None:
+                    soft = soft.to(x0.device, x0.dtype)
+                    self._mask_cached = True
+            if soft is None:
+                scale = self.sampling.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
+                x_mask, sides = self._mask_inputs(request, x0, sides)
+                grid = mask_schedule(schedule, self.backbone.scheduler, cfg)
+                soft, _ = estimate_soft_mask(x_mask, self.denoiser, sides.source, sides.edit, grid, cfg, seed,
+                                             scale, (h, w))
+                if cache is not None:
+                    cache.put(key, soft)
             mask = binary_mask(soft, cfg.threshold)
             soft = soft[None, None]
         area = float(mask.mean())
@@ -402,7 +417,8 @@ class EditModule(pl.LightningModule):
             "id": request.id, "source_prompt": request.source_prompt, "edit_prompt": request.edit_prompt,
             "modalities": sorted(request.edit_maps), "lam": lam, "seed": seed, "guidance_image": guided,
             "encode_steps": n_final, "mask_area": round(float(mask.mean()), 4),
-            "mask_source": "given" if request.mask is not None else ("estimated" if self.uses_mask else "none"),
+            "mask_source": ("given" if request.mask is not None else "cached" if self._mask_cached
+                            else "estimated" if self.uses_mask else "none"),
             "method": f"{type(self).__module__}.{type(self).__name__}",
             "height": int(request.image.shape[-2]), "width": int(request.image.shape[-1]),
             "seconds": seconds, "unet_evaluations": dict(counts.samples), "unet_calls": dict(counts.calls),
@@ -411,9 +427,6 @@ class EditModule(pl.LightningModule):
 
     def resolved_parameters(self) -> dict[str, Any]:
         """Everything that decides an edit, for summary.json."""
-        describe = lambda m: {"class": f"{type(m).__module__}.{type(m).__name__}",  # noqa: E731
-                              **{k: v for k, v in vars(m).items() if not k.startswith("_") and
-                                 isinstance(v, (int, float, str, bool, type(None)))}}
         return {
             "method": f"{type(self).__module__}.{type(self).__name__}",
             "stages": {"inversion": self.uses_inversion, "mask": self.uses_mask, "guidance": self.uses_guidance,
@@ -423,8 +436,8 @@ class EditModule(pl.LightningModule):
             "memory": {k: getattr(self.backbone, k, None)
                        for k in ("attention_slicing", "vae_tiling", "vae_tile_size")},
             "sampling": asdict(self.sampling), "mask": asdict(self.mask_cfg), "ito": asdict(self.ito_cfg),
-            "guidance": asdict(self.guidance_cfg), "conditioners": [describe(c) for c in self.conditioners],
-            "losses": [describe(loss) for loss in self.losses],
+            "guidance": asdict(self.guidance_cfg), "conditioners": [plain_fields(c) for c in self.conditioners],
+            "losses": [plain_fields(loss) for loss in self.losses],
             "optimizer": repr(self.optimizer_factory([torch.zeros(1, requires_grad=True)])
                               if self.optimizer_factory else torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.1)),
             "precision": str(self.trainer.precision) if self._trainer else None,

@@ -30,7 +30,8 @@ def _quiet_wandb(monkeypatch):
 def toy_sets(tiny_dirs, cache: Path, edits: int = 2) -> list[str]:
     """--set arguments swapping the toy model for the tiny one and asking for `edits` edits."""
     sets = {"model.backbone.pretrained": tiny_dirs["sd"], "model.conditioners.0.pretrained": tiny_dirs["pose"],
-            "model.conditioners.1.pretrained": tiny_dirs["scribble"], "data.edits": edits, "data.cache_dir": cache}
+            "model.conditioners.1.pretrained": tiny_dirs["scribble"], "data.edits": edits, "data.cache_dir": cache,
+            "model.mask.cache_dir": cache / "masks"}
     return [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
 
 
@@ -65,6 +66,9 @@ def test_toy_table1_runs_every_method(tmp_path, tiny_dirs):
     assert list(record("controlnet_sdedit")["unet_evaluations"]) == ["final"]
     assert record("diffedit_0.7")["encode_steps"] == 3 and record("diffedit_1.0")["encode_steps"] == 5  # of 5
     assert record("ito_lam1")["guidance_image"] is False and record("ito_full")["guidance_image"] is True
+    # The runs share one mask per edit: the first run that needs it estimates it, the others read it.
+    assert [record(run)["mask_source"] for run in table] == ["none", "estimated", "cached", "cached", "cached"]
+    assert len(list((tmp_path / "cache" / "masks").glob("*.pt"))) == 2
     # The W&B table of the run has a column per metric, filled per edit.
     tables = list((out / "ito_full" / "logs" / "wandb").glob("offline-run-*/files/media/table/edits/*.table.json"))
     assert len(tables) == 1
@@ -80,7 +84,7 @@ def test_imagenet_table1_scores_flexit_edits(tmp_path, tiny_dirs, imagenet, bias
             "data.root": imagenet / "val", "data.resolution": 64, "data.limit": 2,
             "model.metrics.1.features": "{class_path: tests.framework.test_metrics.MeanColour}",
             "model.metrics.2.classifier": biased_classifier, "model.metrics.3.model": tiny_clip / "model",
-            "model.metrics.3.processor": tiny_clip / "processor"}
+            "model.metrics.3.processor": tiny_clip / "processor", "model.mask.cache_dir": tmp_path / "masks"}
     args = [str(EVAL / "imagenet_table1.yaml"), "--output_dir", str(tmp_path / "in")]
     args += [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
     sweep([*args, "--check"])  # all five runs build
