@@ -173,3 +173,23 @@ def test_control_residuals_route_each_sample_to_its_modality(trained):
     for full, p, s in zip(down, d_pose, d_scr):
         assert torch.allclose(full[[1, 3]], p, atol=1e-5) and torch.allclose(full[2:3], s, atol=1e-5)
     assert mid.abs().max() > 0
+
+
+def test_bundle_assembles_the_exports_and_swaps_in_the_tuned_vae(trained, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from framework.errors import ModelLoadError
+    from framework.models import StableDiffusion
+    from framework.toymodel.bundle import bundle
+
+    exports = trained / "model"
+    (exports / "classifier").mkdir(exist_ok=True)
+    (exports / "classifier" / "config.json").write_text("{}")
+    out = bundle(exports, tmp_path / "toyworld", vae=trained / "vae-decoder")
+    assert sorted(p.name for p in out.iterdir()) == ["classifier", "controlnet-pose", "controlnet-scribble", "sd"]
+    sd = StableDiffusion(str(out / "sd")).load()
+    tuned = AutoencoderKL.from_pretrained(str(trained / "vae-decoder"))
+    assert all(torch.equal(a, b) for a, b in zip(sd.vae.state_dict().values(), tuned.state_dict().values()))
+    with pytest.raises(ModelLoadError, match="classifier missing"):
+        bundle(trained / "vae_ckpt", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
