@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from framework.config import AutoLam
 from framework.sweep import main as sweep
@@ -41,7 +42,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_every_eval_config_is_shipped():
-    assert {p.stem for p in EVAL.glob("*.yaml")} == {"toy_table1", "imagenet_table1", "lam_sweep", "tu_k_sweep"}
+    assert {p.stem for p in EVAL.glob("*.yaml")} == {"toy_table1", "imagenet_table1", "lam_sweep", "tu_k_sweep",
+                                                 "toy_diagnosis"}
 
 
 def test_toy_table1_runs_every_method(tmp_path, tiny_dirs):
@@ -130,3 +132,19 @@ def test_tu_k_sweep(tmp_path, tiny_dirs):
     assert [(r["t_u"], r["k"]) for r in rows] == [("5", "1"), ("5", "30")]
     names = sorted(p.name for p in (out / "plots").iterdir())
     assert "gt_background_l1_vs_k.png" in names and not any(n.endswith("_vs_t_u.png") for n in names)
+
+
+def test_toy_diagnosis_changes_one_choice_per_run(tmp_path, tiny_dirs):
+    out = tmp_path / "diag"
+    args = [str(EVAL / "toy_diagnosis.yaml"), "--output_dir", str(out), *toy_sets(tiny_dirs, tmp_path / "cache", 1)]
+    sweep([*args, "--check"])  # all runs build
+    sweep([*args, "--only", "ito_full", "--only", "guidance_in_edit_region_lam0.3", "--only", "ito_tau0.7",
+           "--", *SMALL])
+    config = lambda run: yaml.safe_load((out / run / "run.yaml").read_text())["model"]["init_args"]  # noqa: E731
+    region = config("guidance_in_edit_region_lam0.3")
+    assert region["lam"] == 0.3 and region["losses"][1]["init_args"]["region"] == "edit"
+    assert config("ito_tau0.7")["mask"]["threshold"] == 0.7 and config("ito_full")["mask"]["threshold"] == 0.5
+    record = lambda run: json.loads((out / run / "text_500000" / "result.json").read_text())  # noqa: E731
+    assert [record(r)["mask_source"] for r in ("ito_full", "guidance_in_edit_region_lam0.3", "ito_tau0.7")] == [
+        "estimated", "cached", "cached"]
+    assert record("ito_tau0.7")["mask_area"] <= record("ito_full")["mask_area"]
