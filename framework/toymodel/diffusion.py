@@ -63,6 +63,20 @@ def build_controlnet(unet, vae_scale_factor: int):
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
 
 
+def weighted_eps_loss(pred: torch.Tensor, noise: torch.Tensor, foreground: torch.Tensor | None,
+                      weight: float) -> torch.Tensor:
+    """MSE of the noise prediction, latent pixels under the foreground weighted `weight`, normalised by the weights.
+
+    `foreground` (b, 1, H, W) is brought to the latent grid by max-pooling: a latent pixel counts as
+    foreground when any pixel it covers is.
+    """
+    if weight == 1.0 or foreground is None:
+        return F.mse_loss(pred, noise)
+    fg = F.adaptive_max_pool2d(foreground.float(), pred.shape[-2:])
+    w = 1 + (weight - 1) * fg
+    return ((pred - noise).square().mean(dim=1, keepdim=True) * w).sum() / w.sum()
+
+
 class DiffusionTraining(TrainingStage):
     """Trains UNet + text encoder + ControlNets on toy-world latents and exports diffusers folders.
 
@@ -74,7 +88,8 @@ class DiffusionTraining(TrainingStage):
                  text_layers: int = 2, max_length: int = 32, modalities: tuple[str, ...] = ("pose", "scribble"),
                  control_probability: float = 0.6, caption_dropout: float = 0.1, lr: float = 1e-3,
                  warmup_steps: int = 100, total_steps: int = 4000, ema_decay: float = 0.995,
-                 export_dir: str = "outputs/toymodel", export_every: int = 500, seed: int = 0):
+                 object_weight: float = 1.0, export_dir: str = "outputs/toymodel", export_every: int = 500,
+                 seed: int = 0):
         """
         Args:
             vae: Folder of the stage-1 VAE (normalised latents, `scaling_factor` 1).
@@ -91,6 +106,9 @@ class DiffusionTraining(TrainingStage):
             warmup_steps: Warm-up steps.
             total_steps: Length of the cosine schedule.
             ema_decay: Decay of the exported exponential moving average.
+            object_weight: Weight of the noise-prediction error at latent pixels that hold an object or the
+                figure (1: plain MSE). The objects are a few latent pixels each, so under plain MSE their
+                shape is a small part of the loss.
             export_dir: Where the diffusers folders are written.
             export_every: Steps between exports (0: only at the end).
             seed: Weight initialisation seed.
@@ -174,7 +192,7 @@ class DiffusionTraining(TrainingStage):
         down, mid = self.control_residuals(self.nets, noisy, t, context, batch, choice)
         pred = self.nets["unet"](noisy, t, encoder_hidden_states=context, down_block_additional_residuals=down,
                                  mid_block_additional_residual=mid).sample
-        loss = F.mse_loss(pred, noise)
+        loss = weighted_eps_loss(pred, noise, batch.get("foreground"), h.object_weight)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

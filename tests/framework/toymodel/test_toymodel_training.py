@@ -23,6 +23,20 @@ def test_weighted_reconstruction_matches_formula():
     assert weighted_reconstruction(recon, image, fg, 4.0).item() == pytest.approx(expected)
 
 
+def test_weighted_eps_loss_matches_formula():
+    from framework.toymodel.diffusion import weighted_eps_loss
+
+    torch.manual_seed(0)
+    pred, noise = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2)
+    fg = torch.zeros(2, 1, 8, 8)
+    fg[0, 0, 0, 0] = 1  # one pixel of latent pixel (0, 0) of sample 0: that latent pixel is foreground
+    assert weighted_eps_loss(pred, noise, fg, 1.0) == pytest.approx(torch.nn.functional.mse_loss(pred, noise).item())
+    err = (pred - noise).square().mean(dim=1)  # (2, 2, 2)
+    w = torch.ones(2, 2, 2)
+    w[0, 0, 0] = 5.0
+    assert weighted_eps_loss(pred, noise, fg, 5.0).item() == pytest.approx(((err * w).sum() / w.sum()).item())
+
+
 def test_cosine_lr_warms_up_then_decays_to_floor():
     assert cosine_lr(0, 10, 100) == pytest.approx(0.1)
     assert cosine_lr(9, 10, 100) == pytest.approx(1.0)
