@@ -63,6 +63,31 @@ def build_controlnet(unet, vae_scale_factor: int):
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
 
 
+def load_export(nets: nn.ModuleDict, root: str, modalities: Sequence[str]) -> None:
+    """Copy an earlier export's weights (`root/sd/{unet,text_encoder}`, `root/controlnet-<m>`) into `nets`."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from ..errors import EditError
+
+    sources = {"unet": (UNet2DConditionModel, Path(root, "sd", "unet")),
+               "text_encoder": (CLIPTextModel, Path(root, "sd", "text_encoder"))}
+    sources.update({f"controlnet_{m}": (ControlNetModel, Path(root, f"controlnet-{m}")) for m in modalities})
+    for name, (cls, folder) in sources.items():
+        if not (folder / "config.json").exists():
+            raise EditError(f"init_from: no {name} at {str(folder)!r}; give a folder laid out as the stage "
+                            "exports it (sd/, controlnet-<modality>/), e.g. outputs/toymodel or "
+                            "framework/assets/toyworld")
+        state = cls.from_pretrained(folder).state_dict()
+        try:
+            nets[name].load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+            raise EditError(f"init_from: the {name} at {str(folder)!r} does not match this stage's architecture "
+                            f"({first}); set unet_channels, layers_per_block, text_hidden, ... as it was "
+                            "trained (its config.json)") from None
+
+
 def weighted_eps_loss(pred: torch.Tensor, noise: torch.Tensor, foreground: torch.Tensor | None,
                       weight: float) -> torch.Tensor:
     """MSE of the noise prediction, latent pixels under the foreground weighted `weight`, normalised by the weights.
@@ -89,7 +114,7 @@ class DiffusionTraining(TrainingStage):
                  control_probability: float = 0.6, caption_dropout: float = 0.1, lr: float = 1e-3,
                  warmup_steps: int = 100, total_steps: int = 4000, ema_decay: float = 0.995,
                  object_weight: float = 1.0, export_dir: str = "outputs/toymodel", export_every: int = 500,
-                 seed: int = 0):
+                 init_from: str | None = None, seed: int = 0):
         """
         Args:
             vae: Folder of the stage-1 VAE (normalised latents, `scaling_factor` 1).
@@ -111,6 +136,10 @@ class DiffusionTraining(TrainingStage):
                 shape is a small part of the loss.
             export_dir: Where the diffusers folders are written.
             export_every: Steps between exports (0: only at the end).
+            init_from: Start from an earlier export instead of random weights: a folder holding `sd/` and
+                `controlnet-<modality>/` as `write` lays them out (`outputs/toymodel`, or the bundled
+                `framework/assets/toyworld`). The architecture arguments must match it. The optimiser,
+                schedule and step count start afresh (to continue a run exactly, resume its checkpoint).
             seed: Weight initialisation seed.
         """
         super().__init__()
@@ -125,6 +154,8 @@ class DiffusionTraining(TrainingStage):
         self.nets = nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
         for m in modalities:
             self.nets[f"controlnet_{m}"] = build_controlnet(unet, scale)
+        if init_from:
+            load_export(self.nets, init_from, modalities)
         self.ema = copy.deepcopy(self.nets).requires_grad_(False)
         self.scheduler = sd15_scheduler()
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)

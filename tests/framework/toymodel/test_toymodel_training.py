@@ -70,7 +70,8 @@ def test_pool_is_deterministic_and_cached(tmp_path, monkeypatch):
     assert len(files) == 1
     b = load_pool(6, size=32, seed_offset=50)  # read back from the cache
     c = render_pool(6, size=32, seed_offset=50)
-    for other in (b, c):
+    d = render_pool(6, size=32, seed_offset=50, workers=2)  # two processes, three scenes each
+    for other in (b, c, d):
         assert np.array_equal(a.images, other.images) and np.array_equal(a.foreground, other.foreground)
         assert a.captions == other.captions
         assert all(np.array_equal(a.maps[m], other.maps[m]) for m in a.maps)
@@ -161,6 +162,28 @@ def test_exports_load_in_the_engine_and_edit(trained, tmp_path):
     assert sd.encode_prompt("a red circle on a striped background").shape == (1, 32, 64)
     for m in ("pose", "scribble"):
         assert (trained / "model" / f"controlnet-{m}" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_init_from_starts_every_net_and_its_ema_from_an_export(trained):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from framework.errors import EditError
+    from framework.toymodel.diffusion import DiffusionTraining
+
+    exports = trained / "model"
+    fresh = DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), seed=5)
+    module = DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), seed=5, init_from=str(exports))
+    unet = UNet2DConditionModel.from_pretrained(exports / "sd" / "unet").state_dict()
+    pose = ControlNetModel.from_pretrained(exports / "controlnet-pose").state_dict()
+    for nets in (module.nets, module.ema):
+        assert all(torch.equal(v, unet[k]) for k, v in nets["unet"].state_dict().items())
+        assert all(torch.equal(v, pose[k]) for k, v in nets["controlnet_pose"].state_dict().items())
+    moved = [k for k, v in fresh.nets["unet"].state_dict().items() if not torch.equal(v, unet[k])]
+    assert len(moved) > 10  # the export is not what seed 5 would build
+    with pytest.raises(EditError, match="does not match this stage's architecture"):
+        DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 64, 64), init_from=str(exports))
+    with pytest.raises(EditError, match="init_from: no unet"):
+        DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), init_from=str(trained / "vae"))
 
 
 def test_control_residuals_route_each_sample_to_its_modality(trained):
