@@ -154,6 +154,22 @@ class EditMetric(nn.Module):
         """Forget all updates."""
         self.values.clear()
 
+    def resume(self, result: EditResult, request, stored: dict[str, float]) -> dict[str, float]:
+        """Count an edit that an earlier run wrote (`result` read back from its files) as `update` would.
+
+        The edit is scored again from its written images, so set-level metrics (FID, ...) see it; the
+        per-edit values the earlier run stored for the keys that come out replace the new ones (those
+        were computed before the images were rounded to 8 bits), so a resumed run's means equal an
+        uninterrupted run's.
+        """
+        values = self.update(result, request)
+        kept = {}
+        for key, value in values.items():
+            if key in stored and self.values.get(key):
+                self.values[key][-1] = float(stored[key])
+            kept[key] = float(stored.get(key, value))
+        return kept
+
     def record(self, values: dict[str, float]) -> dict[str, float]:
         """Keep per-edit values for `compute` and return them."""
         for key, value in values.items():

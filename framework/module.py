@@ -35,7 +35,7 @@ from framework.mask_cache import MaskCache, mask_key, plain_fields
 from framework.masks import binary_mask, estimate_soft_mask, mask_image_size, mask_schedule
 from framework.models import StableDiffusion
 from framework.metrics import EditMetric
-from framework.outputs import EditResult, save_json, write_edit, write_results_table
+from framework.outputs import EditResult, read_edit, save_json, write_edit, write_results_table
 from losses.base import EditLoss
 from losses.guidance import CosineGuidance
 from losses.preservation import MaskedMSEPreservation
@@ -450,15 +450,25 @@ class EditModule(pl.LightningModule):
         if self.overwrite or not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
+            record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return None
+        if not all((path.parent / name).is_file() for name in ("input.png", "edit.png")):
+            return None  # images removed since: edit again
+        return record
 
     def _run(self, request: Optional[EditRequest]) -> dict[str, Any]:
         if request is None:  # padding of a shard: this process has no edit at this step
             return {}
         done = self._finished(request)
         if done is not None:
+            if self.metrics and "error" not in done:  # the run's scores cover resumed edits too
+                scores: dict[str, float] = {}
+                result = read_edit(self.output_dir / request.id, done)
+                for metric in self.metrics:
+                    scores.update(metric.resume(result, request, done.get("metrics", {})))
+                if scores:
+                    done["metrics"] = scores
             self.records.append(dict(done, resumed=True))
             return {}
         for stale in (self.output_dir / request.id).glob(".*"):  # temporaries of an interrupted write

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from framework.cli import main
+from framework.metrics import FeatureExtractor
 from tests.conftest import ROOT
 from tests.framework.test_cli import FAST, write_config
 
@@ -46,6 +47,54 @@ def test_rerun_skips_finished_edits_and_overwrite_redoes_them(tmp_path, tiny_dir
     main(["fit", "--config", str(config), *FAST, "--model.overwrite", "true"])
     assert _summary(out)["totals"]["resumed"] == 0
     assert (out / "pose" / "edit.png").stat().st_mtime_ns != stamp
+
+
+class MeanColour(FeatureExtractor):
+    """A weightless feature extractor for the tests: each image's mean colour and its spread."""
+
+    def forward(self, images):
+        return torch.cat([images.mean(dim=(2, 3)), images.std(dim=(2, 3))], 1)
+
+
+def test_a_resumed_run_scores_every_edit_as_an_uninterrupted_one(tmp_path, tiny_dirs, manifest):
+    out = tmp_path / "out"
+    metrics = [{"class_path": "framework.metrics.L1Distance", "init_args": {"crop": 64}},
+               {"class_path": "framework.metrics.FID",
+                "init_args": {"features": {"class_path": "tests.framework.test_reliability.MeanColour"}}}]
+    config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out, metrics=metrics)
+    main(["fit", "--config", str(config), *FAST])
+    first = _summary(out)
+    main(["fit", "--config", str(config), *FAST])  # every edit resumed; FID needs both to be counted
+    second = _summary(out)
+    assert second["totals"]["resumed"] == 2
+    assert second["metrics"]["edit/l1"] == first["metrics"]["edit/l1"] > 0  # the stored per-edit values
+    assert second["metrics"]["fid/count"] == first["metrics"]["fid/count"] == 2
+    # FID is scored again from the written (8-bit) images: close to the first run's value.
+    assert second["metrics"]["fid/edit_vs_input"] == pytest.approx(first["metrics"]["fid/edit_vs_input"], rel=0.05,
+                                                                  abs=1e-4)
+    assert [r["metrics"] for r in second["edits"]] == [r["metrics"] for r in first["edits"]]
+    (out / "pose" / "edit.png").unlink()  # an edit whose image is gone is edited again, not counted blind
+    main(["fit", "--config", str(config), *FAST])
+    assert _summary(out)["totals"]["resumed"] == 1 and (out / "pose" / "edit.png").exists()
+
+
+def test_read_edit_gives_back_what_write_edit_wrote(tmp_path):
+    from framework.outputs import EditResult, read_edit, to_pil, write_edit
+
+    g = torch.Generator().manual_seed(0)
+    image = lambda: torch.rand(1, 3, 32, 32, generator=g)  # noqa: E731
+    mask = (torch.rand(1, 1, 8, 8, generator=g) > 0.5).float()
+    result = EditResult(id="e", edit=image(), input=image(), mask=mask, soft_mask=torch.rand(1, 1, 8, 8, generator=g),
+                        guidance=image(), source_maps={"pose": image()}, edit_maps={"pose": image()},
+                        record={"id": "e", "lam": 0.6})
+    write_edit(result, tmp_path / "e")
+    back = read_edit(tmp_path / "e", json.loads((tmp_path / "e" / "result.json").read_text()))
+    rounded = lambda t: torch.from_numpy(np.asarray(to_pil(t), np.float32) / 255).permute(2, 0, 1)[None]  # noqa: E731
+    for a, b in ((back.edit, result.edit), (back.input, result.input), (back.guidance, result.guidance),
+                 (back.source_maps["pose"], result.source_maps["pose"]), (back.edit_maps["pose"], result.edit_maps["pose"])):
+        assert torch.equal(a, rounded(b)) and (a - b).abs().max() <= 0.5 / 255 + 1e-6
+    assert torch.equal(back.mask, torch.nn.functional.interpolate(mask, size=(32, 32), mode="nearest"))
+    assert back.soft_mask.shape == (1, 1, 32, 32) and back.record["lam"] == 0.6
 
 
 def _cli(*args, **kw):
