@@ -148,6 +148,7 @@ class EditModule(pl.LightningModule):
         self.sampling = sampling or SamplingConfig()
         self.mask_cfg = mask or MaskConfig()
         self._mask_cached = False
+        self._mask_store: Optional[MaskCache] = None  # mask.cache_dir, opened on first use
         self.ito_cfg = ito or ITOConfig()
         self.guidance_cfg = guidance or GuidanceConfig()
         check_steps(self.sampling, self.ito_cfg if self.uses_ito else None,
@@ -317,7 +318,9 @@ class EditModule(pl.LightningModule):
             cfg = self.mask_cfg
             cache = key = soft = None
             if cfg.cache_dir:
-                cache = MaskCache(cfg.cache_dir)
+                if self._mask_store is None or self._mask_store.folder != Path(cfg.cache_dir):
+                    self._mask_store = MaskCache(cfg.cache_dir)  # once per run (it creates the folder)
+                cache = self._mask_store
                 key = mask_key(request, self.backbone, self.conditioners, self.sampling, cfg, seed, x0.dtype,
                                x0.device)
                 soft = cache.get(key)
