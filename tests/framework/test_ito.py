@@ -34,6 +34,30 @@ def test_fresh_adam_first_step_is_lr_times_sign():
     assert torch.all(step[~outside] == 0)  # no gradient inside the edit region: untouched
 
 
+def test_with_fresh_adam_lam_acts_only_through_the_sign_of_the_weighted_gradient():
+    # Why a lam sweep is flat between 0 and 1 under the paper's optimiser (README, lam sweep).
+    g = torch.Generator().manual_seed(3)
+    y, x, gt = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
+    m = _mask()
+    losses = [MaskedMSEPreservation(), CosineGuidance()]
+
+    def weighted_grad(lam):
+        param = y.clone().requires_grad_(True)
+        ito_objective(param, losses, lam, x_t=x, g_t=gt, mask=m, t=1).backward()
+        return param.grad
+
+    lams = (0.1, 0.3, 0.7, 0.9)
+    outs = {lam: LatentOptimizer(losses, lam, 1)(y, x_t=x, g_t=gt, mask=m, t=1) for lam in lams}
+    for lam, out in outs.items():
+        assert torch.allclose(out - y, -0.1 * torch.sign(weighted_grad(lam)), atol=1e-3)  # Adam: lr g / (|g| + eps)
+    for a, b in ((0.1, 0.9), (0.3, 0.7)):
+        flipped = torch.sign(weighted_grad(a)) != torch.sign(weighted_grad(b))
+        assert torch.equal((outs[a] - outs[b]).abs() > 1e-3, flipped)
+    # Outside the mask the MSE's gradient (a sum) is hundreds of times the cosine's, inside it only the
+    # cosine acts: 0.3 and 0.7 give the same step; 0.1 and 0.9 differ where the weighted sum flips.
+    assert (outs[0.3] - outs[0.7]).abs().max() < 1e-3 < (outs[0.1] - outs[0.9]).abs().max()
+
+
 def test_kept_state_differs_from_fresh_state():
     y, x = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     m = _mask()
