@@ -51,10 +51,11 @@ def test_toy_table1_runs_every_method(tmp_path, tiny_dirs):
     sweep([str(EVAL / "toy_table1.yaml"), "--output_dir", str(out), *toy_sets(tiny_dirs, tmp_path / "cache"),
            "--", *SMALL])
     table = {row["run"]: row for row in read_csv(out / "sweep.csv")}
-    assert list(table) == ["controlnet_sdedit", "diffedit_0.7", "diffedit_1.0", "ito_lam1", "ito_full", "ito_full_tu25"]
-    assert [table[r]["method"] for r in table] == ["SDEdit", "DiffEdit", "DiffEdit"] + ["EditModule"] * 3
-    assert [table[r]["encode_ratio"] for r in table] == ["1.0000", "0.7000", "1.0000", "1.0000", "1.0000", "1.0000"]
-    assert [table[r]["lam"] for r in table] == ["", "", "", "1.0000", "0.6000", "0.6000"]  # lam only where ITO runs
+    assert list(table) == ["controlnet_sdedit", "diffedit_0.7", "diffedit_1.0", "ito_lam1", "ito_full", "ito_full_tu25",
+                           "ito_lam1_tu25", "ito_lam1_tu25_keep"]
+    assert [table[r]["method"] for r in table] == ["SDEdit", "DiffEdit", "DiffEdit"] + ["EditModule"] * 5
+    assert [table[r]["encode_ratio"] for r in table] == ["1.0000", "0.7000"] + ["1.0000"] * 6
+    assert [table[r]["lam"] for r in table] == ["", "", "", "1.0000", "0.6000", "0.6000", "1.0000", "1.0000"]  # ITO only
     for name, row in table.items():
         assert (row["edits"], row["failed"]) == ("2", "0")
         summary = json.loads((out / name / "summary.json").read_text())
@@ -69,8 +70,7 @@ def test_toy_table1_runs_every_method(tmp_path, tiny_dirs):
     assert record("diffedit_0.7")["encode_steps"] == 3 and record("diffedit_1.0")["encode_steps"] == 5  # of 5
     assert record("ito_lam1")["guidance_image"] is False and record("ito_full")["guidance_image"] is True
     # The runs share one mask per edit: the first run that needs it estimates it, the others read it.
-    assert [record(run)["mask_source"] for run in table] == ["none", "estimated", "cached", "cached", "cached",
-                                                            "cached"]
+    assert [record(run)["mask_source"] for run in table] == ["none", "estimated"] + ["cached"] * 6
     assert len(list((tmp_path / "cache" / "masks").glob("*.pt"))) == 2
     # The W&B table of the run has a column per metric, filled per edit.
     tables = list((out / "ito_full" / "logs" / "wandb").glob("offline-run-*/files/media/table/edits/*.table.json"))
