@@ -15,6 +15,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
@@ -195,6 +196,14 @@ def open_image(path: Path, mode: str = "RGB") -> Image.Image:
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
     return img.convert(mode)
+
+
+def read_image(path: str | Path, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """An image file -> (1, 3, H, W) in [0, 1], optionally resized to `size` (H, W)."""
+    image = torch.from_numpy(np.asarray(open_image(Path(path)), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    if size is None or tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 def target_size(width: int, height: int, resolution: Optional[int]) -> tuple[tuple[int, int], tuple[int, int]]:

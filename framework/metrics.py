@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.data import load_image, open_image, target_size
+from framework.data import load_image, open_image, read_image, target_size
 from framework.errors import EditError, ModelLoadError
 from framework.models import load_component, resolve_pretrained
 from framework.outputs import EditResult, to_pil
@@ -212,14 +212,6 @@ class L1Distance(EditMetric):
     def update(self, result: EditResult, request) -> dict[str, float]:
         pair = resize_centre_crop(torch.cat([result.input, result.edit]).float(), self.crop)  # (2, 3, crop, crop)
         return self.record({"edit/l1": float((pair[0] - pair[1]).abs().mean())})
-
-
-def read_image(path: str | Path, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
-    """An image file -> (1, 3, H, W) in [0, 1], optionally resized to `size` (H, W)."""
-    image = torch.from_numpy(np.asarray(open_image(Path(path)), dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    if size is None or tuple(image.shape[-2:]) == tuple(size):
-        return image
-    return F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 def load_like(path: str | Path, size: tuple[int, int], resolution: Optional[int] = None) -> torch.Tensor:

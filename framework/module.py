@@ -465,7 +465,7 @@ class EditModule(pl.LightningModule):
             return {}
         done = self._finished(request)
         if done is not None:
-            if self.metrics and "error" not in done:  # the run's scores cover resumed edits too
+            if self.metrics:  # the run's scores cover resumed edits too
                 scores: dict[str, float] = {}
                 result = read_edit(self.output_dir / request.id, done)
                 for metric in self.metrics:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from framework.data import read_image
+
 
 @dataclass
 class EditResult:
@@ -119,31 +121,24 @@ def write_edit(result: EditResult, folder: Path) -> dict[str, str]:
     return {name: str(folder / name) for name in files}
 
 
-def _png(path: Path) -> torch.Tensor:
-    """A written PNG -> (1, C, H, W) in [0, 1] (C = 1 for grey masks, else 3)."""
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("L" if img.mode in ("L", "1") else "RGB"), dtype=np.float32) / 255
-    arr = arr[..., None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr).permute(2, 0, 1)[None]
-
-
 def read_edit(folder: Path, record: dict[str, Any]) -> EditResult:
     """An edit written by `write_edit`, read back (images 8-bit rounded; masks at image resolution).
 
-    Raises FileNotFoundError when the input or edited image is missing.
+    The input and edited images must be there (ManifestError naming the file otherwise).
     """
-    files = set(record.get("files", []))
-    optional = {name: _png(folder / name) if name in files and (folder / name).is_file() else None
-                for name in ("mask_soft.png", "guidance.png")}
-    maps = {side: {name[len(side) + 1:-4]: _png(folder / name) for name in sorted(files)
-                   if name.startswith(side + "_") and name.endswith(".png") and (folder / name).is_file()}
-            for side in ("source", "edit")}
-    image = _png(folder / "input.png")
-    mask = _png(folder / "mask.png") if (folder / "mask.png").is_file() else torch.zeros_like(image[:, :1])
-    return EditResult(id=record.get("id", folder.name), edit=_png(folder / "edit.png"), input=image,
-                      mask=(mask > 0.5).float(), soft_mask=optional["mask_soft.png"],
-                      guidance=optional["guidance.png"], source_maps=maps["source"], edit_maps=maps["edit"],
-                      record=dict(record))
+    written = {name for name in record.get("files", []) if (folder / name).is_file()}
+    image = read_image(folder / "input.png")
+
+    def read(name: str, channels: int = 3) -> Optional[torch.Tensor]:
+        return read_image(folder / name)[:, :channels] if name in written else None
+
+    maps = {side: {name[len(side) + 1:-len(".png")]: read(name) for name in sorted(written)
+                   if name.startswith(side + "_") and name.endswith(".png")} for side in ("source", "edit")}
+    mask = read("mask.png", 1)
+    return EditResult(id=record.get("id", folder.name), edit=read_image(folder / "edit.png"), input=image,
+                      mask=torch.zeros_like(image[:, :1]) if mask is None else (mask > 0.5).float(),
+                      soft_mask=read("mask_soft.png", 1), guidance=read("guidance.png"),
+                      source_maps=maps["source"], edit_maps=maps["edit"], record=dict(record))
 
 
 def write_results_table(folder: Path, records: list[dict[str, Any]], aggregate: dict[str, float]) -> None:
