@@ -86,9 +86,52 @@ def current_rss() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def write_json(path: Optional[Path], results: dict) -> None:
+    """Write a benchmark's results as JSON (nothing when `path` is None), creating its folder."""
+    if path is None:
+        return
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class StageClock:
+    """Runs stages one by one and records each one's seconds, UNet / ControlNet sample-evaluations and
+    peak GPU memory in `stages[name]`; with `rss`, also the process's peak resident memory after the
+    stage ('maxrss', bytes: a high-water mark that never falls, the CPU's stand-in for peak memory)."""
+
+    def __init__(self, device: torch.device, unet_counter: Optional["EvalCounter"] = None,
+                 cn_counter: Optional["EvalCounter"] = None, rss: bool = False):
+        self.device, self.unet_counter, self.cn_counter, self.rss = device, unet_counter, cn_counter, rss
+        self.stages: dict = {}
+
+    def __call__(self, name: str, fn):
+        for counter in (self.unet_counter, self.cn_counter):
+            if counter is not None:
+                counter.reset()
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        sync(self.device)
+        start = time.perf_counter()
+        value = fn()
+        sync(self.device)
+        self.stages[name] = {"s": time.perf_counter() - start,
+                             "peak": torch.cuda.max_memory_allocated(self.device) if cuda else None}
+        if self.unet_counter is not None:
+            self.stages[name]["unet"] = self.unet_counter.samples
+        if self.cn_counter is not None:
+            self.stages[name]["cn"] = self.cn_counter.samples
+        if self.rss:
+            self.stages[name]["maxrss"] = max_rss()
+        return value
 
 
 @dataclass

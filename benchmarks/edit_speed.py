@@ -218,10 +218,7 @@ def main(argv=None) -> dict:
                 printed.append(format_embedding(rows, size))
                 log(printed[-1])
     print("\n\n".join(["\n######## summary ########"] + printed), flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+    C.write_json(args.json, results)
     return results
 
 

@@ -150,32 +150,17 @@ STAGES = ("encode", "inversion", "mask", "guidance", "final", "decode")
 
 def our_full_edit(ours: C.OurStages, req: dict, device, unet_counter, cn_counter, mask_cfg=C.PAPER_MASK) -> dict:
     """EditModule.edit's procedure at the paper's settings, from pixels, stage by stage, timed with
-    peak memory (the Lightning module itself is not needed for this). On the CPU, 'maxrss' is the
-    process's peak resident memory (bytes) after each stage: a high-water mark that never falls."""
+    peak memory (the Lightning module itself is not needed for this)."""
     image = req["image"].to(device)
     maps = {"pose": req["source_pose"].to(device)}, {"pose": req["edit_pose"].to(device)}
-    out = {}
-
-    def stage(name, fn):
-        unet_counter.reset()
-        cn_counter.reset()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        C.sync(device)
-        start = time.perf_counter()
-        value = fn()
-        C.sync(device)
-        out[name] = {"s": time.perf_counter() - start, "unet": unet_counter.samples, "cn": cn_counter.samples,
-                     "peak": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-                     "maxrss": C.max_rss()}
-        return value
-
+    stage = C.StageClock(device, unet_counter, cn_counter, rss=True)
     x0, src, edit = stage("encode", lambda: ours.encode(image, req["source_prompt"], req["edit_prompt"], *maps))
     x_traj = stage("inversion", lambda: ours.invert(x0, src))
     mask = stage("mask", lambda: ours.mask(x0, src, edit, mask_cfg))
     g0, g_traj = stage("guidance", lambda: ours.guidance(x0, x_traj, mask, edit))
     y0 = stage("final", lambda: ours.final(x_traj, g_traj, mask, edit))
     picture = stage("decode", lambda: (ours.decode(y0), ours.decode(g0)))
+    out = stage.stages
     out["_finite"] = bool(torch.isfinite(y0).all()) and bool(torch.isfinite(picture[0]).all())
     return out
 
@@ -184,25 +169,11 @@ def diffedit_full(theirs: C.DiffusersStages, req: dict, device, unet_counter, cn
     """DiffEdit from the same pixels: generate_mask, invert, __call__ ('call', with the VAE decode), each timed."""
     image = req["image"].to(device)
     sp, ep = req["source_prompt"], req["edit_prompt"]
-    out = {}
-
-    def stage(name, fn):
-        unet_counter.reset()
-        cn_counter.reset()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        C.sync(device)
-        start = time.perf_counter()
-        value = fn()
-        C.sync(device)
-        out[name] = {"s": time.perf_counter() - start, "unet": unet_counter.samples, "cn": cn_counter.samples,
-                     "peak": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
-        return value
-
+    stage = C.StageClock(device, unet_counter, cn_counter)
     mask = stage("generate_mask", lambda: theirs.generate_mask(image, sp, ep))
     inverted = stage("invert", lambda: theirs.invert(image, sp))
     stage("call", lambda: theirs.call(ep, mask, inverted, output_type="pt"))
-    return out
+    return stage.stages
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -324,10 +295,7 @@ def main(argv=None) -> dict:
         results["precisions"][name] = entry
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     print("\n".join(["\n######## summary ########"] + printed + [f"\nscript time {results['seconds']} s"]), flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+    C.write_json(args.json, results)
     return results
 
 

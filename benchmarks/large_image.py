@@ -97,23 +97,13 @@ def vae_child(args, device, dtype) -> dict:
         setattr(backbone, key, value)
     backbone.configure_memory()
     image = C.toy_request(args.size)["image"].to(device)
-    stages, before = {}, C.current_rss()
-
-    def stage(name, fn):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        value = fn()
-        C.sync(device)
-        stages[name] = {"s": time.perf_counter() - t0, "maxrss": C.max_rss(),
-                        "peak": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
-        return value
-
+    before = C.current_rss()
+    stage = C.StageClock(device, rss=True)
     start = time.perf_counter()
     x0 = stage("encode", lambda: backbone.encode_image(image))
     stage("decode", lambda: backbone.decode_latents(x0))
     return {"variant": args.child, "options": options(args.child, args), "rss_before": before,
-            "seconds": time.perf_counter() - start, "stages": stages, "processors": [],
+            "seconds": time.perf_counter() - start, "stages": stage.stages, "processors": [],
             "vae_tiling": bool(vae.use_tiling)}
 
 

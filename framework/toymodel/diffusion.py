@@ -89,17 +89,36 @@ def load_export(nets: nn.ModuleDict, root: str, modalities: Sequence[str]) -> No
 
 
 def weighted_eps_loss(pred: torch.Tensor, noise: torch.Tensor, foreground: torch.Tensor | None,
-                      weight: float) -> torch.Tensor:
+                      weight: float, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """MSE of the noise prediction, latent pixels under the foreground weighted `weight`, normalised by the weights.
 
     `foreground` (b, 1, H, W) is brought to the latent grid by max-pooling: a latent pixel counts as
-    foreground when any pixel it covers is.
+    foreground when any pixel it covers is. `sample_weights` (b,) multiply each sample's term (the
+    timestep weights of `min_snr_weights`); they are not part of the normalisation, so they scale
+    each sample's share of the gradient.
     """
+    err = (pred - noise).square().mean(dim=1, keepdim=True)
     if weight == 1.0 or foreground is None:
-        return F.mse_loss(pred, noise)
-    fg = F.adaptive_max_pool2d(foreground.float(), pred.shape[-2:])
-    w = 1 + (weight - 1) * fg
-    return ((pred - noise).square().mean(dim=1, keepdim=True) * w).sum() / w.sum()
+        w = torch.ones_like(err)
+    else:
+        w = 1 + (weight - 1) * F.adaptive_max_pool2d(foreground.float(), pred.shape[-2:])
+    if sample_weights is None:
+        return (err * w).sum() / w.sum()
+    per_sample = (err * w).flatten(1).sum(1) / w.flatten(1).sum(1)
+    return (per_sample * sample_weights).mean()
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights of the epsilon loss: min(SNR(t), gamma) / SNR(t), SNR = a / (1 - a).
+
+    In terms of the clean latents the epsilon loss weights step t by SNR(t), so it spends most of its
+    gradient on the low-noise steps where images are nearly clean; capping the weight at gamma moves
+    it to the high- and mid-noise steps, where a sample's layout (an object's shape) is decided. The
+    weights are 1 wherever SNR <= gamma.
+    """
+    a = alphas_cumprod[t].float()
+    snr = a / (1 - a)
+    return snr.clamp(max=gamma) / snr
 
 
 class DiffusionTraining(TrainingStage):
@@ -113,7 +132,7 @@ class DiffusionTraining(TrainingStage):
                  text_layers: int = 2, max_length: int = 32, modalities: tuple[str, ...] = ("pose", "scribble"),
                  control_probability: float = 0.6, caption_dropout: float = 0.1, lr: float = 1e-3,
                  warmup_steps: int = 100, total_steps: int = 4000, ema_decay: float = 0.995,
-                 object_weight: float = 1.0, export_dir: str = "outputs/toymodel", export_every: int = 500,
+                 object_weight: float = 1.0, snr_gamma: float | None = None, export_dir: str = "outputs/toymodel", export_every: int = 500,
                  init_from: str | None = None, seed: int = 0):
         """
         Args:
@@ -134,6 +153,8 @@ class DiffusionTraining(TrainingStage):
             object_weight: Weight of the noise-prediction error at latent pixels that hold an object or the
                 figure (1: plain MSE). The objects are a few latent pixels each, so under plain MSE their
                 shape is a small part of the loss.
+            snr_gamma: Weight each timestep's loss by min(SNR, gamma) / SNR (min-SNR weighting; None: equal
+                weights). Lower gamma shifts the training towards noisier steps.
             export_dir: Where the diffusers folders are written.
             export_every: Steps between exports (0: only at the end).
             init_from: Start from an earlier export instead of random weights: a folder holding `sd/` and
@@ -223,7 +244,8 @@ class DiffusionTraining(TrainingStage):
         down, mid = self.control_residuals(self.nets, noisy, t, context, batch, choice)
         pred = self.nets["unet"](noisy, t, encoder_hidden_states=context, down_block_additional_residuals=down,
                                  mid_block_additional_residual=mid).sample
-        loss = weighted_eps_loss(pred, noise, batch.get("foreground"), h.object_weight)
+        weights = None if h.snr_gamma is None else min_snr_weights(self.alphas_cumprod, t, h.snr_gamma)
+        loss = weighted_eps_loss(pred, noise, batch.get("foreground"), h.object_weight, weights)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

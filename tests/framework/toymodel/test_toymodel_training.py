@@ -37,6 +37,30 @@ def test_weighted_eps_loss_matches_formula():
     assert weighted_eps_loss(pred, noise, fg, 5.0).item() == pytest.approx(((err * w).sum() / w.sum()).item())
 
 
+def test_min_snr_weights_cap_the_signal_to_noise_ratio_and_scale_each_sample():
+    from framework.tiny import sd15_scheduler
+    from framework.toymodel.diffusion import min_snr_weights, weighted_eps_loss
+
+    a = sd15_scheduler().alphas_cumprod
+    t = torch.tensor([0, 100, 500, 999])
+    snr = (a[t] / (1 - a[t])).double()
+    w = min_snr_weights(a, t, 5.0).double()
+    assert torch.allclose(w, torch.minimum(snr, torch.full_like(snr, 5.0)) / snr, rtol=1e-5)
+    # SD's schedule: SNR(0) ~ 1170, so the cleanest step weighs 5 / 1170; from t = 500 on SNR < 1 <= 5.
+    assert w[0].item() == pytest.approx(5.0 / snr[0].item(), rel=1e-5) and w[0] < 0.01
+    assert w[2:].tolist() == [1.0, 1.0]
+
+    torch.manual_seed(0)
+    pred, noise = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2)
+    per_sample = (pred - noise).square().mean(dim=(1, 2, 3))
+    weights = torch.tensor([0.25, 1.0])
+    expected = (per_sample * weights).mean()
+    assert weighted_eps_loss(pred, noise, None, 1.0, weights).item() == pytest.approx(expected.item())
+    # Equal weights of one give the unweighted loss.
+    assert weighted_eps_loss(pred, noise, None, 1.0, torch.ones(2)).item() == pytest.approx(
+        torch.nn.functional.mse_loss(pred, noise).item())
+
+
 def test_cosine_lr_warms_up_then_decays_to_floor():
     assert cosine_lr(0, 10, 100) == pytest.approx(0.1)
     assert cosine_lr(9, 10, 100) == pytest.approx(1.0)
