@@ -20,7 +20,6 @@ both sides are counted the same way. Torch threads are set explicitly with --thr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

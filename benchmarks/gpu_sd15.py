@@ -23,7 +23,6 @@ starting new runs once passed, so the script ends inside a 10-minute slot.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
