@@ -81,7 +81,36 @@ def load_stage1_vae(path: str):
     return AutoencoderKL.from_pretrained(path)
 
 
-class VAETraining(TrainingStage):
+class ReconstructionStage(TrainingStage):
+    """What stage 1 and decoder tuning share: an object-weighted reconstruction of posterior samples.
+
+    The foreground weight ramps linearly from `object_weight[0]` to `object_weight[1]` over
+    `total_steps`. Subclasses hold `self.vae`; `train_encoder` says whether the encoder learns, and
+    a `kl_weight` hparam (stage 1) adds the KL term.
+    """
+
+    train_encoder = True
+
+    def object_weight_at(self, step: int) -> float:
+        first, last = self.hparams.object_weight
+        return first + (last - first) * min(1.0, step / max(1, self.hparams.total_steps))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        image, foreground = batch["image"], batch["foreground"]
+        with torch.set_grad_enabled(self.train_encoder):
+            posterior = self.vae.encode(image).latent_dist
+        recon = self.vae.decode(posterior.sample()).sample
+        weight = self.object_weight_at(self.global_step)
+        loss = weighted_reconstruction(recon, image, foreground, weight)
+        if self.hparams.get("kl_weight"):
+            loss = loss + self.hparams.kl_weight * posterior.kl().mean() / image[0].numel()
+        with torch.no_grad():
+            psnr = -10 * torch.log10(((recon.clamp(-1, 1) - image) / 2).square().mean())
+        self.log_dict({"train/loss": loss, "train/psnr": psnr, "train/object_weight": weight}, prog_bar=True)
+        return loss
+
+
+class VAETraining(ReconstructionStage):
     """Trains the toy VAE; writes a normalised diffusers `AutoencoderKL` folder to `export_dir`."""
 
     def __init__(self, block_out_channels: tuple[int, ...] = (32, 64, 64), layers_per_block: int = 1,
@@ -110,23 +139,6 @@ class VAETraining(TrainingStage):
         torch.manual_seed(seed)
         self.vae = build_vae(block_out_channels, layers_per_block, latent_channels, size)
 
-    def object_weight_at(self, step: int) -> float:
-        first, last = self.hparams.object_weight
-        return first + (last - first) * min(1.0, step / max(1, self.hparams.total_steps))
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        image, foreground = batch["image"], batch["foreground"]
-        posterior = self.vae.encode(image).latent_dist
-        recon = self.vae.decode(posterior.sample()).sample
-        weight = self.object_weight_at(self.global_step)
-        rec = weighted_reconstruction(recon, image, foreground, weight)
-        kl = posterior.kl().mean() / image[0].numel()
-        loss = rec + self.hparams.kl_weight * kl
-        with torch.no_grad():
-            psnr = -10 * torch.log10(((recon.clamp(-1, 1) - image) / 2).square().mean())
-        self.log_dict({"train/loss": loss, "train/psnr": psnr, "train/object_weight": weight}, prog_bar=True)
-        return loss
-
     def trained_parameters(self):
         return self.vae.parameters()
 
@@ -141,7 +153,7 @@ class VAETraining(TrainingStage):
         replace_folder(root, vae.save_pretrained)
 
 
-class DecoderTuning(TrainingStage):
+class DecoderTuning(ReconstructionStage):
     """Trains only the decoder of an exported VAE; the encoder, and so the latent space, stay as they are.
 
     The diffusion model is trained on the encoder's latents, so a better decoder can be swapped into
@@ -169,19 +181,7 @@ class DecoderTuning(TrainingStage):
         self.vae.encoder.requires_grad_(False)
         self.vae.quant_conv.requires_grad_(False)
 
-    object_weight_at = VAETraining.object_weight_at
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        image, foreground = batch["image"], batch["foreground"]
-        with torch.no_grad():
-            posterior = self.vae.encode(image).latent_dist
-        recon = self.vae.decode(posterior.sample()).sample
-        weight = self.object_weight_at(self.global_step)
-        loss = weighted_reconstruction(recon, image, foreground, weight)
-        with torch.no_grad():
-            psnr = -10 * torch.log10(((recon.clamp(-1, 1) - image) / 2).square().mean())
-        self.log_dict({"train/loss": loss, "train/psnr": psnr, "train/object_weight": weight}, prog_bar=True)
-        return loss
+    train_encoder = False
 
     def trained_parameters(self):
         return [p for p in self.vae.parameters() if p.requires_grad]
