@@ -131,9 +131,10 @@ class DiffusionTraining(TrainingStage):
                  layers_per_block: int = 1, attention_head_dim: int = 8, text_hidden: int = 64,
                  text_layers: int = 2, max_length: int = 32, modalities: tuple[str, ...] = ("pose", "scribble"),
                  control_probability: float = 0.6, caption_dropout: float = 0.1, lr: float = 1e-3,
-                 warmup_steps: int = 100, total_steps: int = 4000, ema_decay: float = 0.995,
-                 object_weight: float = 1.0, snr_gamma: float | None = None, export_dir: str = "outputs/toymodel", export_every: int = 500,
-                 init_from: str | None = None, seed: int = 0):
+                 warmup_steps: int = 100, total_steps: int = 4000, text_lr_scale: float = 1.0,
+                 ema_decay: float = 0.995, object_weight: float = 1.0, snr_gamma: float | None = None,
+                 export_dir: str = "outputs/toymodel", export_every: int = 500, init_from: str | None = None,
+                 seed: int = 0):
         """
         Args:
             vae: Folder of the stage-1 VAE (normalised latents, `scaling_factor` 1).
@@ -149,6 +150,8 @@ class DiffusionTraining(TrainingStage):
             lr: Peak AdamW learning rate (warm-up, then cosine over `total_steps`).
             warmup_steps: Warm-up steps.
             total_steps: Length of the cosine schedule.
+            text_lr_scale: The text encoder's learning rate as a multiple of `lr`. Words whose pictures
+                differ in few pixels (circle and square) get small gradients and stay close together.
             ema_decay: Decay of the exported exponential moving average.
             object_weight: Weight of the noise-prediction error at latent pixels that hold an object or the
                 figure (1: plain MSE). The objects are a few latent pixels each, so under plain MSE their
@@ -252,7 +255,12 @@ class DiffusionTraining(TrainingStage):
     weight_decay = 0.01
 
     def trained_parameters(self):
-        return self.nets.parameters()
+        scale = self.hparams.text_lr_scale
+        if scale == 1.0:
+            return self.nets.parameters()
+        text = self.nets["text_encoder"]
+        rest = [p for name, net in self.nets.items() if name != "text_encoder" for p in net.parameters()]
+        return [{"params": rest}, {"params": list(text.parameters()), "lr": self.hparams.lr * scale}]
 
     @torch.no_grad()
     def update_ema(self) -> None:

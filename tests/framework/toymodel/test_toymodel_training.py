@@ -254,3 +254,20 @@ def test_bundle_assembles_the_exports_and_swaps_in_the_tuned_vae(trained, tmp_pa
     with pytest.raises(ModelLoadError, match="classifier missing"):
         bundle(trained / "vae_ckpt", tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_text_lr_scale_gives_the_text_encoder_its_own_learning_rate(trained):
+    from framework.toymodel.diffusion import DiffusionTraining
+
+    module = DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), lr=2e-4, warmup_steps=1,
+                               text_lr_scale=5.0)
+    opt = module.configure_optimizers()["optimizer"]
+    groups = {len(g["params"]): g["lr"] for g in opt.param_groups}
+    text = len(list(module.nets["text_encoder"].parameters()))
+    rest = sum(len(list(n.parameters())) for k, n in module.nets.items() if k != "text_encoder")
+    assert groups == {rest: pytest.approx(2e-4), text: pytest.approx(1e-3)}
+    # Every trained weight is in exactly one group; the EMA copy is in none.
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in module.nets.parameters())
+    plain = DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), lr=2e-4, warmup_steps=1)
+    assert [g["lr"] for g in plain.configure_optimizers()["optimizer"].param_groups] == [pytest.approx(2e-4)]
