@@ -1,6 +1,7 @@
 """Quality gates of the toy model: each measured value printed against its gate.
 
     python benchmarks/toyworld_gates.py [--model framework/assets/toyworld] [--classifier ...] [--quick]
+        [--diagnose-shape]
 
 All scenes are held out (seeds below one million; training uses seeds from one million on).
 Measures are defined in `framework/toymodel/gates.py`. The pose gate is relative: the figure IoU
@@ -23,7 +24,16 @@ if str(ROOT) not in sys.path:
 import torch
 
 from framework.toymodel.classifier import ToyClassifier
-from framework.toymodel.gates import ToyModel, measure_pose, measure_scribble, measure_text, measure_vae
+from framework.toymodel.gates import (
+    ToyModel,
+    caption_distances,
+    measure_pose,
+    measure_scribble,
+    measure_text,
+    measure_vae,
+    shape_by_noise_level,
+)
+from framework.toyworld.scenes import SHAPES
 
 DEFAULT_MODEL = ROOT / "framework" / "assets" / "toyworld"
 
@@ -59,6 +69,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a quarter of the samples")
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the measures here")
+    parser.add_argument("--diagnose-shape", action="store_true",
+                        help="also: prompted-shape accuracy by the noise level sampling starts from, and text-encoder "
+                             "distances between captions one shape or colour word apart")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     q = 4 if args.quick else 1
@@ -75,6 +88,16 @@ def main(argv=None) -> dict:
     print(f"{'measure':62s} {'value':>8s}  gate")
     for name, value, gate, ok in gates(measures):
         print(f"{name:62s} {value:8.2f}  {gate:28s} {'pass' if ok else 'FAIL'}")
+    if args.diagnose_shape:
+        levels = shape_by_noise_level(model, classifier, n=36 // q, guidance=args.guidance)
+        distances = caption_distances(model)
+        measures.update({"shape_by_steps_left": levels, "caption_distances": distances})
+        print("prompted shape when sampling starts from the render noised k of 25 steps before the end "
+              f"(rows true, columns drawn: {', '.join(SHAPES)}):")
+        for k, row in levels.items():
+            print(f"  k = {k:2d}: {100 * row['shape']:5.1f} %  confusion {row['confusion']}")
+        print("text encoder, summed per-token distance of one swapped word: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in distances.items()))
     print("classifier on renders: " + ", ".join(f"{k} {100 * measures['render_' + k]:.0f}%"
                                                 for k in ("colour", "shape", "pose")))
     if args.json:

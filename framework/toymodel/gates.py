@@ -11,6 +11,11 @@ with the toy classifier at a box, or with masks of the world's palette.
   the same IoU for a mismatched figure (chance), and the classifier's arm-pose class.
 - Scribble: samples from a scribble map (flat-background scenes); IoU of the sample's outlines with the map's strokes, both
   dilated by one pixel (a one-pixel tolerance), against a mismatched map.
+
+Diagnostics of the prompted shape (not gates): `shape_by_noise_level` starts the sampler from the
+render itself noised to a level and reads the shape drawn (where along the schedule the shape is
+lost), with the confusion matrix; `caption_distances` measures how far apart the text encoder puts
+captions that differ in one word (a shape word against a colour word).
 """
 
 from __future__ import annotations
@@ -110,6 +115,11 @@ class ToyModel:
         self.denoiser = Denoiser(self.backbone.unet, conditioners, self.backbone.scheduler.config.num_train_timesteps)
         self.schedule = Schedule.from_scheduler(self.backbone.scheduler, self.steps)
 
+    @torch.no_grad()
+    def text_states(self, prompt: str) -> torch.Tensor:
+        """The text encoder's last hidden states of `prompt`: (tokens, width)."""
+        return self.backbone.encode_prompt(prompt)[0]
+
     def _cond(self, prompt: str, maps: dict):
         from conditioners.base import ConditionSide
 
@@ -127,6 +137,20 @@ class ToyModel:
         scale = self.backbone.vae_scale_factor
         x = seeded_noise((1, 4, size // scale, size // scale), seed)
         z = ddim_decode(x, lambda x, t: self.denoiser(x, t, cond, uncond, guidance), self.schedule, self.steps)
+        return to_uint8(self.backbone.decode_latents(z))
+
+    @torch.no_grad()
+    def resample(self, image: np.ndarray, prompt: str, steps_left: int, seed: int = 0, guidance: float = 5.0) -> np.ndarray:
+        """Noise the image's latents to the level `steps_left` steps before the end of the DDIM grid and
+        decode from there under `prompt`. At all 25 steps (t = 961) SD's schedule keeps 0.07 of the
+        image's latents against 1.0 of noise."""
+        from ..ddim import ddim_decode, noise_encode, seeded_noise
+
+        z0 = self.backbone.encode_image(to_tensor(image))
+        num = min(steps_left, self.steps)
+        x = noise_encode(z0, seeded_noise(tuple(z0.shape), seed), self.schedule.alpha(self.schedule.decode_timesteps(num)[0]))
+        cond, uncond = self._cond(prompt, {})
+        z = ddim_decode(x, lambda x, t: self.denoiser(x, t, cond, uncond, guidance), self.schedule, num)
         return to_uint8(self.backbone.decode_latents(z))
 
     @torch.no_grad()
@@ -218,3 +242,43 @@ def measure_scribble(model: ToyModel, n: int = 32, size: int = 64, guidance: flo
         matched.append(iou(edges, dilate(strokes[i])))
         mismatched.append(iou(edges, dilate(strokes[(i + 1) % len(scenes)])))
     return {"scribble_edge_iou": float(np.mean(matched)), "scribble_edge_iou_mismatched": float(np.mean(mismatched))}
+
+
+def _read_shape(classifier: ToyClassifier, image: np.ndarray) -> int | None:
+    """The classifier's shape index for the largest saturated region; None when there is none."""
+    box = saturated_box(image)
+    if box is None:
+        return None
+    return int(classifier.classify(to_tensor(image), torch.tensor([box], dtype=torch.float32))["shape"])
+
+
+def shape_by_noise_level(model: ToyModel, classifier: ToyClassifier, steps_left: Sequence[int] = (25, 15, 10, 5),
+                         n: int = 36, size: int = 64, guidance: float = 5.0) -> dict:
+    """Prompted-shape accuracy when sampling starts from the render noised `k` steps before the end.
+
+    At k = all steps the start is almost pure noise (as in the text gate); at small k the noisy latents
+    still hold the true shape, so a drop between two levels says where the model loses it. Returns
+    {k: {"shape": accuracy, "confusion": rows true shape, columns drawn shape (SHAPES order)}}.
+    """
+    seeds = held_out(n, size, lambda s: len(s.objects) == 1 and s.figure is None)
+    out = {}
+    for k in steps_left:
+        confusion = np.zeros((len(SHAPES), len(SHAPES)), int)
+        for i, seed in enumerate(seeds):
+            scene = sample_scene(seed, size)
+            drawn = _read_shape(classifier, model.resample(render(scene, size)[0], caption(scene), k, seed=i,
+                                                           guidance=guidance))
+            if drawn is not None:
+                confusion[SHAPES.index(scene.objects[0].shape), drawn] += 1
+        out[k] = {"shape": float(np.trace(confusion) / len(seeds)), "confusion": confusion.tolist()}
+    return out
+
+
+def caption_distances(model: ToyModel, base: str = "a red circle on a light grey background",
+                      swaps: Sequence[tuple[str, str]] = (("circle", "square"), ("circle", "triangle"),
+                                                          ("red", "blue"), ("red", "green"))) -> dict:
+    """Summed per-token L2 distance of the text encoder's states between `base` and `base` with one
+    word swapped, e.g. {"circle->square": 26.0, "red->blue": 162.0}: words the encoder keeps close
+    give the UNet little to tell them apart by."""
+    ref = model.text_states(base)
+    return {f"{a}->{b}": float((model.text_states(base.replace(a, b)) - ref).norm(dim=-1).sum()) for a, b in swaps}

@@ -62,6 +62,20 @@ def test_bundled_model_draws_the_prompted_colour():
     assert measured["text_colour"] >= 0.75  # chance 0.25; the gate measured 100 % on 48
 
 
+def test_resampling_from_a_lightly_noised_render_keeps_its_shape_and_the_diagnostics_add_up():
+    from framework.toymodel.gates import ToyModel, caption_distances, shape_by_noise_level
+
+    model = ToyModel(toyworld_folder())
+    classifier = ToyClassifier.from_pretrained(toyworld_folder() / "classifier")
+    levels = shape_by_noise_level(model, classifier, steps_left=(1,), n=6)
+    # One step from t = 1 changes almost nothing: the classifier reads the rendered shape.
+    assert levels[1]["shape"] >= 5 / 6
+    confusion = np.asarray(levels[1]["confusion"])
+    assert confusion.shape == (3, 3) and confusion.sum() <= 6 and np.trace(confusion) == round(6 * levels[1]["shape"])
+    d = caption_distances(model, swaps=(("red", "red"), ("circle", "triangle"), ("red", "blue")))
+    assert d["red->red"] == 0.0 and d["circle->triangle"] > 1.0 and d["red->blue"] > 1.0
+
+
 def test_bundled_classifier_beats_chance_by_far_on_fresh_renders():
     model = ToyClassifier.from_pretrained(toyworld_folder() / "classifier")
     acc = accuracy_on_scenes(model, range(200, 400))
