@@ -140,7 +140,8 @@ class ToyModel:
         return to_uint8(self.backbone.decode_latents(z))
 
     @torch.no_grad()
-    def resample(self, image: np.ndarray, prompt: str, steps_left: int, seed: int = 0, guidance: float = 5.0) -> np.ndarray:
+    def resample(self, image: np.ndarray, prompt: str, steps_left: int, seed: int = 0,
+                 guidance: float = 5.0) -> np.ndarray:
         """Noise the image's latents to the level `steps_left` steps before the end of the DDIM grid and
         decode from there under `prompt`. At all 25 steps (t = 961) SD's schedule keeps 0.07 of the
         image's latents against 1.0 of noise."""
@@ -148,7 +149,8 @@ class ToyModel:
 
         z0 = self.backbone.encode_image(to_tensor(image))
         num = min(steps_left, self.steps)
-        x = noise_encode(z0, seeded_noise(tuple(z0.shape), seed), self.schedule.alpha(self.schedule.decode_timesteps(num)[0]))
+        start = self.schedule.decode_timesteps(num)[0]
+        x = noise_encode(z0, seeded_noise(tuple(z0.shape), seed), self.schedule.alpha(start))
         cond, uncond = self._cond(prompt, {})
         z = ddim_decode(x, lambda x, t: self.denoiser(x, t, cond, uncond, guidance), self.schedule, num)
         return to_uint8(self.backbone.decode_latents(z))
