@@ -65,13 +65,36 @@ def mask_key(request, backbone, conditioners, sampling, mask_cfg, seed: int, dty
             "prompts": [request.source_prompt, request.edit_prompt],
             "maps": [sorted(request.source_maps), sorted(request.edit_maps)]}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
+    _hash_inputs(digest, request)
+    return digest.hexdigest()[:40]
+
+
+def _hash_inputs(digest, request) -> None:
+    """Add the values of the request's image and condition maps (sorted by modality) to `digest`."""
     tensors = [request.image, *(request.source_maps[k] for k in sorted(request.source_maps)),
                *(request.edit_maps[k] for k in sorted(request.edit_maps))]
     for t in tensors:
         t = t.detach().float().cpu().contiguous()
         digest.update(str(tuple(t.shape)).encode())
         digest.update(t.numpy().tobytes())
-    return digest.hexdigest()[:40]
+
+
+def request_digest(request) -> str:
+    """A hex digest of an edit request's inputs: prompts, modalities, and the image's and maps' values."""
+    spec = {"prompts": [request.source_prompt, request.edit_prompt],
+            "maps": [sorted(request.source_maps), sorted(request.edit_maps)],
+            "mask": None if request.mask is None else tuple(request.mask.shape)}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    _hash_inputs(digest, request)
+    if request.mask is not None:
+        digest.update(request.mask.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def settings_digest(parameters: dict[str, Any], *models: Any) -> str:
+    """A hex digest of a run's settings (JSON-able) and the weights of its models (`weights_fingerprint`)."""
+    spec = {"parameters": parameters, "weights": [weights_fingerprint(m) for m in models]}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 class MaskCache:

@@ -31,7 +31,7 @@ from framework.ddim import Schedule, ddim_decode, ddim_invert, noise_encode, see
 from framework.denoiser import Conditioning, Denoiser
 from framework.errors import ConfigError, EditError
 from framework.ito import LatentOptimizer, OptimizerFactory
-from framework.mask_cache import MaskCache, mask_key, plain_fields
+from framework.mask_cache import MaskCache, mask_key, plain_fields, request_digest, settings_digest
 from framework.masks import binary_mask, estimate_soft_mask, mask_image_size, mask_schedule
 from framework.models import StableDiffusion
 from framework.metrics import EditMetric
@@ -185,6 +185,17 @@ class EditModule(pl.LightningModule):
         self.denoiser = Denoiser(self.backbone.unet, self.conditioners,
                                  self.backbone.scheduler.config.num_train_timesteps, self.unet_chunk_size)
         self.records = []
+        self._settings: Optional[str] = None
+
+    def settings_digest(self) -> str:
+        """A digest of everything besides the request that decides an edit: `resolved_parameters` and the
+        weights of the backbone and conditioners (the memory options aside: they save memory, the edit
+        stays). Each result.json stores it; a later run into the same output_dir resumes only edits
+        made with the same one."""
+        if getattr(self, "_settings", None) is None:
+            params = {k: v for k, v in self.resolved_parameters().items() if k != "memory"}
+            self._settings = settings_digest(params, self.backbone, *self.conditioners)
+        return self._settings
 
     def _load_metrics(self) -> None:
         for metric in self.metrics:
@@ -425,6 +436,7 @@ class EditModule(pl.LightningModule):
             "method": f"{type(self).__module__}.{type(self).__name__}",
             "height": int(request.image.shape[-2]), "width": int(request.image.shape[-1]),
             "seconds": seconds, "unet_evaluations": dict(counts.samples), "unet_calls": dict(counts.calls),
+            "settings": self.settings_digest(), "inputs": request_digest(request),
             **({"extra": request.extra} if request.extra else {}),
         }
 
@@ -458,6 +470,15 @@ class EditModule(pl.LightningModule):
             return None
         if not all((path.parent / name).is_file() for name in ("input.png", "edit.png")):
             return None  # images removed since: edit again
+        if record.get("inputs") != request_digest(request):
+            raise EditError(f"{path.parent} holds an edit of other inputs (image, condition maps or prompts) under "
+                            f"the id '{request.id}'; give this run its own model.output_dir, or set "
+                            "model.overwrite: true to edit them again")
+        if record.get("settings") != self.settings_digest():
+            raise EditError(f"{path.parent} holds an edit made with other settings than this run's (model weights, "
+                            "method, lam, sampling, mask, ITO, losses, seed or precision), which a resumed run would "
+                            "count as its own; give this run its own model.output_dir, or set model.overwrite: true "
+                            "to edit again")
         return record
 
     def _run(self, request: Optional[EditRequest]) -> dict[str, Any]:

@@ -49,6 +49,49 @@ def test_rerun_skips_finished_edits_and_overwrite_redoes_them(tmp_path, tiny_dir
     assert (out / "pose" / "edit.png").stat().st_mtime_ns != stamp
 
 
+def test_a_rerun_with_other_settings_or_inputs_refuses_to_count_the_old_edits(tmp_path, tiny_dirs, manifest, capsys):
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out)
+    main(["fit", "--config", str(config), *FAST])
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    records = [json.loads((out / i / "result.json").read_text()) for i in ("text", "pose")]
+    assert len({r["settings"] for r in records}) == 1 and len({r["inputs"] for r in records}) == 2
+    # Another lam, or other weights at the same path: the old edits are not this run's.
+    for change in (["--model.lam", "0.3"], ["--model.seed", "7"]):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", str(config), *FAST, *change])
+        err = capsys.readouterr().err
+        assert "other settings" in err and str(out) in err and "model.overwrite" in err
+    # The same id now names another image: refused too.
+    image = np.asarray(Image.open(manifest.parent / "input.png")).copy()
+    image[:8] = 255 - image[:8]
+    Image.fromarray(image).save(manifest.parent / "input.png")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), *FAST])
+    assert "other inputs" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before  # nothing written was touched
+    main(["fit", "--config", str(config), *FAST, "--model.overwrite", "true"])
+    assert _summary(out)["totals"]["resumed"] == 0
+
+
+def test_weights_retrained_at_the_same_path_count_as_other_settings(tmp_path, tiny_dirs, manifest, capsys):
+    from diffusers import ControlNetModel
+
+    folder = tmp_path / "pose-net"
+    shutil.copytree(tiny_dirs["pose"], folder)
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "exp.yaml", dict(tiny_dirs, pose=folder), manifest, out)
+    main(["fit", "--config", str(config), *FAST])
+    net = ControlNetModel.from_pretrained(folder)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01)
+    net.save_pretrained(folder)  # same folder, other weights
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), *FAST])
+    assert "other settings" in capsys.readouterr().err
+
+
 class MeanColour(FeatureExtractor):
     """A weightless feature extractor for the tests: each image's mean colour and its spread."""
 
