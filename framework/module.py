@@ -470,11 +470,15 @@ class EditModule(pl.LightningModule):
             return None
         if not all((path.parent / name).is_file() for name in ("input.png", "edit.png")):
             return None  # images removed since: edit again
-        if record.get("inputs") != request_digest(request):
+        if "settings" not in record or "inputs" not in record:
+            raise EditError(f"{path.parent} holds an edit whose result.json does not record the settings and inputs "
+                            "it was made with (written by an earlier version), so it cannot be resumed safely; give "
+                            "this run its own model.output_dir, or set model.overwrite: true to edit again")
+        if record["inputs"] != request_digest(request):
             raise EditError(f"{path.parent} holds an edit of other inputs (image, condition maps or prompts) under "
                             f"the id '{request.id}'; give this run its own model.output_dir, or set "
                             "model.overwrite: true to edit them again")
-        if record.get("settings") != self.settings_digest():
+        if record["settings"] != self.settings_digest():
             raise EditError(f"{path.parent} holds an edit made with other settings than this run's (model weights, "
                             "method, lam, sampling, mask, ITO, losses, seed or precision), which a resumed run would "
                             "count as its own; give this run its own model.output_dir, or set model.overwrite: true "

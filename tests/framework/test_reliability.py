@@ -72,6 +72,14 @@ def test_a_rerun_with_other_settings_or_inputs_refuses_to_count_the_old_edits(tm
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before  # nothing written was touched
     main(["fit", "--config", str(config), *FAST, "--model.overwrite", "true"])
     assert _summary(out)["totals"]["resumed"] == 0
+    # A record written before the digests existed cannot be vouched for either.
+    path = out / "text" / "result.json"
+    record = json.loads(path.read_text())
+    del record["settings"], record["inputs"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), *FAST])
+    assert "does not record the settings" in capsys.readouterr().err
 
 
 def test_weights_retrained_at_the_same_path_count_as_other_settings(tmp_path, tiny_dirs, manifest, capsys):
