@@ -211,7 +211,7 @@ def plot_metric(rows: list[EditRow], x: str, metric: str, path: str | Path,
         raise EditError(f"no edit has both '{x}' and '{metric}' to plot.")
     others = [o for o in (others or []) if o != x]
     canvas = _Canvas([r.params[x] for r in rows], [r.metrics[metric] for r in rows],
-                     f"{metric} vs {x} ({len(rows)} edits)", x, metric)
+                     f"{metric} vs {x} ({len(rows)} edit scores, {len({r.run for r in rows})} runs)", x, metric)
     info, legend = PlotInfo(Path(path)), []
     for n, (label, (series_rows, varies)) in enumerate(sorted(_series(rows, x, others).items(), key=_natural)):
         colour = PALETTE[n % len(PALETTE)]

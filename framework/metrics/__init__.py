@@ -1,0 +1,50 @@
+"""Edit-quality metrics: the paper's Table 1 (DiffEdit/FlexIT ImageNet protocol) and toy-world ground truth.
+
+A metric is an `EditMetric` plugin (chosen in YAML by `class_path`): `load(device)` reads its weights
+once, `update(result, request)` returns the values of one edit, `compute()` the values over all edits
+so far, `reset()` forgets them. Keys use '/': `edit/l1`, `csfid/class_mean`, `pick/score`.
+
+Class labels come from the request's `meta` (manifest field): `source_class` / `target_class` (names,
+used to group edits by class) and `source_id` / `target_id` (the classifier's output indices).
+
+Weights are read from LOCAL files only, safetensors unless `allow_pickle` is set (pickles can run code).
+
+Modules: `base` (the plugin bases and shared helpers), `pixel` (L1, ground-truth L1),
+`distribution` (Inception features, FID, CSFID), `classification` (accuracy as new / original
+class), `preference` (PickScore). Every public name is importable from `framework.metrics`.
+"""
+
+from framework.metrics.base import (
+                                    IMAGE_SUFFIXES,
+                                    EditMetric,
+                                    FeatureExtractor,
+                                    MetricError,
+                                    class_label,
+                                    image_features,
+                                    load_weights,
+                                    meta_of,
+                                    read_state_dict,
+                                    resize_centre_crop,
+)
+from framework.metrics.classification import ClassifierAccuracy, read_class_names
+from framework.metrics.distribution import (
+                                    CSFID,
+                                    FID,
+                                    InceptionFeatures,
+                                    build_class_statistics,
+                                    diagonal_frechet_distance,
+                                    frechet_distance,
+                                    gaussian_stats,
+                                    load_class_statistics,
+                                    save_class_statistics,
+)
+from framework.metrics.pixel import GroundTruthL1, L1Distance, load_like
+from framework.metrics.preference import PickScore, pick_probability, resolve_processor
+
+__all__ = [
+    "CSFID", "FID", "IMAGE_SUFFIXES", "ClassifierAccuracy", "EditMetric", "FeatureExtractor", "GroundTruthL1",
+    "InceptionFeatures", "L1Distance", "MetricError", "PickScore", "build_class_statistics", "class_label",
+    "diagonal_frechet_distance", "frechet_distance", "gaussian_stats", "image_features", "load_class_statistics",
+    "load_like", "load_weights", "meta_of", "pick_probability", "read_class_names", "read_state_dict",
+    "resize_centre_crop", "resolve_processor", "save_class_statistics",
+]

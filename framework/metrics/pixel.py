@@ -1,0 +1,80 @@
+"""Pixel metrics: Table 1's L1 distance and, where the answer is known (toy world), L1 against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from framework.data import load_image, open_image, read_image, target_size
+from framework.metrics.base import EditMetric, resize_centre_crop
+from framework.outputs import EditResult
+
+
+class L1Distance(EditMetric):
+    """Mean |input - edit| over pixels and channels in [0, 1] (Table 1's 'L1 distance', DiffEdit protocol).
+
+    Both images are resized so the shorter side is `crop` pixels, then centre-cropped to crop x crop,
+    as DiffEdit evaluates ImageNet edits at 256 px; an image already crop x crop is used as it is.
+    """
+
+    def __init__(self, crop: int = 256):
+        """
+        Args:
+            crop: Side of the square centre crop compared (pixels); 256 as in DiffEdit.
+        """
+        super().__init__()
+        self.crop = crop
+
+    @torch.no_grad()
+    def update(self, result: EditResult, request) -> dict[str, float]:
+        pair = resize_centre_crop(torch.cat([result.input, result.edit]).float(), self.crop)  # (2, 3, crop, crop)
+        return self.record({"edit/l1": float((pair[0] - pair[1]).abs().mean())})
+
+
+def load_like(path: str | Path, size: tuple[int, int], resolution: Optional[int] = None) -> torch.Tensor:
+    """An image file sized like the input (framework.data's rule at `resolution`) if that gives `size`, else resized."""
+    h, w = size
+    with open_image(Path(path)) as img:
+        original = img.size
+    # Unknown resolution: the edit's longer side is it when it is a multiple of 8 (else off by < 8 px).
+    for guess in ((resolution,) if resolution else (None, max(h, w))):
+        if target_size(*original, guess)[1] == (w, h):
+            return load_image(Path(path), guess)
+    return read_image(path, size)
+
+
+class GroundTruthL1(EditMetric):
+    """L1 against a known answer, for requests with `target` (and `true_mask`), e.g. the toy world.
+
+    `gt/l1`: mean |edit - target| over the image; `gt/background_l1`: mean |edit - input| outside the
+    true mask (what should not change); `gt/target_l1`: mean |edit - target| inside it (what should
+    change). Target and mask are loaded at the edit's size; requests without a target give {}.
+    """
+
+    def __init__(self, resolution: Optional[int] = None):
+        """
+        Args:
+            resolution: The data module's `resolution`, so target and mask are sized exactly like the
+                input; None: inferred from the edit's size (exact when unset or a multiple of 8).
+        """
+        super().__init__()
+        self.resolution = resolution
+
+    @torch.no_grad()
+    def update(self, result: EditResult, request) -> dict[str, float]:
+        extra = request.extra or {}
+        if "target" not in extra:
+            return {}
+        edit = result.edit.float()
+        target = load_like(extra["target"], tuple(edit.shape[-2:]), self.resolution)
+        values = {"gt/l1": float((edit - target).abs().mean())}
+        if "true_mask" in extra:
+            inside = load_like(extra["true_mask"], tuple(edit.shape[-2:]), self.resolution)[:, :1] > 0.5
+            inside = inside.expand_as(edit)
+            if (~inside).any():
+                values["gt/background_l1"] = float((edit - result.input.float()).abs()[~inside].mean())
+            if inside.any():
+                values["gt/target_l1"] = float((edit - target).abs()[inside].mean())
+        return self.record(values)
