@@ -34,6 +34,7 @@ import io
 import itertools
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -144,8 +145,9 @@ def run_config(base: dict, run: Run, sets: dict[str, Any], out: Path, sweep_name
 # ------------------------------------------------------------------------------ running
 
 
-def check_run(config_path: Path, extra: Sequence[str]) -> None:
-    """Parse and instantiate a run's config (model, data, trainer) without editing: fails as the run would."""
+def check_run(config_path: Path, extra: Sequence[str], name: Optional[str] = None) -> None:
+    """Parse and instantiate a run's config (model, data, trainer) without editing: fails as the run would.
+    `name` names the run in the error (default: the config's path)."""
     from framework.cli import EditCLI, quiet_libraries
 
     quiet_libraries()
@@ -155,7 +157,7 @@ def check_run(config_path: Path, extra: Sequence[str]) -> None:
         found = edit_error_in(err)
         if found is None:
             raise
-        raise ConfigError(f"run config '{config_path}': {found}") from None
+        raise ConfigError(f"run config {name or repr(str(config_path))}: {found}") from None
 
 
 def execute(command: str, config_path: Path, extra: Sequence[str]) -> None:
@@ -168,6 +170,26 @@ def execute(command: str, config_path: Path, extra: Sequence[str]) -> None:
         if stop.code not in (0, None):
             raise EditError(f"the run of '{config_path}' failed (above); fix it and rerun the sweep: "
                             f"finished edits are kept.") from None
+
+
+def run_in(folder: Path, text: str, command: str, extra: Sequence[str]) -> None:
+    """One run from `folder/run.yaml`, written as `text`. A run that fails (e.g. refused because the folder
+    holds edits made with other settings) puts back the run.yaml that was there, which still describes
+    those edits, and keeps its own config as run.failed.yaml."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.yaml"
+    previous = path.read_text() if path.is_file() else None
+    path.write_text(text)
+    try:
+        execute(command, path, extra)
+    except EditError:
+        if previous is None or previous == text:
+            raise
+        failed = folder / "run.failed.yaml"
+        failed.write_text(text)
+        path.write_text(previous)
+        raise EditError(f"the run of '{failed}' failed (above); '{path}' is again the config of the run already "
+                        f"in that folder. Fix it and rerun the sweep: finished edits are kept.") from None
 
 
 # ------------------------------------------------------------------------------ collecting
@@ -307,15 +329,16 @@ def _main(args: argparse.Namespace, extra: list[str]) -> list[dict[str, Any]]:
     if not args.collect:
         for n, run in enumerate(chosen, 1):
             folder = out / run.name
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / "run.yaml"
-            path.write_text(yaml.safe_dump(run_config(base, run, sets, folder, name), sort_keys=False))
+            text = yaml.safe_dump(run_config(base, run, sets, folder, name), sort_keys=False)
             print(f"[sweep {name}] {'checking' if args.check else 'running'} {n}/{len(chosen)}: {run.name} "
                   f"{run.overrides}", file=sys.stderr, flush=True)
             if args.check:
-                check_run(path, extra)
+                with tempfile.TemporaryDirectory() as tmp:  # a check leaves the run's folder as it was
+                    path = Path(tmp) / "run.yaml"
+                    path.write_text(text)
+                    check_run(path, extra, name=f"'{run.name}' of '{args.file}'")
             else:
-                execute(sweep.get("command", "test"), path, extra)
+                run_in(folder, text, sweep.get("command", "test"), extra)
     if args.check:
         return []
     names = [r.name for r in runs]

@@ -55,7 +55,8 @@ def test_toy_table1_runs_every_method(tmp_path, tiny_dirs):
                            "ito_lam1_tu25", "ito_lam1_tu25_keep"]
     assert [table[r]["method"] for r in table] == ["SDEdit", "DiffEdit", "DiffEdit"] + ["EditModule"] * 5
     assert [table[r]["encode_ratio"] for r in table] == ["1.0000", "0.7000"] + ["1.0000"] * 6
-    assert [table[r]["lam"] for r in table] == ["", "", "", "1.0000", "0.6000", "0.6000", "1.0000", "1.0000"]  # ITO only
+    # lam is an ITO setting: empty for the baselines
+    assert [table[r]["lam"] for r in table] == ["", "", "", "1.0000", "0.6000", "0.6000", "1.0000", "1.0000"]
     for name, row in table.items():
         assert (row["edits"], row["failed"]) == ("2", "0")
         summary = json.loads((out / name / "summary.json").read_text())
@@ -133,6 +134,23 @@ def test_tu_k_sweep(tmp_path, tiny_dirs):
     assert [(r["t_u"], r["k"]) for r in rows] == [("5", "1"), ("5", "30")]
     names = sorted(p.name for p in (out / "plots").iterdir())
     assert "gt_background_l1_vs_k.png" in names and not any(n.endswith("_vs_t_u.png") for n in names)
+
+
+def test_a_refused_rerun_keeps_the_folders_run_config_and_check_writes_nothing(tmp_path, tiny_dirs, capsys):
+    out = tmp_path / "table"
+    args = [str(EVAL / "toy_table1.yaml"), "--output_dir", str(out), *toy_sets(tiny_dirs, tmp_path / "cache", 1),
+            "--only", "controlnet_sdedit"]
+    sweep([*args, "--", *SMALL])
+    config = out / "controlnet_sdedit" / "run.yaml"
+    before, edits = config.read_text(), sorted(p.name for p in (out / "controlnet_sdedit").iterdir())
+    sweep([*args, "--set", "model.seed=7", "--check"])
+    assert config.read_text() == before and sorted(p.name for p in config.parent.iterdir()) == edits
+    with pytest.raises(SystemExit):  # the folder's edit was made with seed 0
+        sweep([*args, "--set", "model.seed=7", "--", *SMALL])
+    err = capsys.readouterr().err
+    assert "other settings" in err and "run.failed.yaml" in err
+    assert config.read_text() == before
+    assert yaml.safe_load((config.parent / "run.failed.yaml").read_text())["model"]["init_args"]["seed"] == 7
 
 
 def test_toy_diagnosis_changes_one_choice_per_run(tmp_path, tiny_dirs):
