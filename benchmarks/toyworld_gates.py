@@ -2,11 +2,19 @@
 
     python benchmarks/toyworld_gates.py [--model framework/assets/toyworld] [--classifier ...] [--quick]
         [--diagnose-shape]
+    python benchmarks/toyworld_gates.py --quickstart    # only the quickstart's gates (about 20 s)
 
 All scenes are held out (seeds below one million; training uses seeds from one million on).
 Measures are defined in `framework/toymodel/gates.py`. The pose gate is relative: the figure IoU
 must be at least twice the IoU with a mismatched figure (what a model that ignores the map gets)
 and at least 0.4; the arm-pose class read by the classifier must beat its 4-class chance twice.
+
+`--quickstart` runs `python -m framework fit --config experiments/quickstart.yaml` as a user would
+(a subprocess, into a temporary folder), times it whole (start-up and model loading included), and
+scores its four edits against the examples' rendered targets: inside the true edit region the edit
+must have come at least halfway from the input to the target (L1 edit-target <= 0.5 x L1
+input-target, for every edit), and outside it differ from the input by at most 0.1 mean L1. These
+stand in for "visibly right"; look at `contact_sheet.png` too (the folder is printed).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from framework.toymodel.gates import (
     measure_scribble,
     measure_text,
     measure_vae,
+    score_edit_folder,
     shape_by_noise_level,
 )
 from framework.toyworld.scenes import SHAPES
@@ -40,16 +49,21 @@ DEFAULT_MODEL = ROOT / "framework" / "assets" / "toyworld"
 
 def gates(m: dict) -> list[tuple[str, float, str, bool]]:
     """(name, value, gate, passed) rows."""
-    rows = [
+    rows = []
+    if "vae_psnr" in m:
+        rows += [
         ("VAE PSNR, held-out scenes (dB)", m["vae_psnr"], ">= 26", m["vae_psnr"] >= 26),
         ("VAE colour: renders - reconstructions (points)", 100 * m["vae_colour_gap"], "<= 3",
          100 * m["vae_colour_gap"] <= 3),
         ("VAE shape: renders - reconstructions (points)", 100 * m["vae_shape_gap"], "<= 3",
          100 * m["vae_shape_gap"] <= 3),
         ("Inversion + reconstruction, 25 steps, CFG 1 (dB)", m["inversion_psnr"], ">= 24", m["inversion_psnr"] >= 24),
+        ]
+    if "text_colour" in m:
+        rows += [
         ("Text samples: prompted colour (%)", 100 * m["text_colour"], ">= 90", m["text_colour"] >= 0.9),
         ("Text samples: prompted shape (%)", 100 * m["text_shape"], ">= 80", m["text_shape"] >= 0.8),
-    ]
+        ]
     if "pose_iou" in m:
         ok = m["pose_iou"] >= max(0.4, 2 * m["pose_iou_mismatched"])
         rows.append((f"Pose samples: figure IoU (mismatched: {m['pose_iou_mismatched']:.2f})", m["pose_iou"],
@@ -59,7 +73,42 @@ def gates(m: dict) -> list[tuple[str, float, str, bool]]:
         rows.append((f"Scribble samples: edge IoU, 1 px tolerance (mismatched: {m['scribble_edge_iou_mismatched']:.2f})",
                      m["scribble_edge_iou"], ">= 0.5",
                      m["scribble_edge_iou"] >= 0.5))
+    if "quickstart_seconds" in m:
+        edits = m["quickstart_edits"]
+        worst = max(e["edit_to_target"] / e["input_to_target"] for e in edits.values())
+        background = max(e["background"] for e in edits.values())
+        rows += [
+            (f"Quickstart: {len(edits)} edits, wall time of the command (s)", m["quickstart_seconds"], "<= 120",
+             m["quickstart_seconds"] <= 120 and len(edits) == 4),
+            ("Quickstart: L1 to target in true mask, edit / input (worst)", worst, "<= 0.5", worst <= 0.5),
+            ("Quickstart: L1 edit - input outside true mask (worst)", background, "<= 0.1", background <= 0.1),
+        ]
     return rows
+
+
+def print_gates(measures: dict) -> None:
+    print(f"{'measure':62s} {'value':>8s}  gate")
+    for name, value, gate, ok in gates(measures):
+        print(f"{name:62s} {value:8.2f}  {gate:28s} {'pass' if ok else 'FAIL'}")
+
+
+def run_quickstart(output_dir: Path) -> dict:
+    """The quickstart as a user runs it, into `output_dir`: its wall time and per-edit scores."""
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "framework", "fit", "--config", "experiments/quickstart.yaml",
+               "--model.output_dir", str(output_dir), "--trainer.logger.init_args.save_dir", str(output_dir)]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")})
+    seconds = time.perf_counter() - start
+    cwd = Path.cwd()
+    try:
+        os.chdir(ROOT)  # the examples' target paths are relative to the repository
+        edits = score_edit_folder(output_dir)
+    finally:
+        os.chdir(cwd)
+    return {"quickstart_seconds": seconds, "quickstart_edits": edits, "quickstart_dir": str(output_dir)}
 
 
 def main(argv=None) -> dict:
@@ -72,7 +121,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--diagnose-shape", action="store_true",
                         help="also: prompted-shape accuracy by the noise level sampling starts from, and text-encoder "
                              "distances between captions one shape or colour word apart")
+    parser.add_argument("--quickstart", action="store_true",
+                        help="only the quickstart's gates: run it as a user would, time it, score its edits")
     args = parser.parse_args(argv)
+    if args.quickstart:
+        import tempfile
+
+        measures = run_quickstart(Path(tempfile.mkdtemp(prefix="quickstart-gates-")))
+        print(f"quickstart: {measures['quickstart_dir']} (contact_sheet.png)")
+        for name, scores in measures["quickstart_edits"].items():
+            print(f"  {name:14s} " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        print_gates(measures)
+        if args.json:
+            args.json.write_text(json.dumps(measures, indent=2))
+        return measures
     torch.set_num_threads(max(1, torch.get_num_threads()))
     q = 4 if args.quick else 1
     model = ToyModel(args.model)
@@ -85,9 +147,7 @@ def main(argv=None) -> dict:
     if (args.model / "controlnet-scribble").exists():
         measures.update(measure_scribble(model, n=32 // q, guidance=args.guidance))
     print(f"toy model {args.model} ({time.perf_counter() - start:.0f} s)")
-    print(f"{'measure':62s} {'value':>8s}  gate")
-    for name, value, gate, ok in gates(measures):
-        print(f"{name:62s} {value:8.2f}  {gate:28s} {'pass' if ok else 'FAIL'}")
+    print_gates(measures)
     if args.diagnose_shape:
         levels = shape_by_noise_level(model, classifier, n=36 // q, guidance=args.guidance)
         distances = caption_distances(model)
