@@ -70,7 +70,8 @@ def gates(m: dict) -> list[tuple[str, float, str, bool]]:
                      ">= max(0.4, 2 x mismatched)", ok))
         rows.append(("Pose samples: arm-pose class (%)", 100 * m["pose_class"], ">= 50", m["pose_class"] >= 0.5))
     if "scribble_edge_iou" in m:
-        rows.append((f"Scribble samples: edge IoU, 1 px tolerance (mismatched: {m['scribble_edge_iou_mismatched']:.2f})",
+        mismatched = m["scribble_edge_iou_mismatched"]
+        rows.append((f"Scribble samples: edge IoU, 1 px tolerance (mismatched: {mismatched:.2f})",
                      m["scribble_edge_iou"], ">= 0.5",
                      m["scribble_edge_iou"] >= 0.5))
     if "quickstart_seconds" in m:
@@ -100,7 +101,8 @@ def run_quickstart(output_dir: Path) -> dict:
     command = [sys.executable, "-m", "framework", "fit", "--config", "experiments/quickstart.yaml",
                "--model.output_dir", str(output_dir), "--trainer.logger.init_args.save_dir", str(output_dir)]
     start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")})
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    subprocess.run(command, cwd=ROOT, check=True, env=env)
     seconds = time.perf_counter() - start
     cwd = Path.cwd()
     try:

@@ -4,9 +4,10 @@ The Eq. 7 mask is the most expensive stage of an edit (about 500 UNet sample-eva
 about 150 for the rest), and the runs of a sweep over lam, t_u, k or the baselines estimate the
 very same mask. With `mask.cache_dir` set, each soft map (before the threshold) is stored under a
 key that hashes everything it depends on: the input image and condition maps (their values), the
-prompts, the backbone and conditioners (class, settings and a fingerprint of their weights), the sampling settings it reads (not the encode ratio or the inversion's), the mask settings, the
-seed, and the dtype and device kind. Changing any of them makes a new key; nothing is invalidated
-in place. The threshold is part of the key only when the early stop reads binary masks.
+prompts, the backbone and conditioners (class, settings and a fingerprint of their weights), the
+sampling settings it reads (not the encode ratio or the inversion's), the mask settings, the seed,
+and the dtype and device kind. Changing any of them makes a new key; nothing is invalidated in place.
+The threshold is part of the key only when the early stop reads binary masks.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ from .data import images_to_tensor
 from .stage import TrainingStage, replace_folder
 from .vae import load_stage1_vae
 
-TOY_WORDS = ["a", "and", "on", "figure", "nothing", "striped", "light", "dark", "grey", "background", "red", "green", "blue", "yellow", "circle", "square", "triangle"]
+TOY_WORDS = ["a", "and", "on", "figure", "nothing", "striped", "light", "dark", "grey", "background",
+             "red", "green", "blue", "yellow", "circle", "square", "triangle"]
 """Caption words that become single tokens (the toy-world grammar)."""
 
 

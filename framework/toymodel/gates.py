@@ -9,8 +9,8 @@ with the toy classifier at a box, or with masks of the world's palette.
   and the classifier reads its colour and shape.
 - Pose: samples from a pose map; IoU of the figure-coloured pixels with the rendered figure, against
   the same IoU for a mismatched figure (chance), and the classifier's arm-pose class.
-- Scribble: samples from a scribble map (flat-background scenes); IoU of the sample's outlines with the map's strokes, both
-  dilated by one pixel (a one-pixel tolerance), against a mismatched map.
+- Scribble: samples from a scribble map (flat-background scenes); IoU of the sample's outlines with
+  the map's strokes, both dilated by one pixel (a one-pixel tolerance), against a mismatched map.
 
 Diagnostics of the prompted shape (not gates): `shape_by_noise_level` starts the sampler from the
 render itself noised to a level and reads the shape drawn (where along the schedule the shape is
