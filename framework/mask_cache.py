@@ -56,7 +56,7 @@ def weights_fingerprint(obj: Any) -> str:
 def mask_key(request, backbone, conditioners, sampling, mask_cfg, seed: int, dtype: torch.dtype,
              device: torch.device) -> str:
     """A hex digest of everything the soft mask of `request` depends on."""
-    mask = {k: v for k, v in asdict(mask_cfg).items() if k != "cache_dir"}
+    mask = {k: v for k, v in asdict(mask_cfg).items() if k not in ("cache_dir", "given")}
     if mask_cfg.early_stop_iou is None:
         mask.pop("threshold")  # the soft map is thresholded after the cache
     spec = {"version": _VERSION, "backbone": plain_fields(backbone), "weights": weights_fingerprint(backbone),

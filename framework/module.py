@@ -323,7 +323,10 @@ class EditModule(pl.LightningModule):
         """Binary mask (1, 1, h, w) and, when estimated, the soft map (1, 1, h, w)."""
         h, w = x0.shape[-2:]
         if request.mask is not None:
-            mask = (F.interpolate(request.mask.float(), size=(h, w), mode="area") > 0.5).float()
+            if self.mask_cfg.given == "cover":
+                mask = (F.adaptive_max_pool2d((request.mask.float() > 0.5).float(), (h, w)) > 0).float()
+            else:
+                mask = (F.interpolate(request.mask.float(), size=(h, w), mode="area") > 0.5).float()
             soft = None
         else:
             cfg = self.mask_cfg

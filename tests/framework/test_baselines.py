@@ -114,3 +114,26 @@ def test_metrics_score_each_edit_and_the_run(tmp_path, tiny_dirs, manifest):
     csv = (out / "results.csv").read_text().splitlines()
     assert csv[0] == "id,method,lam,edit/l1" and csv[-1].startswith("mean,") and len(csv) == 4
     assert "| edit/l1 |" in (out / "results.md").read_text()
+
+
+def test_a_given_mask_reaches_the_latent_grid_covering_what_was_marked(tiny_dirs, manifest):
+    """mask.given 'cover': every latent pixel whose block holds a marked pixel may change; 'area': only
+    blocks more than half marked, so a 3 px stroke (under half of an 8 px block) vanishes."""
+    from framework.config import MaskConfig
+
+    request = _request(manifest)
+    stroke = torch.zeros(1, 1, 64, 64)
+    stroke[..., 20:23, 4:60] = 1  # rows 20-22: inside latent row 2 (pixels 16-23), 3 of its 8 rows
+    request.mask = stroke
+    x0 = torch.zeros(1, 4, 8, 8)
+    masks = {}
+    for rule in ("cover", "area"):
+        module = DiffEdit(StableDiffusion(str(tiny_dirs["sd"])), mask=MaskConfig(given=rule),
+                          output_dir=str(manifest.parent / rule))
+        masks[rule] = module._mask(request, x0, None, None, 0)[0][0, 0]
+    expected = torch.zeros(8, 8)
+    expected[2, 0:8] = 1  # columns 4-59 touch every 8 px block
+    assert torch.equal(masks["cover"], expected)
+    assert float(masks["area"].sum()) == 0
+    with pytest.raises(Exception, match="mask.given must be 'cover' or 'area'"):
+        MaskConfig(given="nearest")

@@ -100,6 +100,17 @@ def test_toy_edits_by_seed_with_ground_truth(tmp_path):
     assert len(list((tmp_path / "cache" / "s64").iterdir())) == 7  # 5 + pose_000000 + pose_000002; no temporaries
 
 
+def test_toy_edits_with_true_mask_carry_their_true_edit_region_as_the_mask(tmp_path):
+    estimated = ToyEditDataModule(edits=4, cache_dir=str(tmp_path))
+    oracle = ToyEditDataModule(edits=4, cache_dir=str(tmp_path), true_mask=True)
+    for plain, spec in zip(estimated.specs, oracle.specs):
+        assert plain.mask is None and plain.id == spec.id
+        request = load_request(spec, None)
+        true_mask = np.asarray(Image.open(spec.extra["true_mask"])) > 127
+        assert 0 < true_mask.sum() < true_mask.size
+        assert torch.equal(request.mask[0, 0] > 0.5, torch.from_numpy(true_mask))
+
+
 def test_toy_splits_are_held_out_and_bounded(tmp_path):
     training = pytest.importorskip("framework.toymodel.data")
     # No evaluation scene is trained on: toy-model training renders seeds from its offset on.
