@@ -43,7 +43,27 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_every_eval_config_is_shipped():
     assert {p.stem for p in EVAL.glob("*.yaml")} == {"toy_table1", "imagenet_table1", "lam_sweep", "tu_k_sweep",
-                                                 "toy_diagnosis"}
+                                                 "toy_diagnosis", "toy_table1_true_mask"}
+
+
+def test_toy_table1_true_mask_gives_every_method_the_true_edit_region(tmp_path, tiny_dirs):
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    out = tmp_path / "true"
+    args = [str(EVAL / "toy_table1_true_mask.yaml"), "--output_dir", str(out), *toy_sets(tiny_dirs, tmp_path / "cache")]
+    sweep([*args, "--check"])
+    sweep([*args, "--only", "diffedit_1.0", "--only", "ito_full", "--", *SMALL])
+    assert not (tmp_path / "cache" / "masks").exists() or not list((tmp_path / "cache" / "masks").glob("*.pt"))
+    for run in ("diffedit_1.0", "ito_full"):
+        for edit in ("text_000000", "pose_000001"):
+            record = json.loads((out / run / edit / "result.json").read_text())
+            assert record["mask_source"] == "given" and "mask" not in record["unet_evaluations"]
+            true = np.asarray(Image.open(tmp_path / "cache" / "s64" / edit / "true_mask.png")) > 127
+            covered = F.adaptive_max_pool2d(torch.from_numpy(true).float()[None, None], (8, 8))[0, 0] > 0
+            assert record["mask_area"] == pytest.approx(float(covered.float().mean()), abs=1e-3)
 
 
 def test_toy_table1_runs_every_method(tmp_path, tiny_dirs):
