@@ -191,8 +191,8 @@ def interleaved(tasks: list[Task], repeats: int, device, unet_counter, cn_counte
             if deadline is not None and time.perf_counter() > deadline and task.samples:
                 continue  # out of time: keep what we have (at least one sample per task)
             s = run_task(task, device, unet_counter, cn_counter)
-            log(f"  rep {rep + 1}/{repeats} {task.side:9s} {task.name:28s} {s.seconds:8.3f} s (cpu {s.cpu_seconds:8.3f})"
-                f"  UNet {s.unet:4d}  CN {s.controlnet:4d}")
+            log(f"  rep {rep + 1}/{repeats} {task.side:9s} {task.name:28s} {s.seconds:8.3f} s "
+                f"(cpu {s.cpu_seconds:8.3f})  UNet {s.unet:4d}  CN {s.controlnet:4d}")
 
 
 # ------------------------------------------------------------------------------------ inputs

@@ -86,7 +86,8 @@ def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) 
         module = EditModule(backbone=backbone, conditioners=conditioners, output_dir=str(tmp / "out"))
         module.setup("fit")
         image = req["image"].to(device)
-        maps = {"source_maps": {"pose": req["source_pose"].to(device)}, "edit_maps": {"pose": req["edit_pose"].to(device)}}
+        maps = {"source_maps": {"pose": req["source_pose"].to(device)},
+                "edit_maps": {"pose": req["edit_pose"].to(device)}}
         nomaps = {"source_maps": {}, "edit_maps": {}}
         sp, ep = req["source_prompt"], req["edit_prompt"]
 

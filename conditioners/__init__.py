@@ -5,5 +5,5 @@ from conditioners.controlnet import ControlNetConditioner
 from conditioners.t2i_adapter import T2IAdapterConditioner
 from conditioners.text import TextConditioner
 
-__all__ = ["Conditioner", "ConditionSide", "LayoutConditioner", "UNetInputs", "TextConditioner", "ControlNetConditioner",
-           "T2IAdapterConditioner"]
+__all__ = ["Conditioner", "ConditionSide", "LayoutConditioner", "UNetInputs", "TextConditioner",
+           "ControlNetConditioner", "T2IAdapterConditioner"]

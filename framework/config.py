@@ -89,7 +89,8 @@ class MaskConfig:
         _check(0 < self.strength <= 1, f"mask.strength must be in (0, 1], got {self.strength}.")
         _check(0 <= self.threshold < 1, f"mask.threshold must be in [0, 1), got {self.threshold}.")
         _check(self.smoothing >= 0, f"mask.smoothing must be >= 0, got {self.smoothing}.")
-        _check(self.compare_at in ("last", "first"), f"mask.compare_at must be 'last' or 'first', got '{self.compare_at}'.")
+        _check(self.compare_at in ("last", "first"),
+               f"mask.compare_at must be 'last' or 'first', got '{self.compare_at}'.")
         _check(self.normalize in ("minmax", "mean_ratio"),
                f"mask.normalize must be 'minmax' or 'mean_ratio', got '{self.normalize}'.")
 

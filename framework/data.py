@@ -133,7 +133,8 @@ def parse_row(row: Any, n: int, root: Path, where: str, annotators: Optional[str
         raise ManifestError(f"{where}: missing 'image' (the input image path).")
     if not isinstance(row.get("source_prompt"), str) and not (captioned and row.get("source_prompt") is None):
         raise ManifestError(f"{where}: missing 'source_prompt' (a caption of the input image; the method needs "
-                            f"it). Write one, or set a captioner (--data.captioner framework.captioning.BlipCaptioner).")
+                            "it). Write one, or set a captioner (--data.captioner "
+                            "framework.captioning.BlipCaptioner).")
     prepare = {"annotators": annotators, "allow_pickle": allow_pickle}
     source = _maps(root, row.get("source"), f"{where}.source", **prepare)
     edit = _maps(root, row.get("edit"), f"{where}.edit", **prepare)
@@ -327,8 +328,9 @@ class EditDataModule(pl.LightningDataModule):
         for spec, text in zip(todo, captions):
             spec.source_prompt = text
             spec.edit_prompt = text if spec.edit_prompt is None else spec.edit_prompt
-            spec.extra["caption"] = {"text": text, "captioner": f"{type(captioner).__module__}."
-                                     f"{type(captioner).__qualname__}", "pretrained": getattr(captioner, "pretrained", None)}
+            name = f"{type(captioner).__module__}.{type(captioner).__qualname__}"
+            spec.extra["caption"] = {"text": text, "captioner": name,
+                                     "pretrained": getattr(captioner, "pretrained", None)}
         self.captioner.to("cpu")  # free accelerator memory for the editor
 
     def transfer_batch_to_device(self, batch: Optional[EditRequest], device, dataloader_idx: int):

@@ -43,7 +43,8 @@ class Schedule:
         return self.timesteps[len(self.timesteps) - num:] if num > 0 else ()
 
     def encode_level(self, ratio: float) -> int:
-        """Number of steps for an encode ratio (t_E / steps): floor(ratio x steps), at least 1, as diffusers' strength."""
+        """Number of steps for an encode ratio (t_E / steps): floor(ratio x steps), at least 1, as diffusers'
+        strength."""
         return max(1, min(len(self.timesteps), int(ratio * len(self.timesteps) + 1e-9)))
 
 

@@ -291,7 +291,8 @@ class StableDiffusion(nn.Module):
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Image in [0, 1], (b, 3, H, W) -> scaled latents (b, 4, H/8, W/8); the posterior mean, so it is deterministic."""
+        """Image in [0, 1], (b, 3, H, W) -> scaled latents (b, 4, H/8, W/8); the posterior mean, so it is
+        deterministic."""
         vae_dtype = next(self.vae.parameters()).dtype
         posterior = self.vae.encode((image * 2 - 1).to(vae_dtype)).latent_dist
         return posterior.mean.float() * self.vae.config.scaling_factor

@@ -443,6 +443,11 @@ class EditModule(pl.LightningModule):
             **({"extra": request.extra} if request.extra else {}),
         }
 
+    def _optimizer_repr(self) -> str:
+        """The ITO optimiser as torch prints it (class and every hyperparameter), built on a stand-in tensor."""
+        probe = [torch.zeros(1, requires_grad=True)]
+        return repr(self.optimizer_factory(probe) if self.optimizer_factory else torch.optim.Adam(probe, lr=0.1))
+
     def resolved_parameters(self) -> dict[str, Any]:
         """Everything that decides an edit, for summary.json."""
         return {
@@ -456,8 +461,7 @@ class EditModule(pl.LightningModule):
             "sampling": asdict(self.sampling), "mask": asdict(self.mask_cfg), "ito": asdict(self.ito_cfg),
             "guidance": asdict(self.guidance_cfg), "conditioners": [plain_fields(c) for c in self.conditioners],
             "losses": [plain_fields(loss) for loss in self.losses],
-            "optimizer": repr(self.optimizer_factory([torch.zeros(1, requires_grad=True)])
-                              if self.optimizer_factory else torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.1)),
+            "optimizer": self._optimizer_repr(),
             "precision": str(self.trainer.precision) if self._trainer else None,
         }
 

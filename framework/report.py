@@ -89,7 +89,8 @@ def _strip_row(label: str, path: Path, width: int, height: int) -> Image.Image |
     return row
 
 
-def _sheet_row(record: dict[str, Any], path: Path | None, strip_width: int, height: int, text_width: int) -> Image.Image:
+def _sheet_row(record: dict[str, Any], path: Path | None, strip_width: int, height: int,
+               text_width: int) -> Image.Image:
     """The contact-sheet row of one edit: its strip, or its error, or a note that the strip is missing."""
     label = str(record.get("id", "?"))
     if "error" in record:

@@ -75,7 +75,8 @@ def edit_pose(scene: Scene, rng: np.random.Generator, changes: list[str]) -> Opt
             moved = move_limb(figure, str(limb), joint, degrees)
             if in_bounds(moved):
                 figure = moved
-                changes.append(f"{limb} rotated {degrees:+.0f} deg about its {'root' if joint == 'root' else 'middle joint'}")
+                about = "root" if joint == "root" else "middle joint"
+                changes.append(f"{limb} rotated {degrees:+.0f} deg about its {about}")
                 break
         else:
             return None
