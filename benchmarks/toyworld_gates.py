@@ -1,7 +1,7 @@
 """Quality gates of the toy model: each measured value printed against its gate.
 
     python benchmarks/toyworld_gates.py [--model framework/assets/toyworld] [--classifier ...] [--quick]
-        [--diagnose-shape]
+        [--diagnose-shape] [--guidance 5] [--controlnet-scale 1]
     python benchmarks/toyworld_gates.py --quickstart    # only the quickstart's gates (about 20 s)
 
 All scenes are held out (seeds below one million; training uses seeds from one million on).
@@ -119,6 +119,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--classifier", type=Path, default=None, help="default: <model>/classifier")
     parser.add_argument("--quick", action="store_true", help="a quarter of the samples")
     parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--controlnet-scale", type=float, default=1.0,
+                        help="conditioning scale of the pose and scribble ControlNets in their samples")
     parser.add_argument("--json", type=Path, default=None, help="also write the measures here")
     parser.add_argument("--diagnose-shape", action="store_true",
                         help="also: prompted-shape accuracy by the noise level sampling starts from, and text-encoder "
@@ -139,7 +141,7 @@ def main(argv=None) -> dict:
         return measures
     torch.set_num_threads(max(1, torch.get_num_threads()))
     q = 4 if args.quick else 1
-    model = ToyModel(args.model)
+    model = ToyModel(args.model, controlnet_scale=args.controlnet_scale)
     classifier = ToyClassifier.from_pretrained(args.classifier or args.model / "classifier")
     measures, start = {}, time.perf_counter()
     measures.update(measure_vae(model, classifier, n=64 // q, invert_n=16 // q))

@@ -96,6 +96,8 @@ class ToyModel:
 
     root: Path
     steps: int = 25
+    controlnet_scale: float = 1.0
+    """Conditioning scale of the ControlNets (the residuals they add to the UNet are multiplied by it)."""
 
     def __post_init__(self):
         from conditioners.controlnet import ControlNetConditioner
@@ -110,7 +112,8 @@ class ToyModel:
         conditioners = [TextConditioner()]
         for m in ("pose", "scribble"):
             if (self.root / f"controlnet-{m}").exists():
-                conditioners.append(ControlNetConditioner(m, str(self.root / f"controlnet-{m}")))
+                conditioners.append(ControlNetConditioner(m, str(self.root / f"controlnet-{m}"),
+                                                          scale=self.controlnet_scale))
         for c in conditioners[1:]:
             c.load(self.backbone)
         self.denoiser = Denoiser(self.backbone.unet, conditioners, self.backbone.scheduler.config.num_train_timesteps)
