@@ -52,17 +52,18 @@ def gates(m: dict) -> list[tuple[str, float, str, bool]]:
     rows = []
     if "vae_psnr" in m:
         rows += [
-        ("VAE PSNR, held-out scenes (dB)", m["vae_psnr"], ">= 26", m["vae_psnr"] >= 26),
-        ("VAE colour: renders - reconstructions (points)", 100 * m["vae_colour_gap"], "<= 3",
-         100 * m["vae_colour_gap"] <= 3),
-        ("VAE shape: renders - reconstructions (points)", 100 * m["vae_shape_gap"], "<= 3",
-         100 * m["vae_shape_gap"] <= 3),
-        ("Inversion + reconstruction, 25 steps, CFG 1 (dB)", m["inversion_psnr"], ">= 24", m["inversion_psnr"] >= 24),
+            ("VAE PSNR, held-out scenes (dB)", m["vae_psnr"], ">= 26", m["vae_psnr"] >= 26),
+            ("VAE colour: renders - reconstructions (points)", 100 * m["vae_colour_gap"], "<= 3",
+             100 * m["vae_colour_gap"] <= 3),
+            ("VAE shape: renders - reconstructions (points)", 100 * m["vae_shape_gap"], "<= 3",
+             100 * m["vae_shape_gap"] <= 3),
+            ("Inversion + reconstruction, 25 steps, CFG 1 (dB)", m["inversion_psnr"], ">= 24",
+             m["inversion_psnr"] >= 24),
         ]
     if "text_colour" in m:
         rows += [
-        ("Text samples: prompted colour (%)", 100 * m["text_colour"], ">= 90", m["text_colour"] >= 0.9),
-        ("Text samples: prompted shape (%)", 100 * m["text_shape"], ">= 80", m["text_shape"] >= 0.8),
+            ("Text samples: prompted colour (%)", 100 * m["text_colour"], ">= 90", m["text_colour"] >= 0.9),
+            ("Text samples: prompted shape (%)", 100 * m["text_shape"], ">= 80", m["text_shape"] >= 0.8),
         ]
     if "pose_iou" in m:
         ok = m["pose_iou"] >= max(0.4, 2 * m["pose_iou_mismatched"])
@@ -104,12 +105,7 @@ def run_quickstart(output_dir: Path) -> dict:
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
     subprocess.run(command, cwd=ROOT, check=True, env=env)
     seconds = time.perf_counter() - start
-    cwd = Path.cwd()
-    try:
-        os.chdir(ROOT)  # the examples' target paths are relative to the repository
-        edits = score_edit_folder(output_dir)
-    finally:
-        os.chdir(cwd)
+    edits = score_edit_folder(output_dir, root=ROOT)  # the examples' paths are relative to the repository
     return {"quickstart_seconds": seconds, "quickstart_edits": edits, "quickstart_dir": str(output_dir)}
 
 

@@ -30,7 +30,7 @@ from framework.data import EditRequest
 from framework.ddim import Schedule, ddim_decode, ddim_invert, noise_encode, seeded_noise
 from framework.denoiser import Conditioning, Denoiser
 from framework.errors import ConfigError, EditError
-from framework.ito import LatentOptimizer, OptimizerFactory
+from framework.ito import LatentOptimizer, OptimizerFactory, default_optimizer
 from framework.mask_cache import MaskCache, mask_key, plain_fields, request_digest, settings_digest
 from framework.masks import binary_mask, estimate_soft_mask, mask_image_size, mask_schedule
 from framework.models import StableDiffusion
@@ -446,7 +446,7 @@ class EditModule(pl.LightningModule):
     def _optimizer_repr(self) -> str:
         """The ITO optimiser as torch prints it (class and every hyperparameter), built on a stand-in tensor."""
         probe = [torch.zeros(1, requires_grad=True)]
-        return repr(self.optimizer_factory(probe) if self.optimizer_factory else torch.optim.Adam(probe, lr=0.1))
+        return repr((self.optimizer_factory or default_optimizer)(probe))
 
     def resolved_parameters(self) -> dict[str, Any]:
         """Everything that decides an edit, for summary.json."""

@@ -290,31 +290,33 @@ def caption_distances(model: ToyModel, base: str = "a red circle on a light grey
     return {f"{a}->{b}": float((model.text_states(base.replace(a, b)) - ref).norm(dim=-1).sum()) for a, b in swaps}
 
 
-def score_edit_folder(folder: str | Path) -> dict[str, dict[str, float]]:
+def score_edit_folder(folder: str | Path, root: str | Path = ".") -> dict[str, dict[str, float]]:
     """Per edit of a finished run's output folder, against the request's ground truth.
 
     For every `<folder>/<id>/result.json` whose request named a `target` and `true_mask` (toy-world
-    requests do): `edit_to_target` and `input_to_target` (mean L1 inside the true mask: what should
-    change, and how far the input was from it), `background` (mean L1 of edit - input outside it:
-    what should not change). Images are [0, 1]; the ratio edit/input below 1 means the edit moved
-    towards the true answer. Relative target and mask paths are read from the current directory, as
-    the run that wrote them did.
+    requests do), with the evaluation's `GroundTruthL1`: `edit_to_target` and `input_to_target` (mean
+    L1 inside the true mask: what should change, and how far the input was from it), `background`
+    (mean L1 of edit - input outside it: what should not change). Images are [0, 1]; the ratio
+    edit/input below 1 means the edit moved towards the true answer. Relative target and mask paths
+    are read from `root` (the directory the run was started in).
     """
-    from ..data import read_image
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from ..metrics import GroundTruthL1
+    from ..outputs import read_edit
 
     scores = {}
     for path in sorted(Path(folder).glob("*/result.json")):
-        extra = json.loads(path.read_text()).get("extra") or {}
+        record = json.loads(path.read_text())
+        extra = record.get("extra") or {}
         if not {"target", "true_mask"} <= extra.keys():
             continue
-        edit = read_image(path.parent / "edit.png")
-        size = tuple(edit.shape[-2:])
-        source = read_image(path.parent / "input.png", size)
-        target = read_image(extra["target"], size)
-        inside = (read_image(extra["true_mask"], size)[:, :1] > 0.5).expand_as(edit)
-        scores[path.parent.name] = {
-            "edit_to_target": float((edit - target).abs()[inside].mean()),
-            "input_to_target": float((source - target).abs()[inside].mean()),
-            "background": float((edit - source).abs()[~inside].mean()),
-        }
+        request = SimpleNamespace(extra={k: Path(root) / extra[k] for k in ("target", "true_mask")})
+        result = read_edit(path.parent, record)
+        edit = GroundTruthL1().update(result, request)
+        unedited = GroundTruthL1().update(replace(result, edit=result.input), request)
+        scores[path.parent.name] = {"edit_to_target": edit["gt/target_l1"],
+                                    "input_to_target": unedited["gt/target_l1"],
+                                    "background": edit["gt/background_l1"]}
     return scores
