@@ -8,6 +8,8 @@ All scenes are held out (seeds below one million; training uses seeds from one m
 Measures are defined in `framework/toymodel/gates.py`. The pose gate is relative: the figure IoU
 must be at least twice the IoU with a mismatched figure (what a model that ignores the map gets)
 and at least 0.4; the arm-pose class read by the classifier must beat its 4-class chance twice.
+The figure's pixels are those whose nearest colour of the world is a figure colour; the IoU the
+VAE's reconstructions of the true renders reach is printed beside it, as the decoder's ceiling.
 
 `--quickstart` runs `python -m framework fit --config experiments/quickstart.yaml` as a user would
 (a subprocess, into a temporary folder), times it whole (start-up and model loading included), and
@@ -67,8 +69,8 @@ def gates(m: dict) -> list[tuple[str, float, str, bool]]:
         ]
     if "pose_iou" in m:
         ok = m["pose_iou"] >= max(0.4, 2 * m["pose_iou_mismatched"])
-        rows.append((f"Pose samples: figure IoU (mismatched: {m['pose_iou_mismatched']:.2f})", m["pose_iou"],
-                     ">= max(0.4, 2 x mismatched)", ok))
+        rows.append((f"Pose samples: figure IoU (mismatched {m['pose_iou_mismatched']:.2f}, "
+                     f"VAE of the render {m['pose_iou_vae']:.2f})", m["pose_iou"], ">= max(0.4, 2 x mismatched)", ok))
         rows.append(("Pose samples: arm-pose class (%)", 100 * m["pose_class"], ">= 50", m["pose_class"] >= 0.5))
     if "scribble_edge_iou" in m:
         mismatched = m["scribble_edge_iou_mismatched"]

@@ -135,7 +135,7 @@ class DiffusionTraining(TrainingStage):
                  warmup_steps: int = 100, total_steps: int = 4000, text_lr_scale: float = 1.0,
                  ema_decay: float = 0.995, object_weight: float = 1.0, snr_gamma: float | None = None,
                  export_dir: str = "outputs/toymodel", export_every: int = 500, init_from: str | None = None,
-                 seed: int = 0):
+                 trained_nets: tuple[str, ...] | None = None, seed: int = 0):
         """
         Args:
             vae: Folder of the stage-1 VAE (normalised latents, `scaling_factor` 1).
@@ -165,6 +165,9 @@ class DiffusionTraining(TrainingStage):
                 `controlnet-<modality>/` as `write` lays them out (`outputs/toymodel`, or the bundled
                 `framework/assets/toyworld`). The architecture arguments must match it. The optimiser,
                 schedule and step count start afresh (to continue a run exactly, resume its checkpoint).
+            trained_nets: The nets that learn, by name: `unet`, `text_encoder`, `controlnet_<modality>`
+                (None: all). The others are frozen, so a fine-tune of one ControlNet on an `init_from`
+                model leaves the text-to-image model and the other ControlNets bit-identical.
             seed: Weight initialisation seed.
         """
         super().__init__()
@@ -181,6 +184,15 @@ class DiffusionTraining(TrainingStage):
             self.nets[f"controlnet_{m}"] = build_controlnet(unet, scale)
         if init_from:
             load_export(self.nets, init_from, modalities)
+        if trained_nets is not None:
+            unknown = sorted(set(trained_nets) - set(self.nets))
+            if unknown or not trained_nets:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"trained_nets: {unknown or 'an empty list'} names no net of this stage; "
+                                f"choose from {sorted(self.nets)} (or leave it out to train them all)")
+            for name, net in self.nets.items():
+                net.requires_grad_(name in trained_nets)
         self.ema = copy.deepcopy(self.nets).requires_grad_(False)
         self.scheduler = sd15_scheduler()
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
@@ -257,10 +269,11 @@ class DiffusionTraining(TrainingStage):
 
     def trained_parameters(self):
         scale = self.hparams.text_lr_scale
-        if scale == 1.0:
-            return self.nets.parameters()
+        learning = [name for name, net in self.nets.items() if any(p.requires_grad for p in net.parameters())]
+        if scale == 1.0 or "text_encoder" not in learning:
+            return [p for name in learning for p in self.nets[name].parameters()]
         text = self.nets["text_encoder"]
-        rest = [p for name, net in self.nets.items() if name != "text_encoder" for p in net.parameters()]
+        rest = [p for name in learning if name != "text_encoder" for p in self.nets[name].parameters()]
         return [{"params": rest}, {"params": list(text.parameters()), "lr": self.hparams.lr * scale}]
 
     @torch.no_grad()

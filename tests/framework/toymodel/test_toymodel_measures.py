@@ -78,3 +78,21 @@ def test_pose_class_reads_wrists_against_shoulders():
     assert pose_class(figure) == 1
     figure[L_WRI] = (0.7, 0.3)
     assert pose_class(figure) == 3
+
+
+def test_figure_pixels_are_the_figure_on_renders_where_a_radius_takes_the_background():
+    """On exact renders of the pose gate's scenes (dark greys lie 39 from the trousers, the cream stripe 60
+    from the skin), nearest-colour figure pixels are the figure; a 60 radius also takes background."""
+    from framework.toymodel.gates import figure_pixels, held_out
+
+    seeds = held_out(32, 64, lambda s: s.figure is not None)
+    nearest, radius = [], []
+    for seed in seeds:
+        scene = sample_scene(seed, 64)
+        image, masks = render(scene, 64)
+        nearest.append(iou(figure_pixels(image), masks["figure"]))
+        radius.append(iou(palette_mask(image, (SHIRT, SKIN, TROUSERS)), masks["figure"]))
+    assert min(nearest) == 1.0
+    assert np.mean(radius) < 0.85  # measured: 0.78
+    grey = np.full((4, 4, 3), 80, np.uint8)
+    assert palette_mask(grey, (TROUSERS,)).all() and not figure_pixels(grey).any()

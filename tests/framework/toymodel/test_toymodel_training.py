@@ -271,3 +271,43 @@ def test_text_lr_scale_gives_the_text_encoder_its_own_learning_rate(trained):
     assert sorted(ids) == sorted(id(p) for p in module.nets.parameters())
     plain = DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), lr=2e-4, warmup_steps=1)
     assert [g["lr"] for g in plain.configure_optimizers()["optimizer"].param_groups] == [pytest.approx(2e-4)]
+
+
+def test_a_pose_controlnet_fine_tune_changes_only_that_controlnet(trained, tmp_path):
+    """The shipped finetune_pose_controlnet.yaml, two steps from the tiny export: the UNet and the text
+    encoder it exports are bit-identical to the ones it started from; the pose ControlNet learned."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from framework.toymodel.__main__ import main
+
+    main(["fit", "--config", "experiments/toyworld/finetune_pose_controlnet.yaml", "--trainer.max_steps", "2",
+          "--trainer.logger", "false", "--trainer.callbacks.init_args.every_n_train_steps", "1",
+          "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt"), "--trainer.enable_progress_bar", "false",
+          "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
+          "--data.init_args.pool_size", "8", "--data.init_args.batch_size", "4", "--data.init_args.cache", "false",
+          "--model.init_args.vae", str(trained / "vae"), "--model.init_args.init_from", str(trained / "model"),
+          "--model.init_args.unet_channels", "[32, 32, 32]", "--model.init_args.warmup_steps", "1",
+          "--model.init_args.export_dir", str(tmp_path / "pose")])
+
+    def same(cls, a, b):
+        sa, sb = cls.from_pretrained(a).state_dict(), cls.from_pretrained(b).state_dict()
+        return [torch.equal(sa[k], sb[k]) for k in sa]
+
+    assert all(same(UNet2DConditionModel, trained / "model/sd/unet", tmp_path / "pose/sd/unet"))
+    assert all(same(CLIPTextModel, trained / "model/sd/text_encoder", tmp_path / "pose/sd/text_encoder"))
+    changed = same(ControlNetModel, trained / "model/controlnet-pose", tmp_path / "pose/controlnet-pose")
+    assert changed.count(False) > len(changed) // 2
+    assert not (tmp_path / "pose/controlnet-scribble").exists()
+
+
+def test_trained_nets_must_name_nets_of_the_stage(trained):
+    from framework.errors import ConfigError
+    from framework.toymodel.diffusion import DiffusionTraining
+
+    with pytest.raises(ConfigError, match=r"\['controlnet_lines'\].*controlnet_pose"):
+        DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), trained_nets=["controlnet_lines"])
+    module = DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), trained_nets=["unet"])
+    opt = module.configure_optimizers()["optimizer"]
+    assert sorted(id(p) for g in opt.param_groups for p in g["params"]) == \
+        sorted(id(p) for p in module.nets["unet"].parameters())
