@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from ..tiny import cache_dir
 from ..toyworld import caption, condition_maps, render, sample_scene
@@ -24,6 +24,15 @@ TRAIN_SEED_OFFSET = 1_000_000
 """Training scenes use seeds from here on; evaluation uses seeds below it."""
 
 MODALITIES = ("pose", "scribble")
+
+
+def object_count(text: str) -> int:
+    """How many objects a toy-world caption names (its shape words)."""
+    import re
+
+    from ..toyworld.scenes import SHAPES
+
+    return sum(word in SHAPES for word in re.findall(r"[a-z]+", text))
 
 
 def images_to_tensor(images: np.ndarray, signed: bool = False) -> torch.Tensor:
@@ -131,7 +140,8 @@ class ToyWorldData(L.LightningDataModule):
 
     def __init__(self, size: int = 64, pool_size: int = 10000, batch_size: int = 32,
                  seed_offset: int = TRAIN_SEED_OFFSET, modalities: tuple[str, ...] = MODALITIES,
-                 num_workers: int = 0, cache: bool = True, render_workers: int = 1, seed: int = 0):
+                 num_workers: int = 0, cache: bool = True, render_workers: int = 1,
+                 single_object_weight: float = 1.0, seed: int = 0):
         """
         Args:
             size: Render size in pixels.
@@ -143,6 +153,10 @@ class ToyWorldData(L.LightningDataModule):
             cache: Keep the rendered pool in the model cache folder ($ITO_EDIT_CACHE).
             render_workers: Processes that render the pool (about 7 ms a scene at 64 px on one core);
                 the pool does not depend on it.
+            single_object_weight: How much more often a scene with one object is drawn than one with
+                two or three (1: uniform, without replacement per epoch; otherwise drawn with
+                replacement). A caption naming two objects does not say which shape is which object's,
+                so it teaches the shape words less than a caption naming one.
             seed: Seed of the batch order.
         """
         super().__init__()
@@ -155,8 +169,16 @@ class ToyWorldData(L.LightningDataModule):
             self.pool = load_pool(h.pool_size, h.size, h.seed_offset, tuple(h.modalities), h.cache,
                                   h.render_workers)
 
+    def scene_weights(self) -> torch.Tensor:
+        """Each pool scene's drawing weight: `single_object_weight` for one object, else 1."""
+        single = torch.tensor([object_count(c) == 1 for c in self.pool.captions])
+        return torch.where(single, float(self.hparams.single_object_weight), 1.0).double()
+
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(PoolDataset(self.pool), batch_size=self.hparams.batch_size, shuffle=True,
-                          drop_last=True, generator=generator, num_workers=self.hparams.num_workers,
-                          persistent_workers=self.hparams.num_workers > 0)
+        h = self.hparams
+        generator = torch.Generator().manual_seed(h.seed)
+        order = {"shuffle": True}
+        if h.single_object_weight != 1.0:
+            order = {"sampler": WeightedRandomSampler(self.scene_weights(), len(self.pool), generator=generator)}
+        return DataLoader(PoolDataset(self.pool), batch_size=h.batch_size, drop_last=True, generator=generator,
+                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0, **order)

@@ -103,6 +103,27 @@ def test_pool_is_deterministic_and_cached(tmp_path, monkeypatch):
     assert a.foreground.any(axis=(1, 2)).all()
 
 
+def test_single_object_weight_draws_one_object_scenes_that_much_more_often(tmp_path, monkeypatch):
+    from framework.toymodel.data import ToyWorldData, object_count
+    from framework.toyworld import caption, sample_scene
+
+    monkeypatch.setenv("ITO_EDIT_CACHE", str(tmp_path))
+    assert [object_count(caption(sample_scene(s, 32))) for s in range(40)] == \
+        [len(sample_scene(s, 32).objects) for s in range(40)]  # "a red circle, a blue square and ..."
+    data = ToyWorldData(size=32, pool_size=200, batch_size=50, modalities=(), single_object_weight=4.0, seed=3)
+    data.setup()
+    single = np.array([object_count(c) == 1 for c in data.pool.captions])
+    drawn = np.concatenate([b["index"].numpy() for _ in range(10) for b in data.train_dataloader()])
+    share, base = single[drawn].mean(), single.mean()
+    expected = 4 * base / (4 * base + 1 - base)
+    assert abs(share - expected) < 0.05 and expected - base > 0.25  # e.g. 0.44 of scenes -> 0.76 of draws
+    again = np.concatenate([b["index"].numpy() for b in data.train_dataloader()])
+    assert np.array_equal(again, drawn[:len(again)])  # seeded order
+    uniform = ToyWorldData(size=32, pool_size=200, batch_size=50, modalities=(), seed=3)
+    uniform.setup()
+    assert sorted(np.concatenate([b["index"].numpy() for b in uniform.train_dataloader()])) == list(range(200))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two-step runs of both stages through the CLI, with tiny widths."""
