@@ -47,6 +47,9 @@ from framework.toymodel.gates import (
 from framework.toyworld.scenes import SHAPES
 
 DEFAULT_MODEL = ROOT / "framework" / "assets" / "toyworld"
+TEXT_SAMPLES = 192
+"""Single-object captions behind the text gates: at 48 the standard error near 80 % is 6 points, and
+the first 48 captions read 9-11 points above all 192 on two models (2026-11-29)."""
 
 
 def gates(m: dict) -> list[tuple[str, float, str, bool]]:
@@ -64,8 +67,10 @@ def gates(m: dict) -> list[tuple[str, float, str, bool]]:
         ]
     if "text_colour" in m:
         rows += [
-            ("Text samples: prompted colour (%)", 100 * m["text_colour"], ">= 90", m["text_colour"] >= 0.9),
-            ("Text samples: prompted shape (%)", 100 * m["text_shape"], ">= 80", m["text_shape"] >= 0.8),
+            (f"Text samples: prompted colour (%, +-{binomial_se(m['text_colour'], m['text_n']):.1f})",
+             100 * m["text_colour"], ">= 90", m["text_colour"] >= 0.9),
+            (f"Text samples: prompted shape (%, +-{binomial_se(m['text_shape'], m['text_n']):.1f})",
+             100 * m["text_shape"], ">= 80", m["text_shape"] >= 0.8),
         ]
     if "pose_iou" in m:
         ok = m["pose_iou"] >= max(0.4, 2 * m["pose_iou_mismatched"])
@@ -90,10 +95,15 @@ def gates(m: dict) -> list[tuple[str, float, str, bool]]:
     return rows
 
 
+def binomial_se(rate: float, n: int) -> float:
+    """Standard error, in points, of a rate measured on `n` samples."""
+    return 100 * (rate * (1 - rate) / max(n, 1)) ** 0.5
+
+
 def print_gates(measures: dict) -> None:
-    print(f"{'measure':62s} {'value':>8s}  gate")
+    print(f"{'measure':72s} {'value':>8s}  gate")
     for name, value, gate, ok in gates(measures):
-        print(f"{name:62s} {value:8.2f}  {gate:28s} {'pass' if ok else 'FAIL'}")
+        print(f"{name:72s} {value:8.2f}  {gate:28s} {'pass' if ok else 'FAIL'}")
 
 
 def run_quickstart(output_dir: Path) -> dict:
@@ -143,7 +153,7 @@ def main(argv=None) -> dict:
     classifier = ToyClassifier.from_pretrained(args.classifier or args.model / "classifier")
     measures, start = {}, time.perf_counter()
     measures.update(measure_vae(model, classifier, n=64 // q, invert_n=16 // q))
-    measures.update(measure_text(model, classifier, n=48 // q, guidance=args.guidance))
+    measures.update(measure_text(model, classifier, n=TEXT_SAMPLES // q, guidance=args.guidance))
     if (args.model / "controlnet-pose").exists():
         measures.update(measure_pose(model, classifier, n=32 // q, guidance=args.guidance))
     if (args.model / "controlnet-scribble").exists():

@@ -246,7 +246,7 @@ def measure_text(model: ToyModel, classifier: ToyClassifier, n: int = 48, size: 
         colour.append(COLOUR_NAMES[int(pred["colour"])] == obj.colour)
         shape.append(SHAPES[int(pred["shape"])] == obj.shape)
     return {"text_colour": float(np.mean(colour)), "text_shape": float(np.mean(shape)),
-            "text_found": found / len(seeds)}
+            "text_found": found / len(seeds), "text_n": len(seeds)}
 
 
 def measure_pose(model: ToyModel, classifier: ToyClassifier, n: int = 32, size: int = 64, guidance: float = 5.0):
