@@ -9,6 +9,7 @@ held out.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from ..tiny import cache_dir
 from ..toyworld import caption, condition_maps, render, sample_scene
+from ..toyworld.scenes import SHAPES
 
 TRAIN_SEED_OFFSET = 1_000_000
 """Training scenes use seeds from here on; evaluation uses seeds below it."""
@@ -28,10 +30,6 @@ MODALITIES = ("pose", "scribble")
 
 def object_count(text: str) -> int:
     """How many objects a toy-world caption names (its shape words)."""
-    import re
-
-    from ..toyworld.scenes import SHAPES
-
     return sum(word in SHAPES for word in re.findall(r"[a-z]+", text))
 
 

@@ -279,9 +279,9 @@ class DiffusionTraining(TrainingStage):
     @torch.no_grad()
     def update_ema(self) -> None:
         decay = min(self.hparams.ema_decay, (1 + self.global_step) / (10 + self.global_step))
-        ema = [p for p in self.ema.parameters()]
-        live = [p.detach() for p in self.nets.parameters()]
-        torch._foreach_lerp_(ema, live, 1 - decay)
+        # Frozen nets (trained_nets) keep their EMA equal to their weights without a lerp.
+        pairs = [(e, p.detach()) for e, p in zip(self.ema.parameters(), self.nets.parameters()) if p.requires_grad]
+        torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1 - decay)
 
     def after_step(self) -> None:
         self.update_ema()

@@ -85,11 +85,15 @@ def saturated_box(image: np.ndarray, min_saturation: float = 0.5, min_value: int
     return (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
 
 
+def palette_distance(image: np.ndarray, colours: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """Per pixel, the RGB distance to the nearest of `colours`."""
+    rgb = image.astype(np.float64)
+    return np.stack([np.linalg.norm(rgb - np.asarray(c, np.float64), axis=2) for c in colours]).min(0)
+
+
 def palette_mask(image: np.ndarray, colours: Sequence[tuple[int, int, int]], tolerance: float = 60.0) -> np.ndarray:
     """Pixels within `tolerance` (RGB distance) of any of `colours`."""
-    rgb = image.astype(np.float64)
-    dist = np.stack([np.linalg.norm(rgb - np.asarray(c, np.float64), axis=2) for c in colours])
-    return dist.min(0) <= tolerance
+    return palette_distance(image, colours) <= tolerance
 
 
 def figure_pixels(image: np.ndarray, tolerance: float = 60.0) -> np.ndarray:
@@ -102,13 +106,9 @@ def figure_pixels(image: np.ndarray, tolerance: float = 60.0) -> np.ndarray:
     figure is 0.78 on the pose gate's scenes, where this measure gives 1.0).
     """
     rgb = image.astype(np.float64)
-
-    def nearest(colours):
-        return np.stack([np.linalg.norm(rgb - np.asarray(c, np.float64), axis=2) for c in colours]).min(0)
-
-    figure = nearest((SHIRT, SKIN, TROUSERS))
+    figure = palette_distance(image, (SHIRT, SKIN, TROUSERS))
     grey = np.linalg.norm(rgb - rgb.mean(2, keepdims=True), axis=2)
-    other = np.minimum(nearest([*COLOURS.values(), *STRIPE_COLOURS.values()]), grey)
+    other = np.minimum(palette_distance(image, [*COLOURS.values(), *STRIPE_COLOURS.values()]), grey)
     return (figure <= tolerance) & (figure < other)
 
 
