@@ -106,10 +106,26 @@ class ITOConfig:
     keep_optimizer_state: bool = False
     """False: a fresh optimiser at every timestep (Adam's first step ~ lr * sign(grad)).
     True: one optimiser, and its moments, kept across the timesteps of the decode."""
+    balance: str = "none"
+    """'none': step along the gradient of lam * L_pres + (1 - lam) * L_guid (Eq. 6). 'gradient': bring
+    each loss's gradient to unit RMS before the lam mix, so lam is the ratio of their pulls whatever
+    the losses' scales and the latent's size."""
+    loss_mask: str = "binary"
+    """Mask the ITO losses see: 'binary' (the thresholded Eq. 7 mask, or the given one) or 'soft' (the
+    Eq. 7 map before thresholding, where it was estimated; a given mask stays binary)."""
+    first_step: str = "optimize"
+    """'optimize' (the paper): ITO from the final decode's first step. 'skip': no ITO at the first step,
+    where y_t is exactly x_t, so the preservation gradient is zero and the guidance alone would move
+    the whole latent, background included, whatever lam."""
 
     def __post_init__(self):
         _check(self.update_steps >= 0, f"update_steps (t_u) must be >= 0, got {self.update_steps}.")
         _check(self.inner_steps >= 1, f"inner_steps (k) must be >= 1, got {self.inner_steps}.")
+        _check(self.balance in ("none", "gradient"), f"ito.balance must be 'none' or 'gradient', got '{self.balance}'.")
+        _check(self.loss_mask in ("binary", "soft"),
+               f"ito.loss_mask must be 'binary' or 'soft', got '{self.loss_mask}'.")
+        _check(self.first_step in ("optimize", "skip"),
+               f"ito.first_step must be 'optimize' or 'skip', got '{self.first_step}'.")
 
 
 @dataclass
@@ -122,6 +138,12 @@ class GuidanceConfig:
     """k of the guidance decode."""
     encode_ratio: Optional[float] = None
     """Noise level of its random-noise encoding; None = sampling.encode_ratio."""
+    reference: str = "inversion"
+    """g_t, what the guidance loss compares y_t with: 'inversion' (the paper: G DDIM-inverted under C_EDIT)
+    or 'decode' (the latents G's own decode had at each timestep, after its ITO step; G's inversion fills
+    the timesteps that decode did not visit). The final decode follows the same CFG decode, so with
+    'decode' a y_t that reaches g_t at step t_u goes on to G itself, which the inversion (made without
+    CFG) does not ensure."""
     refine: bool = False
     """Refine the guidance image with ITO at lam = 0 towards the input (A.5)."""
     refine_update_steps: int = 6
@@ -134,6 +156,8 @@ class GuidanceConfig:
         _check(self.inner_steps >= 1 and self.refine_inner_steps >= 1, "guidance inner steps must be >= 1.")
         _check(self.encode_ratio is None or 0 < self.encode_ratio <= 1,
                f"guidance.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
+        _check(self.reference in ("inversion", "decode"),
+               f"guidance.reference must be 'inversion' or 'decode', got '{self.reference}'.")
 
 
 def check_lam(lam: float, where: str = "lam") -> float:

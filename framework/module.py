@@ -297,7 +297,9 @@ class EditModule(pl.LightningModule):
         optimizer = self._optimizer(state.lam, self.ito_cfg.inner_steps, self.ito_cfg.keep_optimizer_state)
         scale = self.sampling.guidance_scale
         start = state.x_traj[state.schedule.decode_timesteps(state.n_final)[0]]
-        hook = self._ito_hook(optimizer, self.ito_cfg.update_steps, state.x_traj, state.g_traj, state.mask)
+        first = 1 if self.ito_cfg.first_step == "skip" else 0  # y_t = x_t at step 0: nothing to preserve yet
+        hook = self._ito_hook(optimizer, self.ito_cfg.update_steps, state.x_traj, state.g_traj,
+                              self._loss_mask(state), first=first)
         return ddim_decode(start, self._eps(state.sides.edit, scale), state.schedule, state.n_final, hook,
                            self._callback("final"))
 
@@ -306,13 +308,18 @@ class EditModule(pl.LightningModule):
         return lambda x, t: self.denoiser(x, t, cond, uncond, scale)
 
     def _optimizer(self, lam: float, inner_steps: int, keep_state: bool) -> LatentOptimizer:
-        return LatentOptimizer(self.losses, lam, inner_steps, self.optimizer_factory, keep_state)
+        return LatentOptimizer(self.losses, lam, inner_steps, self.optimizer_factory, keep_state,
+                               self.ito_cfg.balance)
+
+    def _loss_mask(self, state: "EditState") -> torch.Tensor:
+        """The mask the ITO losses see (ito.loss_mask): the binary one, or the soft Eq. 7 map where estimated."""
+        return state.soft if self.ito_cfg.loss_mask == "soft" and state.soft is not None else state.mask
 
     def _ito_hook(self, optimizer: LatentOptimizer, update_steps: int, x_traj: dict, g_traj: Optional[dict],
-                  mask: torch.Tensor, stage: str = "final"):
-        """before_step of a decode: k optimiser steps on y_t at each of the first t_u steps."""
+                  mask: torch.Tensor, stage: str = "final", first: int = 0):
+        """before_step of a decode: k optimiser steps on y_t at each of the first t_u steps (from step `first`)."""
         def before_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
-            if i >= update_steps:
+            if i >= update_steps or i < first:
                 return y_t
             y_t = optimizer(y_t, x_t=x_traj[t], g_t=None if g_traj is None else g_traj[t], mask=mask, t=t)
             self._emit(stage, "ito", i, t, y_t, loss=optimizer.last_loss)
@@ -378,19 +385,25 @@ class EditModule(pl.LightningModule):
         start = noise_encode(x0, noise, schedule.alpha(schedule.decode_timesteps(n_guide)[0]))
         eps_edit = self._eps(state.sides.edit, self.sampling.guidance_scale)
         optimizer = self._optimizer(1.0, cfg.inner_steps, self.ito_cfg.keep_optimizer_state)
-        g0 = ddim_decode(start, eps_edit, schedule, n_guide,
-                         self._ito_hook(optimizer, cfg.update_steps, state.x_traj, None, state.mask, "guidance"),
-                         self._callback("guidance"))
+        hook = self._ito_hook(optimizer, cfg.update_steps, state.x_traj, None, self._loss_mask(state), "guidance")
+        visited: dict[int, torch.Tensor] = {}  # G's decode: the latents the UNet saw at each timestep
+
+        def guidance_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
+            visited[t] = hook(i, t, y_t)
+            return visited[t]
+        g0 = ddim_decode(start, eps_edit, schedule, n_guide, guidance_step, self._callback("guidance"))
         eps_invert = self._eps(state.sides.edit, self.sampling.inversion_guidance_scale)
         g_traj = ddim_invert(g0, eps_invert, schedule, state.n_final)
+        if cfg.reference == "decode":
+            g_traj.update({t: y for t, y in visited.items() if t in g_traj})
         if cfg.refine:
             # A.5: ITO with lam = 0, decoding G towards the input: G's trajectory is updated,
             # the input's is the reference of the guidance loss.
             optimizer = self._optimizer(0.0, cfg.refine_inner_steps, self.ito_cfg.keep_optimizer_state)
             start = g_traj[schedule.decode_timesteps(state.n_final)[0]]
             g0 = ddim_decode(start, eps_edit, schedule, state.n_final,
-                             self._ito_hook(optimizer, cfg.refine_update_steps, g_traj, state.x_traj, state.mask,
-                                            "refine"))
+                             self._ito_hook(optimizer, cfg.refine_update_steps, g_traj, state.x_traj,
+                                            self._loss_mask(state), "refine"))
             g_traj = ddim_invert(g0, eps_invert, schedule, state.n_final)
         return g0, g_traj
 

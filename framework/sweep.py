@@ -107,9 +107,9 @@ def read_sweep(path: str | Path) -> tuple[dict, dict, list[Run]]:
     if not isinstance(sweep, dict):
         raise ConfigError(f"'{path}' has no `sweep:` section; it is a plain experiment: python -m framework test "
                           f"--config {path}")
-    unknown = set(sweep) - {"name", "command", "output_dir", "runs", "grid"}
+    unknown = set(sweep) - {"name", "command", "output_dir", "runs", "grid", "fronts"}
     if unknown:
-        raise ConfigError(f"{path}: unknown sweep key(s) {sorted(unknown)}; use name, command, output_dir, runs, grid.")
+        raise ConfigError(f"{path}: unknown sweep key(s) {sorted(unknown)}; use name, command, output_dir, runs, grid, fronts.")
     if sweep.get("command", "test") not in COMMANDS:
         raise ConfigError(f"{path}: sweep.command must be one of {COMMANDS}, got {sweep.get('command')!r}.")
     runs = []
@@ -347,6 +347,12 @@ def _main(args: argparse.Namespace, extra: list[str]) -> list[dict[str, Any]]:
                    if k.rsplit(".", 1)[-1] in AXIS_OF_KEY})
     for path in plot_sweep(out, names, axes):
         print(path)
+    if sweep.get("fronts") and rows:  # trade-off fronts (framework.fronts): true, or a list of metric pairs
+        from framework.fronts import PAIRS, write_fronts
+
+        pairs = [tuple(p) for p in sweep["fronts"]] if isinstance(sweep["fronts"], list) else PAIRS
+        for path in write_fronts(out, pairs, names):
+            print(path)
     print(f"[sweep {name}] {len(rows)}/{len(names)} runs with results: {out / 'sweep.md'}", file=sys.stderr)
     return rows
 

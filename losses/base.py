@@ -8,6 +8,11 @@ import torch
 from torch import nn
 
 
+def role_factor(role: str, lam: float) -> float:
+    """The paper's balance (Eq. 6): lam for preservation, 1 - lam for guidance, 1 for anything else."""
+    return {"preservation": lam, "guidance": 1.0 - lam}.get(role, 1.0)
+
+
 class EditLoss(nn.Module):
     """Base class of ITO losses on the latents being decoded (select one in YAML by `class_path`).
 
@@ -39,5 +44,4 @@ class EditLoss(nn.Module):
 
     def role_weight(self, lam: float) -> float:
         """This loss's factor in `lam * L_pres + (1 - lam) * L_guid` (+ extras)."""
-        factor = {"preservation": lam, "guidance": 1.0 - lam}.get(self.role, 1.0)
-        return factor * self.weight
+        return role_factor(self.role, lam) * self.weight

@@ -5,41 +5,65 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from framework.errors import ConfigError
 from losses.base import EditLoss
 
 
 def cosine_distance(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """1 - y.g / (|y| |g|) over the flattened latents."""
+    """1 - y.g / (|y| |g|) over the flattened latents (Eq. 5)."""
     y, g = y.flatten(), g.flatten()
     return 1 - (y @ g) / (y.norm() * g.norm()).clamp_min(1e-12)
+
+
+def pixel_cosine_distance(y: torch.Tensor, g: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean over latent pixels of 1 - cos(y[:, :, i, j], g[:, :, i, j]), the cosine across channels.
+
+    `weight` (1, 1, h, w) makes it a weighted mean (e.g. the edit mask); None: every pixel counts.
+    """
+    per_pixel = 1 - F.cosine_similarity(y, g, dim=1, eps=1e-12)  # (1, h, w)
+    if weight is None:
+        return per_pixel.mean()
+    weight = weight[:, 0]
+    return (weight * per_pixel).sum() / weight.sum().clamp_min(1e-12)
 
 
 class CosineGuidance(EditLoss):
     """L_G = 1 - (y_t . g_t) / (|y_t| |g_t|), the cosine distance to the guidance latents.
 
-    `region: all` (the paper) compares whole latents; `region: edit` compares m * y_t with m * g_t,
-    so the guidance acts on the edit region only.
+    `granularity: latent` (Eq. 5 as printed) takes one cosine of the whole flattened latents;
+    `granularity: pixel` (the default) averages the cosine of each latent pixel's channel vector, so
+    each pixel is pulled towards G's direction at that pixel whatever the norms elsewhere. Both
+    gradients scale per element as 1 / (c h w), as the mean masked MSE's does (so with
+    `reduction: mean` their ratio, which is what lam weighs in Eq. 6, does not depend on the latent's
+    size; against the summed MSE it grows with it: about 20x at 4 x 8 x 8, 1300x at 4 x 64 x 64).
+    `region: all` (the paper) compares whole latents; `region: edit` compares inside the mask only.
     """
 
     role = "guidance"
 
-    def __init__(self, weight: float = 1.0, region: str = "all"):
+    def __init__(self, weight: float = 1.0, region: str = "all", granularity: str = "pixel"):
         """
         Args:
             weight: Multiplies (1 - lam).
             region: 'all' (whole latent, Eq. 5) or 'edit' (inside the mask only).
+            granularity: 'pixel' (mean of per-latent-pixel cosines, default) or 'latent' (one cosine, Eq. 5).
         """
         super().__init__(weight)
         if region not in ("all", "edit"):
             raise ConfigError(f"CosineGuidance.region must be 'all' or 'edit', got '{region}'.")
+        if granularity not in ("pixel", "latent"):
+            raise ConfigError(f"CosineGuidance.granularity must be 'pixel' or 'latent', got '{granularity}'.")
         self.region = region
+        self.granularity = granularity
 
     def forward(self, y_t: torch.Tensor, *, x_t: torch.Tensor, g_t: Optional[torch.Tensor],
                 mask: torch.Tensor, t: int) -> torch.Tensor:
         if g_t is None:
             return y_t.new_zeros(())
+        if self.granularity == "pixel":
+            return pixel_cosine_distance(y_t, g_t, mask if self.region == "edit" else None)
         if self.region == "edit":
             return cosine_distance(mask * y_t, mask * g_t)
         return cosine_distance(y_t, g_t)

@@ -43,7 +43,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_every_eval_config_is_shipped():
     assert {p.stem for p in EVAL.glob("*.yaml")} == {"toy_table1", "imagenet_table1", "lam_sweep", "tu_k_sweep",
-                                                 "toy_diagnosis", "toy_table1_true_mask"}
+                                                 "toy_diagnosis", "toy_table1_true_mask", "fronts"}
 
 
 def test_toy_table1_true_mask_gives_every_method_the_true_edit_region(tmp_path, tiny_dirs):
@@ -187,3 +187,25 @@ def test_toy_diagnosis_changes_one_choice_per_run(tmp_path, tiny_dirs):
     assert [record(r)["mask_source"] for r in ("ito_full", "guidance_in_edit_region_lam0.3", "ito_tau0.7")] == [
         "estimated", "cached", "cached"]
     assert record("ito_tau0.7")["mask_area"] <= record("ito_full")["mask_area"]
+
+
+def test_fronts_sweep_draws_one_line_per_method_with_bootstrap_intervals(tmp_path, tiny_dirs):
+    out = tmp_path / "fronts"
+    args = [str(EVAL / "fronts.yaml"), "--output_dir", str(out), *toy_sets(tiny_dirs, tmp_path / "cache", 3)]
+    sweep([*args, "--check"])  # all runs build
+    sweep([*args, "--only", "ito_lam0.2", "--only", "ito_lam1.0", "--only", "diffedit_0.7", "--only", "sdedit_0.7",
+           "--", *SMALL])
+    table = (out / "fronts" / "fronts.md").read_text()
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [(r[0].lstrip("| "), r[1], r[2]) for r in rows] == [
+        ("DiffEdit", "encode_ratio", "0.7"), ("ITO t_u=3", "lam", "0.2"), ("ITO t_u=3", "lam", "1"), ("SDEdit", "encode_ratio", "0.7")]
+    # Each cell: the mean over the 3 edits of the run's results.csv, inside its bootstrap interval.
+    edits = [r for r in read_csv(out / "ito_lam0.2" / "results.csv") if r["id"] != "mean"]
+    mean = sum(float(r["gt/background_l1"]) for r in edits) / len(edits)
+    header = [h.strip() for h in table.splitlines()[2].strip("|").split("|")]
+    cell = rows[1][header.index("gt/background_l1")].strip(" |")
+    value, low, high = (float(v) for v in cell.replace("[", "").replace("]", "").replace(",", "").split())
+    assert value == pytest.approx(mean, abs=1e-4) and low <= value <= high
+    assert "guide/edit_l1" in edits[0] and not read_csv(out / "ito_lam1.0" / "results.csv")[0].get("guide/edit_l1")
+    for png in ("gt_background_l1_vs_gt_target_l1.png", "gt_background_l1_vs_toy_new_class.png"):
+        assert (out / "fronts" / png).stat().st_size > 1000

@@ -11,7 +11,10 @@ import yaml
 from framework.cli import main
 from tests.conftest import ROOT
 
-EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+ALL_YAML = sorted((ROOT / "experiments").glob("*.yaml"))
+OVERLAYS = [p for p in ALL_YAML if "data" not in yaml.safe_load(p.read_text())]
+"""Files given as a second --config on top of an experiment (they hold only model settings)."""
+EXPERIMENTS = [p for p in ALL_YAML if p not in OVERLAYS]
 SMALL = ["--model.sampling.steps", "5", "--model.mask.seeds", "2", "--model.ito.update_steps", "3",
          "--model.guidance.update_steps", "3", "--data.resolution", "64", "--data.limit", "1"]
 
@@ -64,3 +67,27 @@ def test_paper_settings_are_the_defaults():
     assert (ITOConfig().update_steps, ITOConfig().inner_steps) == (15, 1)
     assert (MaskConfig().threshold, MaskConfig().seeds) == (0.1, 10)
     assert (GuidanceConfig().refine_update_steps, GuidanceConfig().refine_inner_steps) == (6, 1)
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=[p.stem for p in OVERLAYS])
+def test_overlay_applies_on_top_of_the_quickstart(path, tmp_path, tiny_dirs, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = swap_models(yaml.safe_load((ROOT / "experiments" / "quickstart.yaml").read_text()), tiny_dirs, tmp_path)
+    base = tmp_path / "quickstart.yaml"
+    base.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(base), "--config", str(path), *SMALL])
+    parameters = json.loads((tmp_path / "edits" / "summary.json").read_text())["parameters"]
+    overlay = yaml.safe_load(path.read_text())["model"]["init_args"]
+    for group in ("ito", "guidance", "mask", "sampling"):
+        for key, value in (overlay.get(group) or {}).items():
+            assert parameters[group][key] == value, (group, key)
+    for loss, shipped in zip(parameters["losses"], overlay.get("losses") or []):
+        assert loss["class"].endswith(shipped["class_path"].rsplit(".", 1)[-1])
+        assert all(loss[k] == v for k, v in shipped.get("init_args", {}).items())
+
+
+def test_paper_literal_overlay_is_the_paper_as_printed():
+    overlay = yaml.safe_load((ROOT / "experiments" / "paper_literal.yaml").read_text())["model"]["init_args"]
+    assert [loss["init_args"] for loss in overlay["losses"]] == [{"reduction": "sum"}, {"granularity": "latent"}]
+    assert overlay["ito"]["balance"] == "none" and overlay["ito"]["first_step"] == "optimize"
+    assert overlay["guidance"]["reference"] == "inversion"

@@ -38,11 +38,11 @@ from framework.metrics.distribution import (
                                     load_class_statistics,
                                     save_class_statistics,
 )
-from framework.metrics.pixel import GroundTruthL1, L1Distance, load_like
+from framework.metrics.pixel import GroundTruthL1, GuidanceL1, L1Distance, load_like
 from framework.metrics.preference import PickScore, pick_probability, resolve_processor
 
 __all__ = [
-    "CSFID", "FID", "IMAGE_SUFFIXES", "ClassifierAccuracy", "EditMetric", "FeatureExtractor", "GroundTruthL1",
+    "CSFID", "FID", "IMAGE_SUFFIXES", "ClassifierAccuracy", "EditMetric", "FeatureExtractor", "GroundTruthL1", "GuidanceL1",
     "InceptionFeatures", "L1Distance", "MetricError", "PickScore", "build_class_statistics", "class_label",
     "diagonal_frechet_distance", "frechet_distance", "gaussian_stats", "image_features", "load_class_statistics",
     "load_like", "load_weights", "meta_of", "pick_probability", "read_class_names", "read_state_dict",

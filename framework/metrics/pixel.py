@@ -78,3 +78,19 @@ class GroundTruthL1(EditMetric):
             if inside.any():
                 values["gt/target_l1"] = float((edit - target).abs()[inside].mean())
         return self.record(values)
+
+
+class GuidanceL1(EditMetric):
+    """How close the edit came to its guidance image G (paper Fig. 5: lam = 0 is "very close to G").
+
+    `guide/edit_l1`: mean |edit - G|; `guide/input_l1`: mean |input - G|, the distance the edit starts
+    from. Edits made without a guidance image (lam = 1, baselines) give {}.
+    """
+
+    @torch.no_grad()
+    def update(self, result: EditResult, request) -> dict[str, float]:
+        if result.guidance is None:
+            return {}
+        guide = result.guidance.float()
+        return self.record({"guide/edit_l1": float((result.edit.float() - guide).abs().mean()),
+                            "guide/input_l1": float((result.input.float() - guide).abs().mean())})

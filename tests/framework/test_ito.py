@@ -4,8 +4,21 @@ import pytest
 import torch
 
 from framework.ddim import Schedule, ddim_decode, ddim_invert
-from framework.ito import LatentOptimizer, ito_objective
+from framework.ito import LatentOptimizer, NormalizedSGD, balanced_gradient, ito_objective
 from losses import CosineGuidance, MaskedMSEPreservation
+
+
+def _literal():
+    """The paper's losses as printed: summed masked MSE (Eq. 4), one cosine over the whole latent (Eq. 5)."""
+    return [MaskedMSEPreservation(reduction="sum"), CosineGuidance(granularity="latent")]
+
+
+def _near(seed=3, size=8, gap=0.04):
+    """y_t a little away from x_t (as during a decode), and guidance latents g_t elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, size, size, generator=g)
+    y = x + gap * torch.randn(1, 4, size, size, generator=g)
+    return y, x, torch.randn(1, 4, size, size, generator=g)
 
 
 def _mask():
@@ -34,12 +47,13 @@ def test_fresh_adam_first_step_is_lr_times_sign():
     assert torch.all(step[~outside] == 0)  # no gradient inside the edit region: untouched
 
 
-def test_with_fresh_adam_lam_acts_only_through_the_sign_of_the_weighted_gradient():
-    # Why a lam sweep is flat between 0 and 1 under the paper's optimiser (README, lam sweep).
+def test_paper_literal_losses_make_lam_a_switch_under_fresh_adam():
+    # The paper-literal setting (experiments/paper_literal.yaml) keeps this behaviour: lam acts only
+    # through the sign of the weighted gradient, so interior lams give the same step.
     g = torch.Generator().manual_seed(3)
     y, x, gt = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
     m = _mask()
-    losses = [MaskedMSEPreservation(), CosineGuidance()]
+    losses = _literal()
 
     def weighted_grad(lam):
         param = y.clone().requires_grad_(True)
@@ -56,6 +70,78 @@ def test_with_fresh_adam_lam_acts_only_through_the_sign_of_the_weighted_gradient
     # Outside the mask the MSE's gradient (a sum) is hundreds of times the cosine's, inside it only the
     # cosine acts: 0.3 and 0.7 give the same step; 0.1 and 0.9 differ where the weighted sum flips.
     assert (outs[0.3] - outs[0.7]).abs().max() < 1e-3 < (outs[0.1] - outs[0.9]).abs().max()
+
+
+def _outside_steps(losses, lams, balance="none", optimizer=None, size=8):
+    y, x, gt = _near(size=size)
+    m = torch.zeros(1, 1, size, size)
+    m[..., size // 4:size // 2, size // 4:size // 2] = 1
+    outside = (m == 0).expand_as(y)
+    steps = {lam: (LatentOptimizer(losses, lam, 1, optimizer, balance=balance)(y, x_t=x, g_t=gt, mask=m, t=1) - y)
+             for lam in lams}
+    return steps, outside, (y, x, gt, m)
+
+
+@pytest.mark.parametrize("size", [8, 64])
+def test_default_losses_make_lam_a_dial_outside_the_mask(size):
+    """Default (mean MSE, per-pixel cosine): lam 0.2 and 0.8 take different steps on a stated share of the
+    background, at SD's latent size too; the paper-literal losses take the same step there."""
+    steps, outside, _ = _outside_steps([MaskedMSEPreservation(), CosineGuidance()], (0.2, 0.8), size=size)
+    differ = float(((steps[0.2] - steps[0.8]).abs() > 0.1)[outside].float().mean())
+    literal, _, _ = _outside_steps(_literal(), (0.2, 0.8), size=size)
+    same = float(((literal[0.2] - literal[0.8]).abs() > 0.1)[outside].float().mean())
+    print(f"{size}: share of background latents whose step differs, lam 0.2 vs 0.8: default {differ:.3f}, "
+          f"literal {same:.3f}")
+    assert differ > 0.25 and same < 0.01
+
+
+def test_lam_zero_moves_towards_the_guidance_more_than_lam_06():
+    for balance in ("none", "gradient"):
+        steps, _, (y, x, gt, m) = _outside_steps([MaskedMSEPreservation(), CosineGuidance()], (0.0, 0.6, 1.0),
+                                                 balance)
+        cos = lambda a: float(CosineGuidance()(a, x_t=x, g_t=gt, mask=m, t=1))  # noqa: E731
+        dist = {lam: cos(y + step) for lam, step in steps.items()}
+        assert dist[0.0] < dist[0.6] < dist[1.0], (balance, dist)
+        assert dist[0.6] - dist[0.0] > 0.01
+
+
+def test_balanced_gradient_is_the_lam_mix_of_unit_rms_gradients():
+    y, x, gt = _near(5)
+    m = _mask()
+    pres, guid = MaskedMSEPreservation(reduction="sum"), CosineGuidance(granularity="latent")
+    grads = []
+    for loss in (pres, guid):
+        param = y.clone().requires_grad_(True)
+        loss(param, x_t=x, g_t=gt, mask=m, t=1).backward()
+        grads.append(param.grad / param.grad.pow(2).mean().sqrt())
+    param = y.clone().requires_grad_(True)
+    grad, value = balanced_gradient(param, [pres, guid], 0.3, x_t=x, g_t=gt, mask=m, t=1)
+    assert torch.allclose(grad, 0.3 * grads[0] + 0.7 * grads[1], atol=1e-6)
+    assert torch.allclose(value, ito_objective(y, [pres, guid], 0.3, x_t=x, g_t=gt, mask=m, t=1), atol=1e-6)
+    # Where y_t = x_t the preservation gradient is zero and stays zero (no division by zero).
+    param = x.clone().requires_grad_(True)
+    grad, _ = balanced_gradient(param, [pres, guid], 0.5, x_t=x, g_t=gt, mask=m, t=1)
+    assert torch.isfinite(grad).all() and torch.allclose(grad.pow(2).mean().sqrt(), torch.tensor(0.5), atol=1e-5)
+
+
+def test_balanced_gradient_makes_the_literal_losses_a_dial():
+    steps, outside, _ = _outside_steps(_literal(), (0.2, 0.8), balance="gradient")
+    assert float(((steps[0.2] - steps[0.8]).abs() > 0.1)[outside].float().mean()) > 0.25
+
+
+def test_normalized_sgd_steps_lr_times_gradient_over_its_rms():
+    y, x = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    m = _mask()
+    out = LatentOptimizer([MaskedMSEPreservation()], 1.0, 1, lambda p: NormalizedSGD(p, lr=0.1))(
+        y, x_t=x, g_t=None, mask=m, t=1)
+    grad = 2 * (1 - m) * (y - x)
+    assert torch.allclose(out, y - 0.1 * grad / grad.pow(2).mean().sqrt(), atol=1e-6)
+    assert abs(float((out - y).pow(2).mean().sqrt()) - 0.1) < 1e-6  # calibrated: RMS step = lr
+    # Unlike Adam it keeps magnitudes: (1 - lam) scales the step inside the mask against outside.
+    losses = [MaskedMSEPreservation(), CosineGuidance()]
+    steps, outside, _ = _outside_steps(losses, (0.2, 0.8), optimizer=lambda p: NormalizedSGD(p, lr=0.1))
+    inside_share = {lam: float(s[~outside].abs().mean() / s[outside].abs().mean()) for lam, s in steps.items()}
+    assert inside_share[0.2] > 1.5 * inside_share[0.8]
 
 
 def test_kept_state_differs_from_fresh_state():

@@ -1,4 +1,4 @@
-"""Cosine guidance: value and gradient against 1 - y.g / (|y||g|)."""
+"""Cosine guidance: value and gradient against 1 - y.g / (|y||g|), whole-latent and per latent pixel."""
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ def _pair(seed=0):
 
 def test_value_and_gradient_match_formula():
     y, gt = _pair()
-    loss = CosineGuidance()(y, x_t=gt, g_t=gt, mask=torch.ones(1, 1, 8, 8), t=1)
+    loss = CosineGuidance(granularity="latent")(y, x_t=gt, g_t=gt, mask=torch.ones(1, 1, 8, 8), t=1)
     yv, gv = y.detach().flatten(), gt.flatten()
     dot, ny, ng = yv @ gv, yv.norm(), gv.norm()
     assert abs(float(loss) - float(1 - dot / (ny * ng))) < 1e-12
@@ -38,7 +38,7 @@ def test_edit_region_ignores_outside():
     y, gt = _pair(2)
     m = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
     m[..., 2:6, 2:6] = 1
-    loss = CosineGuidance(region="edit")(y, x_t=gt, g_t=gt, mask=m, t=1)
+    loss = CosineGuidance(region="edit", granularity="latent")(y, x_t=gt, g_t=gt, mask=m, t=1)
     loss.backward()
     assert torch.all(y.grad[(m == 0).expand_as(y)] == 0) and y.grad.abs().sum() > 0
     inside = lambda a: (a * m).flatten()  # noqa: E731
@@ -51,4 +51,55 @@ def test_no_guidance_latents_gives_zero_and_bad_region_fails():
     assert float(CosineGuidance()(y, x_t=y, g_t=None, mask=torch.ones(1, 1, 8, 8), t=1)) == 0.0
     with pytest.raises(ConfigError, match="region"):
         CosineGuidance(region="everywhere")
+    with pytest.raises(ConfigError, match="granularity"):
+        CosineGuidance(granularity="channel")
     assert CosineGuidance().role_weight(0.6) == pytest.approx(0.4)
+
+
+def test_pixel_granularity_is_the_mean_of_per_pixel_cosines():
+    y, gt = _pair(3)
+    loss = CosineGuidance()(y, x_t=gt, g_t=gt, mask=torch.ones(1, 1, 8, 8), t=1)  # the default: pixel
+    expected = 0.0
+    for i in range(8):
+        for j in range(8):
+            a, b = y.detach()[0, :, i, j], gt[0, :, i, j]
+            expected += float(1 - a @ b / (a.norm() * b.norm())) / 64
+    assert abs(float(loss) - expected) < 1e-12
+    loss.backward()
+    a, b = y.detach()[0, :, 5, 2], gt[0, :, 5, 2]
+    grad = -(b / (a.norm() * b.norm()) - (a @ b) * a / (a.norm() ** 3 * b.norm())) / 64
+    assert torch.allclose(y.grad[0, :, 5, 2], grad, atol=1e-12)
+
+
+def test_mean_mse_and_pixel_cosine_pull_in_a_ratio_independent_of_latent_size():
+    """What lam weighs is the ratio of the two gradients: with mean + pixel it does not move with the
+    latent's size; with the printed sum + whole-latent cosine it grows as c h w."""
+    from losses import MaskedMSEPreservation
+
+    def ratio(pres, guid, size):
+        g = torch.Generator().manual_seed(size)
+        x = torch.randn(1, 4, size, size, generator=g, dtype=torch.float64)
+        y = x + 0.04 * torch.randn(1, 4, size, size, generator=g, dtype=torch.float64)
+        gt = torch.randn(1, 4, size, size, generator=g, dtype=torch.float64)
+        grads = []
+        for loss in (pres, guid):
+            param = y.clone().requires_grad_(True)
+            loss(param, x_t=x, g_t=gt, mask=torch.zeros(1, 1, size, size, dtype=torch.float64), t=1).backward()
+            grads.append(param.grad.abs().mean())
+        return float(grads[0] / grads[1])
+
+    paper = [ratio(MaskedMSEPreservation(reduction="sum"), CosineGuidance(granularity="latent"), n) for n in (8, 64)]
+    scaled = [ratio(MaskedMSEPreservation(reduction="mean"), CosineGuidance(granularity="pixel"), n) for n in (8, 64)]
+    print("gradient ratio preservation / guidance at 8 and 64: paper", paper, "scaled", scaled)
+    assert 50 < paper[1] / paper[0] < 80  # 16384 / 256 = 64
+    assert 0.9 < scaled[1] / scaled[0] < 1.1
+
+def test_pixel_granularity_edit_region_averages_inside_the_mask():
+    y, gt = _pair(4)
+    m = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    m[..., 1:3, 4:8] = 1
+    loss = CosineGuidance(region="edit")(y, x_t=gt, g_t=gt, mask=m, t=1)
+    cos = torch.nn.functional.cosine_similarity(y.detach(), gt, dim=1)[0]
+    assert abs(float(loss) - float((1 - cos[1:3, 4:8]).mean())) < 1e-12
+    loss.backward()
+    assert torch.all(y.grad[(m == 0).expand_as(y)] == 0)

@@ -1,6 +1,9 @@
-"""Masked-MSE preservation: value and gradient against ||(1 - m)(y - x)||^2."""
+"""Masked-MSE preservation: value and gradient against ||(1 - m)(y - x)||^2 (sum) and its mean."""
 
+import pytest
 import torch
+
+from framework.errors import ConfigError
 
 from losses import MaskedMSEPreservation
 
@@ -10,7 +13,7 @@ def test_value_and_gradient_match_formula():
     y = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64, requires_grad=True)
     x = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64)
     m = (torch.rand(1, 1, 8, 8, generator=g) > 0.5).double()
-    loss = MaskedMSEPreservation()(y, x_t=x, g_t=None, mask=m, t=1)
+    loss = MaskedMSEPreservation(reduction="sum")(y, x_t=x, g_t=None, mask=m, t=1)
     expected = sum(float((1 - m[0, 0, i, j]) ** 2 * (y[0, c, i, j] - x[0, c, i, j]) ** 2)
                    for c in range(4) for i in range(8) for j in range(8))
     assert abs(float(loss) - expected) < 1e-9
@@ -31,3 +34,17 @@ def test_zero_when_equal_outside_mask_whatever_inside():
 def test_role_weight_is_lam():
     loss = MaskedMSEPreservation(weight=2.0)
     assert loss.role == "preservation" and loss.role_weight(0.6) == 1.2
+
+
+def test_mean_reduction_is_the_sum_over_the_element_count():
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64)
+    m = (torch.rand(1, 1, 8, 8, generator=g) > 0.5).double()
+    total = MaskedMSEPreservation(reduction="sum")(y, x_t=x, g_t=None, mask=m, t=1)
+    mean = MaskedMSEPreservation()(y, x_t=x, g_t=None, mask=m, t=1)  # the default
+    assert abs(float(mean) - float(total) / 256) < 1e-12
+    mean.backward()
+    assert torch.allclose(y.grad, 2 * (1 - m) ** 2 * (y.detach() - x) / 256, atol=1e-14)
+    with pytest.raises(ConfigError, match="reduction"):
+        MaskedMSEPreservation(reduction="max")

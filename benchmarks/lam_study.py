@@ -1,0 +1,190 @@
+"""Which scaling of the ITO losses makes lam the paper's dial (Fig. 5)? A study on toy 'val' edits.
+
+    python benchmarks/lam_study.py --edits 200 --split val --variants literal mean_pixel ... --repeats 2
+
+For each variant (a combination of the scaling settings below) and each lam in 0, 0.2, ..., 1 it
+edits the same toy-world requests with the full method on the bundled toy model and scores:
+background L1 outside the true mask, target L1 inside it, L1 between the edit and the guidance
+image G, and the toy classifier's new-class reading. `--repeats R` reruns every edit with R seeds
+(the request's seed + 1000 r): the seed-to-seed spread of the same edit is the noise floor the
+lam steps are compared with. Masks are cached on disk (mask.cache_dir) and each edit's guidance
+image is made once per variant (it does not depend on lam). Prints one table per variant and
+writes `--out/results.json`.
+
+Settings a variant combines (all are YAML settings of the method):
+  reduction    preservation loss: 'sum' (Eq. 4 as printed) | 'mean'
+  granularity  guidance cosine: 'latent' (one cosine, Eq. 5) | 'pixel' (per latent pixel, mean)
+  balance      ito.balance: 'none' | 'gradient' (each loss's gradient at unit RMS before the lam mix)
+  loss_mask    ito.loss_mask: 'binary' | 'soft' (the Eq. 7 map)
+  optimizer    'adam' (fresh per step) | 'adam_kept' | 'nsgd' (framework.ito.NormalizedSGD)
+  first_step   ito.first_step: 'optimize' | 'skip'
+  reference    guidance.reference: 'inversion' (g_t = G inverted) | 'decode' (G's own decode latents)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+LITERAL = dict(reduction="sum", granularity="latent", balance="none", loss_mask="binary", optimizer="adam",
+               first_step="optimize", reference="inversion")
+VARIANTS = {
+    "literal": {},
+    "mean_pixel": dict(reduction="mean", granularity="pixel"),
+    "mean_pixel_skip": dict(reduction="mean", granularity="pixel", first_step="skip"),
+    "balanced": dict(balance="gradient"),
+    "balanced_skip": dict(balance="gradient", first_step="skip"),
+    "mean_pixel_nsgd": dict(reduction="mean", granularity="pixel", optimizer="nsgd"),
+    "mean_pixel_nsgd_skip": dict(reduction="mean", granularity="pixel", optimizer="nsgd", first_step="skip"),
+    "balanced_nsgd_skip": dict(balance="gradient", optimizer="nsgd", first_step="skip"),
+    "mean_pixel_soft": dict(reduction="mean", granularity="pixel", loss_mask="soft"),
+    "mean_pixel_soft_skip": dict(reduction="mean", granularity="pixel", loss_mask="soft", first_step="skip"),
+    "mean_pixel_kept": dict(reduction="mean", granularity="pixel", optimizer="adam_kept"),
+    "mean_latent": dict(reduction="mean", granularity="latent"),
+    "mean_pixel_skip_decode": dict(reduction="mean", granularity="pixel", first_step="skip", reference="decode"),
+    "balanced_skip_decode": dict(balance="gradient", first_step="skip", reference="decode"),
+    "mean_pixel_nsgd_skip_decode": dict(reduction="mean", granularity="pixel", optimizer="nsgd", first_step="skip",
+                                        reference="decode"),
+    "literal_decode": dict(reference="decode"),
+}
+LAMS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def apply_variant(module, settings: dict) -> None:
+    """Set the module's losses, ITO config and optimiser to a variant's settings."""
+    from framework.config import ITOConfig
+    from framework.ito import NormalizedSGD
+    from losses import CosineGuidance, MaskedMSEPreservation
+
+    s = {**LITERAL, **settings}
+    module.losses = torch.nn.ModuleList([MaskedMSEPreservation(reduction=s["reduction"]),
+                                         CosineGuidance(granularity=s["granularity"])])
+    module.ito_cfg = replace(module.ito_cfg, balance=s["balance"], loss_mask=s["loss_mask"],
+                             first_step=s["first_step"], keep_optimizer_state=s["optimizer"] == "adam_kept")
+    module.guidance_cfg = replace(module.guidance_cfg, reference=s["reference"])
+    module.optimizer_factory = partial(NormalizedSGD, lr=0.1) if s["optimizer"] == "nsgd" else None
+    ITOConfig.__post_init__(module.ito_cfg)
+
+
+def build_module(cache: Path, threshold: float):
+    from conditioners import ControlNetConditioner
+    from framework import EditModule, StableDiffusion
+    from framework.config import MaskConfig
+
+    module = EditModule(backbone=StableDiffusion("builtin:toyworld"),
+                        conditioners=[ControlNetConditioner(modality="pose", pretrained="builtin:toyworld"),
+                                      ControlNetConditioner(modality="scribble", pretrained="builtin:toyworld")],
+                        mask=MaskConfig(threshold=threshold, cache_dir=str(cache)), output_dir=str(cache / "unused"))
+    module.setup("test")
+    return module
+
+
+def memoised_guidance(module):
+    """The guidance image depends on the request, seed, mask and variant, not on lam: make it once."""
+    original = module._guidance
+    store: dict = {}
+
+    def guidance(state, n_guide):
+        key = (state.request.id, state.seed, module.variant_key)
+        if key not in store:
+            store[key] = original(state, n_guide)
+        return store[key]
+    module._guidance = guidance
+    return store
+
+
+def score(result, request, metrics) -> dict[str, float]:
+    values = {}
+    for metric in metrics:
+        values.update(metric.update(result, request))
+    if result.guidance is not None:
+        values["guide/edit_l1"] = float((result.edit - result.guidance).abs().mean())
+        values["guide/input_l1"] = float((result.input - result.guidance).abs().mean())
+    return values
+
+
+def mean(values):
+    return statistics.fmean(values) if values else float("nan")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--edits", type=int, default=200)
+    p.add_argument("--split", default="val")
+    p.add_argument("--variants", nargs="+", default=["literal", "mean_pixel"])
+    p.add_argument("--lams", type=float, nargs="+", default=list(LAMS))
+    p.add_argument("--repeats", type=int, default=1, help="seeds per edit (the noise floor needs >= 2)")
+    p.add_argument("--threshold", type=float, default=0.5, help="mask tau (the toy sweeps' 0.5)")
+    p.add_argument("--out", type=Path, default=Path("outputs/lam_study"))
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_grad_enabled(False)
+
+    from framework.data import load_request
+    from framework.datasets import ToyEditDataModule
+    from framework.metrics import GroundTruthL1
+    from framework.toymodel.metric import ToyClassifierAccuracy
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    specs = ToyEditDataModule(edits=args.edits, split=args.split).load_specs(None, False)
+    requests = [load_request(spec, None) for spec in specs]
+    module = build_module(args.out / "mask-cache", args.threshold)
+    memoised_guidance(module)
+    metrics = [GroundTruthL1(), ToyClassifierAccuracy().load("cpu")]
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for variant in args.variants:
+        apply_variant(module, VARIANTS[variant])
+        module.variant_key = json.dumps({k: v for k, v in {**LITERAL, **VARIANTS[variant]}.items()
+                                         if k in ("optimizer", "loss_mask", "reference")}, sort_keys=True)
+        start = time.perf_counter()
+        rows = results.setdefault(variant, {})
+        for lam in args.lams:
+            module.lam = lam
+            per_edit = []
+            for request in requests:
+                for r in range(args.repeats):
+                    req = replace(request, seed=(request.seed or 0) + 1000 * r)
+                    per_edit.append({"id": request.id, "repeat": r, **score(module.edit(req), req, metrics)})
+            rows[f"{lam:g}"] = per_edit
+        print(f"# {variant} ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(table(rows), flush=True)
+        results_path.write_text(json.dumps(results))
+
+
+def table(rows: dict) -> str:
+    keys = ("gt/background_l1", "gt/target_l1", "guide/edit_l1", "guide/input_l1", "toy/new_class")
+    lines = ["| lam | " + " | ".join(keys) + " | seed spread bg / guide |", "|---" * (len(keys) + 2) + "|"]
+    for lam, per_edit in rows.items():
+        cells = [f"{mean([e[k] for e in per_edit if k in e]):.4f}" for k in keys]
+        lines.append(f"| {lam} | " + " | ".join(cells) + f" | {spread(per_edit, 'gt/background_l1'):.4f} / "
+                     f"{spread(per_edit, 'guide/edit_l1'):.4f} |")
+    return "\n".join(lines)
+
+
+def spread(per_edit: list[dict], key: str) -> float:
+    """Noise floor of a mean over edits: the std over repeats of the repeat means (nan with one repeat)."""
+    by_repeat: dict[int, list[float]] = {}
+    for e in per_edit:
+        if key in e:
+            by_repeat.setdefault(e["repeat"], []).append(e[key])
+    means = [mean(v) for v in by_repeat.values()]
+    return statistics.stdev(means) if len(means) > 1 else float("nan")
+
+
+if __name__ == "__main__":
+    main()

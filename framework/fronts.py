@@ -1,0 +1,177 @@
+"""Trade-off fronts: each method swept over its own knob, drawn as one line per method per pair of metrics.
+
+    python -m framework.fronts outputs/eval/fronts            # after python -m framework.sweep experiments/eval/fronts.yaml
+
+A method's knob trades one metric for another (ITO: lam, DiffEdit: encode ratio, ControlNet-SDEdit:
+strength), so one run per method says little; its front says where it stands. Each run of a sweep
+folder is one point: its mean over edits of two metrics, with 95 % bootstrap intervals over the
+edits (the same resampled edits for every run, so the intervals are comparable). Runs are grouped
+into methods by the class they ran (ITO also by t_u), ordered by their knob. Writes
+`fronts/<x>_vs_<y>.png` and `fronts/fronts.md` (the table, and where fronts are compared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from framework.errors import EditError
+
+PAIRS = (("gt/background_l1", "gt/target_l1"), ("gt/background_l1", "toy/new_class"))
+"""The default pairs: what is kept (background L1 outside the true mask) against what is changed."""
+KNOBS = {"EditModule": "lam", "DiffEdit": "encode_ratio", "SDEdit": "encode_ratio"}
+"""Each method's knob, as read from the run's summary.json parameters."""
+
+
+@dataclass
+class Point:
+    """One run: its method, knob value and per-edit metric values (edit id -> value)."""
+
+    run: str
+    method: str
+    knob: str
+    value: float
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def read_point(folder: Path) -> Optional[Point]:
+    """A run folder's point (None without summary.json and results.csv)."""
+    if not (folder / "summary.json").is_file() or not (folder / "results.csv").is_file():
+        return None
+    params = json.loads((folder / "summary.json").read_text()).get("parameters", {})
+    cls = str(params.get("method", "")).rsplit(".", 1)[-1]
+    knob = KNOBS.get(cls, "lam")
+    value = params.get("lam") if knob == "lam" else params.get("sampling", {}).get("encode_ratio")
+    if not isinstance(value, (int, float)):
+        return None  # lam: auto has no place on a front of fixed knobs
+    method = f"ITO t_u={params.get('ito', {}).get('update_steps')}" if cls == "EditModule" else cls
+    point = Point(folder.name, method, knob, float(value))
+    with open(folder / "results.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row.get("id") in (None, "mean"):
+                continue
+            for key, text in row.items():
+                try:
+                    number = float(text)
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(number):
+                    point.metrics.setdefault(key, {})[row["id"]] = number
+    return point
+
+
+def bootstrap_mean(values: dict[str, float], samples: np.ndarray, ids: list[str]) -> tuple[float, float, float]:
+    """Mean over the edits and its 95 % percentile interval over bootstrap resamples of `ids`."""
+    present = np.array([values.get(i, np.nan) for i in ids])
+    means = np.nanmean(present[samples], axis=1)
+    low, high = np.nanpercentile(means, [2.5, 97.5])
+    return float(np.nanmean(present)), float(low), float(high)
+
+
+def resamples(ids: list[str], count: int = 1000, seed: int = 0) -> np.ndarray:
+    """`count` bootstrap resamples of edit indices (count, len(ids)), seeded: the same for every run."""
+    return np.random.default_rng(seed).integers(0, len(ids), size=(count, len(ids)))
+
+
+def front_table(points: list[Point], pairs: Sequence[tuple[str, str]]) -> tuple[list[dict], list[str]]:
+    """Rows (method, knob, value, then mean / low / high of every metric of the pairs) and the edit ids."""
+    keys = sorted({k for pair in pairs for k in pair})
+    ids = sorted({i for p in points for k in keys for i in p.metrics.get(k, {})})
+    if not ids:
+        raise EditError(f"no run has per-edit values of {keys}; score the runs with the metrics that give them.")
+    samples = resamples(ids)
+    rows = []
+    for p in sorted(points, key=lambda p: (p.method, p.value)):
+        row = {"method": p.method, "knob": p.knob, "value": p.value, "run": p.run}
+        for key in keys:
+            if p.metrics.get(key):
+                row[key] = bootstrap_mean(p.metrics[key], samples, ids)
+        rows.append(row)
+    return rows, ids
+
+
+def value_at(rows: list[dict], method: str, x_key: str, y_key: str, x: float) -> Optional[float]:
+    """The method's y at x, linearly interpolated between its points ordered by x (None outside them)."""
+    line = sorted((r[x_key][0], r[y_key][0]) for r in rows if r["method"] == method and x_key in r and y_key in r)
+    for (x0, y0), (x1, y1) in zip(line, line[1:]):
+        if min(x0, x1) <= x <= max(x0, x1):
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return next((y for xv, y in line if xv == x), None)
+
+
+def draw_front(rows: list[dict], x_key: str, y_key: str, path: Path) -> Path:
+    """One line per method through its points, each with its 95 % intervals in both metrics."""
+    from framework.plots import PALETTE, _Canvas
+
+    used = [r for r in rows if x_key in r and y_key in r]
+    xs = [v for r in used for v in r[x_key]]
+    ys = [v for r in used for v in r[y_key]]
+    canvas = _Canvas(xs, ys, f"{y_key} vs {x_key} (95 % bootstrap intervals over edits)", x_key, y_key)
+    legend = []
+    methods = sorted({r["method"] for r in used})
+    for n, method in enumerate(methods):
+        colour = PALETTE[n % len(PALETTE)]
+        line = [r for r in used if r["method"] == method]
+        legend.append((f"{method} ({line[0]['knob']})", colour))
+        centres = [canvas.px(r[x_key][0], r[y_key][0]) for r in line]
+        if len(centres) > 1:
+            canvas.draw.line(centres, fill=colour, width=2)
+        for r, (cx, cy) in zip(line, centres):
+            (_, xl, xh), (_, yl, yh) = r[x_key], r[y_key]
+            canvas.draw.line([canvas.px(xl, r[y_key][0]), canvas.px(xh, r[y_key][0])], fill=colour)
+            canvas.draw.line([canvas.px(r[x_key][0], yl), canvas.px(r[x_key][0], yh)], fill=colour)
+            canvas.draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
+            canvas.draw.text((cx + 5, cy - 12), f"{r['value']:g}", fill=colour)
+    canvas.legend(legend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.image.save(path, format="PNG")
+    return path
+
+
+def _cell(stat: Optional[tuple[float, float, float]]) -> str:
+    return "" if stat is None else f"{stat[0]:.4f} [{stat[1]:.4f}, {stat[2]:.4f}]"
+
+
+def write_fronts(folder: Path, pairs: Sequence[tuple[str, str]] = PAIRS,
+                 runs: Optional[Sequence[str]] = None) -> list[Path]:
+    """fronts/*.png and fronts/fronts.md for the run folders inside `folder` (only `runs`, when given)."""
+    subs = [folder / r for r in runs] if runs is not None else sorted(s for s in folder.iterdir() if s.is_dir())
+    points = [p for sub in subs if (p := read_point(sub))]
+    if not points:
+        raise EditError(f"'{folder}' holds no finished run (summary.json + results.csv); run the sweep first.")
+    rows, ids = front_table(points, pairs)
+    out = folder / "fronts"
+    paths = [draw_front(rows, x, y, out / f"{x.replace('/', '_')}_vs_{y.replace('/', '_')}.png") for x, y in pairs]
+    keys = sorted({k for pair in pairs for k in pair})
+    md = [f"Means over {len(ids)} edits with 95 % bootstrap intervals (1000 resamples of the edits).", "",
+          "| method | knob | value | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    md += [f"| {r['method']} | {r['knob']} | {r['value']:g} | " + " | ".join(_cell(r.get(k)) for k in keys) + " |"
+           for r in rows]
+    (out / "fronts.md").write_text("\n".join(md) + "\n")
+    return [*paths, out / "fronts.md"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
+    parser = argparse.ArgumentParser(prog="python -m framework.fronts", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="a sweep's output folder (its runs' folders inside)")
+    parser.add_argument("--pair", nargs=2, action="append", metavar=("X", "Y"), default=None,
+                        help="a pair of metric keys (repeatable; default: background L1 vs target L1 and new class)")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_fronts(Path(args.folder), [tuple(p) for p in args.pair] if args.pair else PAIRS)
+    except EditError as err:
+        raise SystemExit(f"error: {err}") from None
+    for path in paths:
+        print(path)
+    return paths
+
+
+if __name__ == "__main__":
+    main()
