@@ -243,7 +243,8 @@ class OurStages:
         for c in self.conditioners:
             if hasattr(c, "clear"):
                 c.clear()  # the text conditioner caches prompts: time a cold encode
-        self.request = EditRequest("benchmark", image, source_prompt, edit_prompt, source_maps, edit_maps)
+        self.request = EditRequest("benchmark", image, source_prompt, edit_prompt, source_maps, edit_maps, None, 0,
+                                   None, {})
         state = self.engine.start(self.request, LAM, 0)
         self.engine.encode(state)
         return state.x0, state.sides.source, state.sides.edit

@@ -137,7 +137,6 @@ class EditModule(pl.LightningModule):
         self.automatic_optimization = False
         self.engine: Optional[EditEngine] = None
         self.records: list[dict[str, Any]] = []
-        self._current_id: Optional[str] = None
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
