@@ -1,9 +1,10 @@
 """Shared pieces of the benchmarks: our edit stages, diffusers' counterparts, counters, timing, tables.
 
-Our stages call the engine's own functions (`ddim_invert`, `ddim_decode`, `estimate_soft_mask`,
-`binary_mask`, `noise_encode`, `LatentOptimizer`, `Denoiser`) with the settings
-`EditModule.edit` uses; diffusers' stages call `StableDiffusionDiffEditPipeline` and
-`StableDiffusionControlNetImg2ImgPipeline` built from the very same modules.
+Our stages are the engine's own (framework.engine.EditEngine and its default plugins: DDIM inversion,
+the Eq. 7 mask, the noise-encoded guidance image, the ITO decode), called one at a time on an
+EditState, so a benchmark times exactly what `EditModule.edit` runs; diffusers' stages call
+`StableDiffusionDiffEditPipeline` and `StableDiffusionControlNetImg2ImgPipeline` built from the very
+same modules.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from conditioners.base import ConditionSide  # noqa: E402
-from framework.config import MaskConfig  # noqa: E402
-from framework.ddim import Schedule, ddim_decode, ddim_invert, noise_encode, seeded_noise  # noqa: E402
-from framework.denoiser import Conditioning, Denoiser  # noqa: E402
-from framework.ito import LatentOptimizer  # noqa: E402
-from framework.masks import binary_mask, estimate_soft_mask, mask_schedule  # noqa: E402
+from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig  # noqa: E402
+from framework.data import EditRequest  # noqa: E402
+from framework.denoiser import Conditioning  # noqa: E402
+from framework.engine import EditEngine, EditState, Sides  # noqa: E402
+from framework.inversion import Inverted  # noqa: E402
 from losses.guidance import CosineGuidance  # noqa: E402
 from losses.preservation import MaskedMSEPreservation  # noqa: E402
 
@@ -209,79 +210,79 @@ def toy_request(size: int, seed: int = 0):
 
 # ------------------------------------------------------------------------------------ our stages
 class OurStages:
-    """The engine's stages at the paper's settings, on one backbone + conditioners."""
+    """The engine's stages at the paper's settings, on one backbone + conditioners, one stage per call."""
 
     def __init__(self, backbone, conditioners, device, steps: int = STEPS, unet_chunk_size=None):
         self.backbone = backbone
         self.conditioners = list(conditioners)
         self.device = device
-        self.denoiser = Denoiser(backbone.unet, self.conditioners, backbone.scheduler.config.num_train_timesteps,
-                                 unet_chunk_size)
-        self.schedule = Schedule.from_scheduler(backbone.scheduler, steps)
+        self.engine = EditEngine(
+            backbone, self.conditioners, [MaskedMSEPreservation(), CosineGuidance()],
+            sampling=SamplingConfig(steps=steps, guidance_scale=CFG, inversion_guidance_scale=INVERSION_CFG),
+            ito=ITOConfig(update_steps=min(T_U, steps), inner_steps=K),
+            guidance=GuidanceConfig(update_steps=min(T_U, steps), inner_steps=K), unet_chunk_size=unet_chunk_size)
+        self.denoiser = self.engine.denoiser
         self.steps = steps
-        self.losses = [MaskedMSEPreservation(), CosineGuidance()]
+        self.request: Optional[EditRequest] = None  # the last encoded one (the mask reads its image size)
 
-    # what EditModule._Sides does
     def sides(self, prompt: str, maps: dict) -> tuple[Conditioning, Conditioning]:
-        side = ConditionSide(prompt, maps)
-        return (self.denoiser.encode(side, self.backbone), self.denoiser.encode(side.unconditional(""), self.backbone))
+        """One side's (cond, uncond) pair, as the engine's Sides encodes it."""
+        return Sides.encode_pair(self.denoiser, self.backbone, ConditionSide(prompt, maps),
+                                 self.engine.sampling.negative_prompt)
+
+    def _state(self, x0, source=None, edit=None, x_traj=None, mask=None, g_traj=None, lam: float = LAM,
+               seed: int = 0) -> EditState:
+        state = self.engine.start(self.request, lam, seed)
+        state.x0, state.sides = x0, Sides.of(source, edit)
+        state.inverted = None if x_traj is None else Inverted(x0, x_traj)
+        state.mask, state.g_traj = mask, g_traj
+        return state
 
     def encode(self, image, source_prompt, edit_prompt, source_maps, edit_maps):
         """Encode stage: the condition sides and x0 (VAE posterior mean)."""
         for c in self.conditioners:
             if hasattr(c, "clear"):
                 c.clear()  # the text conditioner caches prompts: time a cold encode
-        src = self.sides(source_prompt, source_maps)
-        edit = self.sides(edit_prompt, edit_maps)
-        x0 = self.backbone.encode_image(image)
-        return x0, src, edit
-
-    def eps(self, side, scale: float):
-        cond, uncond = side
-        return lambda x, t: self.denoiser(x, t, cond, uncond, scale)
+        self.request = EditRequest("benchmark", image, source_prompt, edit_prompt, source_maps, edit_maps, None, 0,
+                                   None, {})
+        state = self.engine.start(self.request, LAM, 0)
+        self.engine.encode(state)
+        return state.x0, state.sides.source, state.sides.edit
 
     def n_final(self) -> int:
-        return self.schedule.encode_level(1.0)
+        return self.engine.start(self.request, LAM, 0).n_final
 
     def invert(self, x0, side, scale: float = INVERSION_CFG):
-        return ddim_invert(x0, self.eps(side, scale), self.schedule, self.n_final())
+        """The inversion stage (the engine's default plugin, DDIM) under `side`: {t: x_t}."""
+        self.engine.sampling = SamplingConfig(**{**vars(self.engine.sampling), "inversion_guidance_scale": scale})
+        state = self._state(x0, side)
+        self.engine.invert(state)
+        return state.x_traj
 
     def mask(self, x0, src, edit, cfg: MaskConfig, seed: int = 0, scale: float = CFG):
-        """EditModule._mask at full resolution: Eq. 7 with the mask's own grid, seed groups and early stop."""
-        schedule = mask_schedule(self.schedule, self.backbone.scheduler, cfg)
-        soft, _ = estimate_soft_mask(x0, self.denoiser, src, edit, schedule, cfg, seed, scale)
-        return binary_mask(soft, cfg.threshold)
-
-    def _hook(self, optimizer: LatentOptimizer, update_steps: int, x_traj, g_traj, mask):
-        """EditModule._ito_hook: k optimiser steps on y_t at each of the first t_u decoding steps."""
-        def before_step(i, t, y_t):
-            if i >= update_steps:
-                return y_t
-            return optimizer(y_t, x_t=x_traj[t], g_t=None if g_traj is None else g_traj[t], mask=mask, t=t)
-        return before_step
+        """The mask stage (Eq. 7 by `cfg`, its own grid, seed groups and early stop) at full resolution."""
+        self.engine.mask_cfg = MaskConfig(**{**vars(cfg), "guidance_scale": scale})
+        state = self._state(x0, src, edit, seed=seed)
+        self.engine.estimate_mask(state)
+        return state.mask
 
     def guidance(self, x0, x_traj, mask, edit, seed: int = 0, scale: float = CFG, update_steps: int = T_U):
-        """EditModule._guidance: random-noise encoding, decode under C_EDIT with lam = 1 ITO, invert G."""
-        n = self.n_final()
-        noise = seeded_noise(tuple(x0.shape), seed + 1, x0.device)
-        start = noise_encode(x0, noise, self.schedule.alpha(self.schedule.decode_timesteps(n)[0]))
-        optimizer = LatentOptimizer(self.losses, 1.0, K)
-        g0 = ddim_decode(start, self.eps(edit, scale), self.schedule, n,
-                         self._hook(optimizer, update_steps, x_traj, None, mask))
-        g_traj = ddim_invert(g0, self.eps(edit, INVERSION_CFG), self.schedule, n)
-        return g0, g_traj
+        """The guidance-image stage: random-noise encoding, decode under C_EDIT with lam = 1 ITO, invert G."""
+        self.engine.guidance_cfg = GuidanceConfig(update_steps=update_steps, inner_steps=K)
+        state = self._state(x0, None, edit, x_traj, mask, seed=seed)
+        self.engine.make_guidance(state)
+        return state.g0, state.g_traj
 
     def final(self, x_traj, g_traj, mask, edit, lam: float = LAM, update_steps: int = T_U, scale: float = CFG):
-        """Final decode from x_{t_E} under C_EDIT with ITO on the first t_u steps (Eq. 6)."""
-        n = self.n_final()
-        optimizer = LatentOptimizer(self.losses, lam, K)
-        return ddim_decode(x_traj[self.schedule.decode_timesteps(n)[0]], self.eps(edit, scale), self.schedule, n,
-                           self._hook(optimizer, update_steps, x_traj, g_traj, mask))
+        """The final decode from x_{t_E} under C_EDIT with ITO on the first t_u steps (Eq. 6)."""
+        self.engine.ito_cfg = ITOConfig(update_steps=update_steps, inner_steps=K)
+        x0 = next(iter(x_traj.values()))
+        return self.engine.final(self._state(x0, None, edit, x_traj, mask, g_traj, lam))
 
     def ito_alone(self, x_traj, g_traj, mask, lam: float = LAM, update_steps: int = T_U):
         """Only the optimiser steps of a final decode (t_u of them, k each), on the trajectory's latents."""
-        optimizer = LatentOptimizer(self.losses, lam, K)
-        for t in self.schedule.decode_timesteps(self.n_final())[:update_steps]:
+        optimizer = self.engine.optimizer(lam, K)
+        for t in sorted(x_traj, reverse=True)[:update_steps]:
             optimizer(x_traj[t], x_t=x_traj[t], g_t=g_traj[t], mask=mask, t=t)
 
     def decode(self, y0):

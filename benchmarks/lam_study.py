@@ -73,6 +73,7 @@ def apply_variant(module, settings: dict) -> None:
     s = {**LITERAL, **settings}
     module.losses = torch.nn.ModuleList([MaskedMSEPreservation(reduction=s["reduction"]),
                                          CosineGuidance(granularity=s["granularity"])])
+    module.engine.losses = list(module.losses)
     module.ito_cfg = replace(module.ito_cfg, balance=s["balance"], loss_mask=s["loss_mask"],
                              first_step=s["first_step"], keep_optimizer_state=s["optimizer"] == "adam_kept")
     module.guidance_cfg = replace(module.guidance_cfg, reference=s["reference"])
@@ -95,15 +96,16 @@ def build_module(cache: Path, threshold: float):
 
 def memoised_guidance(module):
     """The guidance image depends on the request, seed, mask and variant, not on lam: make it once."""
-    original = module._guidance
+    generator = module.guidance_generator
+    original = generator.generate
     store: dict = {}
 
-    def guidance(state, n_guide):
+    def generate(engine, state, level):
         key = (state.request.id, state.seed, module.variant_key)
         if key not in store:
-            store[key] = original(state, n_guide)
+            store[key] = original(engine, state, level)
         return store[key]
-    module._guidance = guidance
+    generator.generate = generate
     return store
 
 

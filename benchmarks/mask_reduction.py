@@ -144,21 +144,20 @@ def load_requests(args, modalities: set[str]):
 
 def run_mask(module, request, cfg: MaskConfig):
     """The engine's mask stage for one request under `cfg`: (binary mask (h, w), UNet samples, CPU s, wall s)."""
-    from framework.ddim import Schedule
-    from framework.module import _Sides
-
-    module.mask_cfg = cfg
-    denoiser = module.denoiser
-    schedule = Schedule.from_scheduler(module.backbone.scheduler, module.sampling.steps)
-    sides = _Sides(denoiser, module.backbone, request, module.sampling)
-    x0 = module.backbone.encode_image(request.image)
+    engine = module.engine
+    module.mask_cfg = engine.mask_cfg = cfg
+    denoiser = engine.denoiser
+    seed = module.seed if request.seed is None else request.seed
+    state = engine.start(request, 1.0, seed)
+    engine.encode(state)
+    x0 = state.x0
     denoiser.reset_counts()
     denoiser.stage = "mask"
-    seed = module.seed if request.seed is None else request.seed
     cpu, wall = time.process_time(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # empty/full-mask warnings: expected with random weights
-        mask, _ = module._mask(request, x0, sides, schedule, seed)
+        engine.estimate_mask(state)
+        mask = state.mask
     if x0.device.type == "cuda":
         torch.cuda.synchronize(x0.device)
     return mask[0, 0], denoiser.samples["mask"], time.process_time() - cpu, time.perf_counter() - wall

@@ -1,73 +1,45 @@
-"""Baselines on the same engine, settings and mask: DiffEdit and ControlNet-SDEdit (paper Sec. 4).
+"""Baselines as compositions of the same stages: DiffEdit and ControlNet-SDEdit (paper Sec. 4).
 
-Select one as the model's class_path; every other setting (backbone, conditioners, sampling,
-mask) is shared with EditModule, so comparisons differ only in the method. ITO with lam = 1 and
-the full method are EditModule itself.
+Each is EditModule with other plugins in its slots, nothing else; the same composition is a few lines
+of YAML (experiments/eval/toy_table1.yaml writes prompt-to-prompt that way):
+
+    model:
+      class_path: framework.EditModule
+      init_args:
+        decoder: {class_path: framework.stages.MaskBlendDecode}        # DiffEdit
+        # SDEdit: decoder framework.stages.NoiseEncodedDecode, mask_estimator framework.stages.NoMask
+
+These two class paths are kept because shipped YAMLs and records name them. Every other setting
+(backbone, conditioners, sampling, mask) is shared with EditModule, so comparisons differ only in the
+method. ITO with lam = 1 and the full method are EditModule itself.
 """
 
 from __future__ import annotations
 
-import torch
-
-from framework.ddim import ddim_decode, noise_encode, seeded_noise
-from framework.errors import ConfigError
-from framework.module import EditModule, EditState
+from framework.module import EditModule
+from framework.stages import MaskBlendDecode, NoiseEncodedDecode, NoMask
 
 
 class DiffEdit(EditModule):
-    """DiffEdit (Couairon et al. 2022): DDIM inversion, then decoding with mask blending.
-
-    After each DDIM step the latents outside the mask are replaced by the inversion trajectory
-    at the same noise level: y_{t-1} <- m * y_{t-1} + (1 - m) * x_{t-1}, and x_0 after the last
-    step. No ITO and no guidance image. Set `sampling.encode_ratio` to 0.7 (DiffEdit's default)
-    or 1.0 (the paper's layout setting).
-
-    `alignment: diffusers` reproduces diffusers' StableDiffusionDiffEditPipeline, which blends
-    the result of the step from t with the inverted latents at t (one level noisier), and with
-    x_1 instead of x_0 at the end; kept for cross-checking against that implementation.
-    """
-
-    uses_guidance = False
-    uses_ito = False
+    """DiffEdit (Couairon et al. 2022): the inversion, the mask, then decoding with mask blending
+    (framework.stages.MaskBlendDecode). No ITO and no guidance image. Set `sampling.encode_ratio` to 0.7
+    (DiffEdit's default) or 1.0 (the paper's layout setting)."""
 
     def __init__(self, *args, alignment: str = "exact", **kwargs):
         """
         Args:
             alignment: 'exact' (blend with the same noise level) or 'diffusers' (as diffusers' pipeline).
         """
-        if alignment not in ("exact", "diffusers"):
-            raise ConfigError(f"DiffEdit.alignment must be 'exact' or 'diffusers', got '{alignment}'.")
+        kwargs.setdefault("decoder", MaskBlendDecode(alignment))
         super().__init__(*args, **kwargs)
         self.alignment = alignment
 
-    def final_decode(self, state: EditState) -> torch.Tensor:
-        schedule, mask, x_traj = state.schedule, state.mask, state.x_traj
-        timesteps = schedule.decode_timesteps(state.n_final)
-        lag = 1 if self.alignment == "diffusers" else 0
-
-        def blend(i: int, t: int, y: torch.Tensor) -> torch.Tensor:
-            if i == 0:
-                return y
-            return mask * y + (1 - mask) * x_traj[timesteps[i - lag]]
-
-        eps = self._eps(state.sides.edit, self.sampling.guidance_scale)
-        y0 = ddim_decode(x_traj[timesteps[0]], eps, schedule, state.n_final, blend, self._callback("final"))
-        last = x_traj[timesteps[-1]] if lag else state.x0
-        return mask * y0 + (1 - mask) * last
-
 
 class SDEdit(EditModule):
-    """ControlNet-SDEdit (Meng et al. 2021): random-noise encoding to the encode ratio, then
-    decoding under the edit condition (ControlNets included). No inversion, mask or ITO."""
+    """ControlNet-SDEdit (Meng et al. 2021): random-noise encoding to the encode ratio, then decoding under
+    the edit condition (framework.stages.NoiseEncodedDecode). No inversion, mask or ITO."""
 
-    uses_inversion = False
-    uses_mask = False
-    uses_guidance = False
-    uses_ito = False
-
-    def final_decode(self, state: EditState) -> torch.Tensor:
-        schedule, x0 = state.schedule, state.x0
-        noise = seeded_noise(tuple(x0.shape), state.seed + 1, x0.device)
-        start = noise_encode(x0, noise, schedule.alpha(schedule.decode_timesteps(state.n_final)[0]))
-        eps = self._eps(state.sides.edit, self.sampling.guidance_scale)
-        return ddim_decode(start, eps, schedule, state.n_final, None, self._callback("final"))
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("decoder", NoiseEncodedDecode())
+        kwargs.setdefault("mask_estimator", NoMask())
+        super().__init__(*args, **kwargs)

@@ -141,9 +141,9 @@ class GuidanceConfig:
     reference: str = "inversion"
     """g_t, what the guidance loss compares y_t with: 'inversion' (the paper: G DDIM-inverted under C_EDIT)
     or 'decode' (the latents G's own decode had at each timestep, after its ITO step; G's inversion fills
-    the timesteps that decode did not visit). The final decode follows the same CFG decode, so with
-    'decode' a y_t that reaches g_t at step t_u goes on to G itself, which the inversion (made without
-    CFG) does not ensure."""
+    the timesteps that decode did not visit; with `refine`, the refined G's inversion is used). The final
+    decode runs the same CFG decode, so with 'decode' a y_t that reaches g_t at step t_u goes on to G
+    itself, which the inversion (made without CFG) does not ensure."""
     refine: bool = False
     """Refine the guidance image with ITO at lam = 0 towards the input (A.5)."""
     refine_update_steps: int = 6

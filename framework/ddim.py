@@ -75,17 +75,21 @@ def ddim_invert(x0: torch.Tensor, eps_fn: EpsFn, schedule: Schedule, num: int,
 
 def ddim_decode(x: torch.Tensor, eps_fn: EpsFn, schedule: Schedule, num: int,
                 before_step: Optional[Callable[[int, int, torch.Tensor], torch.Tensor]] = None,
-                callback: Optional[StepCallback] = None) -> torch.Tensor:
+                callback: Optional[StepCallback] = None,
+                after_step: Optional[Callable[[int, int, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """Decode latents at encode level `num` down to x_0 (Eq. 1).
 
     `before_step(i, t, y_t) -> y_t'` may replace the latents before the UNet sees them: that is
-    where the inference-time optimisation acts.
+    where the inference-time optimisation acts. `after_step(i, t, y_{t-1}) -> y_{t-1}'` may replace
+    the result of the step from t (direct inversion adds its per-step correction there).
     """
     for i, t in enumerate(schedule.decode_timesteps(num)):
         if before_step is not None:
             x = before_step(i, t, x)
         eps = eps_fn(x, t)
         x = ddim_step(x, eps.to(x.dtype), schedule.alpha(t), schedule.alpha(t - schedule.stride))
+        if after_step is not None:
+            x = after_step(i, t, x)
         if callback is not None:
             callback(i, t, x)
     return x

@@ -34,6 +34,12 @@ class Conditioning:
     def repeat(self, n: int) -> "Conditioning":
         return Conditioning.cat([self] * n)
 
+    def with_part(self, index: int, encoding: Encoding) -> "Conditioning":
+        """The same conditioning with the part of conditioner `index` replaced (e.g. the text embedding)."""
+        parts = list(self.parts)
+        parts[index] = encoding
+        return Conditioning(parts)
+
     @property
     def batch(self) -> int:
         first = next(p for p in self.parts if p is not None)
@@ -57,13 +63,17 @@ class Denoiser:
         self.calls = Counter()  # stage -> UNet calls
         self.stage = "other"
 
+    @property
+    def text_index(self) -> int:
+        """Position of the conditioner that provides the text embeddings (the engine puts it first)."""
+        return next(i for i, c in enumerate(self.conditioners) if c.provides_text)
+
     def encode(self, side: ConditionSide, backbone) -> Conditioning:
         return Conditioning([c.encode(side, backbone) for c in self.conditioners])
 
     def progress(self, t: int) -> float:
         return 1.0 - (t + 1) / self.num_train_timesteps
 
-    @torch.no_grad()
     def _unet(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
         inputs = UNetInputs()
         progress = self.progress(t)
@@ -86,8 +96,16 @@ class Denoiser:
         return torch.cat(outs)
 
     def __call__(self, latents: torch.Tensor, t: int, cond: Conditioning,
-                 uncond: Optional[Conditioning] = None, guidance_scale: float = 1.0) -> torch.Tensor:
-        """eps for latents (b, 4, h, w) with `cond` of batch b; CFG when guidance_scale != 1."""
+                 uncond: Optional[Conditioning] = None, guidance_scale: float = 1.0, grad: bool = False) -> torch.Tensor:
+        """eps for latents (b, 4, h, w) with `cond` of batch b; CFG when guidance_scale != 1.
+
+        `grad=True` keeps the autograd graph (null-text inversion differentiates through the UNet with
+        respect to an embedding); by default no graph is built."""
+        with torch.set_grad_enabled(grad):
+            return self._eps(latents, t, cond, uncond, guidance_scale)
+
+    def _eps(self, latents: torch.Tensor, t: int, cond: Conditioning, uncond: Optional[Conditioning],
+             guidance_scale: float) -> torch.Tensor:
         unet_dtype = next(self.unet.parameters()).dtype  # ModelMixin.dtype walks every submodule per call
         x = latents.to(unet_dtype) if not torch.is_autocast_enabled(latents.device.type) else latents
         if guidance_scale == 1.0 or uncond is None:

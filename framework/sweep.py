@@ -197,6 +197,17 @@ def run_in(folder: Path, text: str, command: str, extra: Sequence[str]) -> None:
 _PARAMETERS = ("method", "lam", "encode_ratio", "t_u", "k", "edits", "failed")
 
 
+def method_label(method: str, stages: dict[str, Any]) -> str:
+    """The model's class name; for EditModule with another decoder, the decoder's; '+' the inversion if not DDIM."""
+    short = lambda path: path.rsplit(".", 1)[-1]  # noqa: E731
+    label = short(method)
+    decoder = short(stages.get("decoder", {}).get("class", "ITODecode"))
+    if label == "EditModule" and decoder != "ITODecode":
+        label = decoder
+    inversion = short(stages.get("inversion", {}).get("class", "DDIMInversion"))
+    return label if inversion == "DDIMInversion" else f"{label}+{inversion}"
+
+
 def run_row(folder: Path) -> Optional[dict[str, Any]]:
     """A run's parameters and run-level scores from its summary.json (None before it has one)."""
     path = folder / "summary.json"
@@ -205,8 +216,9 @@ def run_row(folder: Path) -> Optional[dict[str, Any]]:
     summary = json.loads(path.read_text())
     params = summary.get("parameters", {})
     method = params.get("method") or next((e["method"] for e in summary.get("edits", []) if "method" in e), "")
-    ito = params.get("stages", {}).get("ito", True)  # baselines without ITO: lam, t_u and k do not apply
-    return {"run": folder.name, "method": method.rsplit(".", 1)[-1], "lam": params.get("lam") if ito else None,
+    stages = params.get("stages", {})
+    ito = stages.get("ito", True)  # baselines without ITO: lam, t_u and k do not apply
+    return {"run": folder.name, "method": method_label(method, stages), "lam": params.get("lam") if ito else None,
             "encode_ratio": params.get("sampling", {}).get("encode_ratio"),
             "t_u": params.get("ito", {}).get("update_steps") if ito else None,
             "k": params.get("ito", {}).get("inner_steps") if ito else None,

@@ -43,7 +43,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_every_eval_config_is_shipped():
     assert {p.stem for p in EVAL.glob("*.yaml")} == {"toy_table1", "imagenet_table1", "lam_sweep", "tu_k_sweep",
-                                                 "toy_diagnosis", "toy_table1_true_mask", "fronts"}
+                                                 "toy_diagnosis", "toy_table1_true_mask", "fronts", "inversions"}
 
 
 def test_toy_table1_true_mask_gives_every_method_the_true_edit_region(tmp_path, tiny_dirs):
@@ -72,11 +72,12 @@ def test_toy_table1_runs_every_method(tmp_path, tiny_dirs):
            "--", *SMALL])
     table = {row["run"]: row for row in read_csv(out / "sweep.csv")}
     assert list(table) == ["controlnet_sdedit", "diffedit_0.7", "diffedit_1.0", "ito_lam1", "ito_full", "ito_full_tu25",
-                           "ito_lam1_tu25", "ito_lam1_tu25_keep"]
-    assert [table[r]["method"] for r in table] == ["SDEdit", "DiffEdit", "DiffEdit"] + ["EditModule"] * 5
-    assert [table[r]["encode_ratio"] for r in table] == ["1.0000", "0.7000"] + ["1.0000"] * 6
+                           "ito_lam1_tu25", "ito_lam1_tu25_keep", "prompt_to_prompt"]
+    assert [table[r]["method"] for r in table] == (["SDEdit", "DiffEdit", "DiffEdit"] + ["EditModule"] * 5
+                                                   + ["PromptToPrompt+NullTextInversion"])
+    assert [table[r]["encode_ratio"] for r in table] == ["1.0000", "0.7000"] + ["1.0000"] * 7
     # lam is an ITO setting: empty for the baselines
-    assert [table[r]["lam"] for r in table] == ["", "", "", "1.0000", "0.6000", "0.6000", "1.0000", "1.0000"]
+    assert [table[r]["lam"] for r in table] == ["", "", "", "1.0000", "0.6000", "0.6000", "1.0000", "1.0000", ""]
     for name, row in table.items():
         assert (row["edits"], row["failed"]) == ("2", "0")
         summary = json.loads((out / name / "summary.json").read_text())
@@ -91,7 +92,7 @@ def test_toy_table1_runs_every_method(tmp_path, tiny_dirs):
     assert record("diffedit_0.7")["encode_steps"] == 3 and record("diffedit_1.0")["encode_steps"] == 5  # of 5
     assert record("ito_lam1")["guidance_image"] is False and record("ito_full")["guidance_image"] is True
     # The runs share one mask per edit: the first run that needs it estimates it, the others read it.
-    assert [record(run)["mask_source"] for run in table] == ["none", "estimated"] + ["cached"] * 6
+    assert [record(run)["mask_source"] for run in table] == ["none", "estimated"] + ["cached"] * 6 + ["none"]
     assert len(list((tmp_path / "cache" / "masks").glob("*.pt"))) == 2
     # The W&B table of the run has a column per metric, filled per edit.
     tables = list((out / "ito_full" / "logs" / "wandb").glob("offline-run-*/files/media/table/edits/*.table.json"))
@@ -101,6 +102,21 @@ def test_toy_table1_runs_every_method(tmp_path, tiny_dirs):
     assert [row[column] for row in wandb_table["data"]] == pytest.approx(
         [record("ito_full", i)["metrics"]["gt/background_l1"] for i in ("text_000000", "pose_000001")])
     assert wandb_table["columns"][-1] == "edit"
+
+
+def test_inversions_sweep_changes_only_the_inversion(tmp_path, tiny_dirs):
+    out = tmp_path / "inv"
+    args = [str(EVAL / "inversions.yaml"), "--output_dir", str(out), *toy_sets(tiny_dirs, tmp_path / "cache", edits=1)]
+    sweep([*args, "--check"])
+    sweep([*args, "--only", "lam1_ddim", "--only", "lam1_null_text", "--", *SMALL])
+    table = {row["run"]: row for row in read_csv(out / "sweep.csv")}
+    assert [table[r]["method"] for r in table] == ["EditModule", "EditModule+NullTextInversion"]
+    record = {r: json.loads((out / r / "text_000000" / "result.json").read_text()) for r in table}
+    # null-text: the same trajectory (5 steps) plus, per step, the conditional half, 10 inner steps (no early stop
+    # with random weights) and the step with the result
+    assert record["lam1_ddim"]["unet_evaluations"]["inversion"] == 5
+    assert record["lam1_null_text"]["unet_evaluations"]["inversion"] == 5 + 5 * (1 + 10 + 1)
+    assert record["lam1_null_text"]["mask_source"] == "cached"  # the mask does not depend on the inversion
 
 
 def test_imagenet_table1_scores_flexit_edits(tmp_path, tiny_dirs, imagenet, biased_classifier, tiny_clip):  # noqa: F811

@@ -32,15 +32,15 @@ def test_diffedit_matches_diffusers_pipeline(tiny_dirs, manifest, ratio, scale, 
     module.setup("fit")
     request = _request(manifest)
     captured = {}
-    original = module.final_decode
+    original = module.decoder.decode
 
-    def keep(state):
-        captured["y0"] = original(state)
+    def keep(engine, state):
+        captured["y0"] = original(engine, state)
         captured["x0"] = state.x0
         captured["mask"] = state.mask
         captured["x_traj"] = state.x_traj
         return captured["y0"]
-    module.final_decode = keep
+    module.decoder.decode = keep
     module.edit(request)
     sd = module.backbone
     pipe = StableDiffusionDiffEditPipeline(
@@ -70,12 +70,12 @@ def test_exact_alignment_keeps_the_input_outside_the_mask(tiny_dirs, manifest):
                       output_dir=str(manifest.parent / "o"))
     module.setup("fit")
     captured = {}
-    original = module.final_decode
+    original = module.decoder.decode
 
-    def keep(state):
-        captured.update(x0=state.x0, mask=state.mask, y0=original(state))
+    def keep(engine, state):
+        captured.update(x0=state.x0, mask=state.mask, y0=original(engine, state))
         return captured["y0"]
-    module.final_decode = keep
+    module.decoder.decode = keep
     result = module.edit(_request(manifest))
     outside = captured["mask"].expand_as(captured["x0"]) == 0
     assert torch.equal(captured["y0"][outside], captured["x0"][outside])
@@ -125,12 +125,9 @@ def test_a_given_mask_reaches_the_latent_grid_covering_what_was_marked(tiny_dirs
     stroke = torch.zeros(1, 1, 64, 64)
     stroke[..., 20:23, 4:60] = 1  # rows 20-22: inside latent row 2 (pixels 16-23), 3 of its 8 rows
     request.mask = stroke
-    x0 = torch.zeros(1, 4, 8, 8)
-    masks = {}
-    for rule in ("cover", "area"):
-        module = DiffEdit(StableDiffusion(str(tiny_dirs["sd"])), mask=MaskConfig(given=rule),
-                          output_dir=str(manifest.parent / rule))
-        masks[rule] = module._mask(request, x0, None, None, 0)[0][0, 0]
+    from framework.stages import given_mask
+
+    masks = {rule: given_mask(request.mask, (8, 8), rule)[0, 0] for rule in ("cover", "area")}
     expected = torch.zeros(8, 8)
     expected[2, 0:8] = 1  # columns 4-59 touch every 8 px block
     assert torch.equal(masks["cover"], expected)

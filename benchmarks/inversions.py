@@ -1,0 +1,135 @@
+"""Reconstruction of each inversion under CFG: invert the input, decode under C_0, compare with the input.
+
+    python benchmarks/inversions.py [--edits 40] [--split test] [--steps 25] [--cfg 7.5] [--json out.json]
+
+For every toy-world edit of the split (framework.datasets.ToyEditDataModule's seeds), the input is
+VAE-encoded, inverted with each inversion plugin (framework.inversion) and decoded under the source
+condition (prompt and maps) at CFG `--cfg` through the engine's own decode (framework.stages.ITODecode
+with t_u = 0, i.e. the final decode without ITO). It prints, side by side in one run: PSNR to the input
+of that decode and of the VAE's own reconstruction (the ceiling), the background colour shift of the
+decode (mean RGB difference to the input outside the true edit region, in 0-255 levels), the UNet
+sample-evaluations of the inversion and its seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+INVERSIONS = {
+    "ddim": ("DDIMInversion", {}),
+    "negative_prompt": ("NegativePromptInversion", {}),
+    "null_text": ("NullTextInversion", {}),
+    "direct": ("DirectInversion", {}),
+}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).mean())
+    return 10 * math.log10(1 / max(mse, 1e-12))
+
+
+def build_engine(pretrained: str, steps: int, cfg: float, inversion):
+    from conditioners.controlnet import ControlNetConditioner
+    from conditioners.text import TextConditioner
+    from framework.config import ITOConfig, SamplingConfig
+    from framework.engine import EditEngine
+    from framework.models import StableDiffusion
+    from framework.stages import ITODecode
+
+    backbone = StableDiffusion(pretrained).load()
+    conditioners = [TextConditioner(), *(ControlNetConditioner(m, pretrained) for m in ("pose", "scribble"))]
+    for c in conditioners:
+        c.load(backbone)
+    return EditEngine(backbone, conditioners, [], inversion=inversion, decoder=ITODecode(),
+                      sampling=SamplingConfig(steps=steps, guidance_scale=cfg), ito=ITOConfig(update_steps=0))
+
+
+def reconstruct(engine, request):
+    """(decoded image, VAE image, inversion UNet samples, inversion seconds) for one request under C_0."""
+    from dataclasses import replace
+
+    source = replace(request, edit_prompt=request.source_prompt, edit_maps=request.source_maps)
+    state = engine.start(source, 1.0, 0)
+    engine.encode(state)
+    state.mask = torch.zeros_like(state.x0[:, :1])
+    start = time.perf_counter()
+    engine.denoiser.stage = "inversion"
+    engine.invert(state)
+    seconds = time.perf_counter() - start
+    samples = engine.denoiser.samples["inversion"]
+    y0 = engine.final(state)
+    return engine.backbone.decode_latents(y0), engine.backbone.decode_latents(state.x0), samples, seconds
+
+
+def background_shift(image: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor) -> list[float]:
+    """Mean RGB difference (image - reference) outside the edit region, in 0-255 levels, per channel."""
+    keep = keep.expand_as(image)
+    return [round(255 * float((image - reference)[:, c][keep[:, c]].mean()), 2) for c in range(3)]
+
+
+def main(argv=None) -> dict:
+    import framework.inversion as inv
+    from framework.datasets import ToyEditDataModule
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edits", type=int, default=40)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--cfg", type=float, default=7.5)
+    parser.add_argument("--pretrained", default="builtin:toyworld")
+    parser.add_argument("--only", nargs="*", default=list(INVERSIONS))
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    from framework.data import load_request
+    from framework.metrics.pixel import load_like
+
+    specs = ToyEditDataModule(edits=args.edits, split=args.split, size=64).specs
+    requests = [load_request(spec, None) for spec in specs]
+    rows = {}
+    for name in args.only:
+        cls, kwargs = INVERSIONS[name]
+        engine = build_engine(args.pretrained, args.steps, args.cfg, getattr(inv, cls)(**kwargs))
+        out = {"psnr": [], "vae_psnr": [], "unet": [], "seconds": [], "shift": []}
+        for request in requests:
+            with torch.no_grad():
+                image, vae, samples, seconds = reconstruct(engine, request)
+            true_mask = load_like(request.extra["true_mask"], tuple(image.shape[-2:]))[:, :1] > 0.5
+            keep = ~true_mask
+            out["psnr"].append(psnr(image, request.image))
+            out["vae_psnr"].append(psnr(vae, request.image))
+            out["unet"].append(samples)
+            out["seconds"].append(seconds)
+            out["shift"].append(background_shift(image, request.image, keep))
+        shift = [round(statistics.mean(s[c] for s in out["shift"]), 2) for c in range(3)]
+        rows[name] = {"edits": len(requests), "psnr": round(statistics.mean(out["psnr"]), 2),
+                      "psnr_sd": round(statistics.stdev(out["psnr"]), 2) if len(requests) > 1 else 0.0,
+                      "vae_psnr": round(statistics.mean(out["vae_psnr"]), 2),
+                      "unet": statistics.mean(out["unet"]), "seconds": round(statistics.mean(out["seconds"]), 3),
+                      "background_shift_rgb": shift}
+        print(name, rows[name], flush=True)
+    print(f"\n| inversion | PSNR dB (sd) | VAE PSNR dB | gap dB | background shift R,G,B | UNet evals | s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['psnr']} ({r['psnr_sd']}) | {r['vae_psnr']} | {r['vae_psnr'] - r['psnr']:.2f} | "
+              f"{r['background_shift_rgb']} | {r['unet']:.0f} | {r['seconds']} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

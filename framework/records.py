@@ -1,0 +1,103 @@
+"""What a run keeps about its edits: resuming finished edits, the settings digest, summary.json and the report.
+
+Each edit's result.json records the digest of the settings and of the inputs it was made with; a
+later run into the same output_dir skips an edit only when both match (otherwise it refuses, naming
+the fix). At the end of a run, summary.json holds the resolved parameters, every edit's record and
+the totals; with several processes, rank 0 merges theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from framework.errors import ConfigError, EditError
+from framework.mask_cache import request_digest
+from framework.outputs import save_json, write_results_table
+
+STAGE_SECONDS = ("encode", "inversion", "mask", "guidance", "final", "decode", "total")
+
+
+def writable_folder(path: str) -> Path:
+    """Create `path` if needed and check that files can be written there, before any model work."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output_dir '{folder}' is not writable ({err.strerror or err}); choose another "
+                          f"with --model.output_dir.") from err
+    return folder
+
+
+def finished_record(output_dir: Path, request, settings: str, overwrite: bool) -> Optional[dict[str, Any]]:
+    """The record of an edit already written by an earlier run (result.json is written last), or None."""
+    path = output_dir / request.id / "result.json"
+    if overwrite or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not all((path.parent / name).is_file() for name in ("input.png", "edit.png")):
+        return None  # images removed since: edit again
+    if "settings" not in record or "inputs" not in record:
+        raise EditError(f"{path.parent} holds an edit whose result.json does not record the settings and inputs "
+                        "it was made with (written by an earlier version), so it cannot be resumed safely; give "
+                        "this run its own model.output_dir, or set model.overwrite: true to edit again")
+    if record["inputs"] != request_digest(request):
+        raise EditError(f"{path.parent} holds an edit of other inputs (image, condition maps or prompts) under "
+                        f"the id '{request.id}'; give this run its own model.output_dir, or set "
+                        "model.overwrite: true to edit them again")
+    if record["settings"] != settings:
+        raise EditError(f"{path.parent} holds an edit made with other settings than this run's (model weights, "
+                        "method, lam, sampling, mask, ITO, losses, seed or precision), which a resumed run would "
+                        "count as its own; give this run its own model.output_dir, or set model.overwrite: true "
+                        "to edit again")
+    return record
+
+
+def summary(parameters: dict[str, Any], records: list[dict[str, Any]], processes: int) -> dict[str, Any]:
+    """summary.json's content: parameters, every record, and totals (edits, failures, resumed, seconds)."""
+    ok = [r for r in records if "error" not in r]
+    totals = {key: round(sum(r["seconds"].get(key, 0.0) for r in ok), 3) for key in STAGE_SECONDS}
+    return {"parameters": parameters, "edits": records,
+            "totals": {"edits": len(ok), "failed": len(records) - len(ok),
+                       "resumed": sum(1 for r in records if r.get("resumed")), "seconds": totals,
+                       "processes": processes}}
+
+
+def write_summary(module) -> None:
+    """summary.json (and the report) of `module`'s run; with several processes, rank 0 merges theirs."""
+    from framework.report import write_report
+
+    trainer, output_dir = module.trainer, module.output_dir
+    world = trainer.world_size
+    if world > 1:
+        save_json({"edits": module.records}, output_dir / f"summary.rank{module.global_rank}.json")
+        trainer.strategy.barrier("edit-summaries")
+        if module.global_rank != 0:
+            return
+        records = []
+        for rank in range(world):
+            part = output_dir / f"summary.rank{rank}.json"
+            records += json.loads(part.read_text())["edits"]
+            part.unlink()
+        records.sort(key=lambda r: r["id"])
+    else:
+        records = module.records
+    if not records:
+        return
+    content = summary(module.resolved_parameters(), records, world)
+    if module.metrics and world == 1:
+        content["metrics"] = {k: v for metric in module.metrics for k, v in metric.compute().items()}
+        write_results_table(output_dir, records, content["metrics"])
+        if not trainer.predicting:  # the run's scores also reach the loggers, as run/<key>
+            for logger in module.loggers:
+                logger.log_metrics({f"run/{k}": float(v) for k, v in content["metrics"].items()})
+    save_json(content, output_dir / "summary.json")
+    write_report(output_dir, records)

@@ -1,0 +1,134 @@
+"""Stage plugins alone, and stages written outside the packages selected in YAML by class_path."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from framework.config import MaskConfig, SamplingConfig
+from framework.data import load_manifest, load_request
+from framework.engine import EditEngine
+from framework.errors import EditError
+from framework.stages import GivenMask, NoiseDifferenceMask, NoMask, given_mask
+
+USER_STAGES = textwrap.dedent('''
+    """A user's own stages, in a module of their own."""
+    import torch
+
+    from framework.inversion import DDIMInversion
+    from framework.stages import MaskEstimator
+
+    CALLS = {"inversion": 0}
+
+
+    class CountingInversion(DDIMInversion):
+        """DDIM inversion that counts its calls."""
+
+        def invert(self, x0, job):
+            CALLS["inversion"] += 1
+            return super().invert(x0, job)
+
+
+    class LeftColumns(MaskEstimator):
+        """The left `columns` latent columns are the edit region."""
+
+        def __init__(self, columns: int = 3):
+            self.columns = columns
+
+        def estimate(self, engine, state):
+            mask = torch.zeros_like(state.x0[:, :1])
+            mask[..., : self.columns] = 1
+            return mask, None, "given"
+''')
+
+
+def test_user_stages_by_class_path(tmp_path, tiny_dirs, manifest):
+    from framework.cli import main
+    from tests.framework.test_cli import FAST, write_config
+
+    (tmp_path / "my_stages.py").write_text(USER_STAGES)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        out = tmp_path / "out"
+        config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out,
+                              inversion={"class_path": "my_stages.CountingInversion"},
+                              mask_estimator={"class_path": "my_stages.LeftColumns", "init_args": {"columns": 2}})
+        main(["fit", "--config", str(config), *FAST, "--data.limit", "1"])
+        import my_stages
+
+        # the input's inversion (the guidance image is not refined, so G only needs its trajectory)
+        assert my_stages.CALLS["inversion"] == 1
+        mask = np.asarray(Image.open(out / "text" / "mask.png")) > 127  # 64 px: 8 px per latent column
+        assert mask[:, :16].all() and not mask[:, 16:].any()
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["parameters"]["stages"]["mask_estimator"] == {"class": "my_stages.LeftColumns", "columns": 2}
+        assert summary["parameters"]["stages"]["inversion"]["class"] == "my_stages.CountingInversion"
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("my_stages", None)
+
+
+def test_shipped_compositions_parse_in_yaml(tmp_path, tiny_dirs, manifest):
+    """A baseline as YAML: EditModule with the DiffEdit decoder gives DiffEdit's edit."""
+    from framework.cli import main
+    from tests.framework.test_cli import FAST, write_config
+
+    runs = {"yaml": {"decoder": {"class_path": "framework.stages.MaskBlendDecode"}}, "class": {}}
+    for name, slots in runs.items():
+        config = write_config(tmp_path / f"{name}.yaml", tiny_dirs, manifest, tmp_path / name, **slots)
+        if name == "class":
+            data = yaml.safe_load(config.read_text())
+            data["model"]["class_path"] = "framework.baselines.DiffEdit"
+            config.write_text(yaml.safe_dump(data))
+        main(["fit", "--config", str(config), *FAST, "--data.limit", "1"])
+    a, b = (np.asarray(Image.open(tmp_path / n / "text" / "edit.png")) for n in runs)
+    assert np.array_equal(a, b)
+    record = json.loads((tmp_path / "yaml" / "text" / "result.json").read_text())
+    assert record["guidance_image"] is False and "guidance" not in record["unet_evaluations"]
+
+
+@pytest.fixture
+def state(backbone, manifest):
+    from conditioners.text import TextConditioner
+
+    engine = EditEngine(backbone, [TextConditioner()], [], sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2))
+    request = load_request(load_manifest(manifest)[0], None)
+    s = engine.start(request, 1.0, 0)
+    engine.encode(s)
+    return engine, s
+
+
+def test_given_and_no_mask_alone(state):
+    engine, s = state
+    with pytest.raises(EditError, match="has no mask"):
+        GivenMask().estimate(engine, s)
+    s.request.mask = torch.zeros(1, 1, 64, 64)
+    s.request.mask[..., :20, :9] = 1
+    mask, soft, source = GivenMask().estimate(engine, s)
+    expected = torch.zeros(1, 1, 8, 8)
+    expected[..., :3, :2] = 1  # 'cover': every 8 px block touched by the marked pixels
+    assert torch.equal(mask, expected) and soft is None and source == "given"
+    area = torch.zeros(1, 1, 8, 8)
+    area[..., :2, :1] = 1  # 'area': only blocks more than half marked (row block 2 is half, column block 1 1/8)
+    assert torch.equal(given_mask(s.request.mask, (8, 8), "area"), area)
+    empty, _, source = NoMask().estimate(engine, s)
+    assert float(empty.sum()) == 0 and empty.shape == (1, 1, 8, 8) and source == "none"
+
+
+def test_noise_difference_mask_alone_matches_eq7(state):
+    """The estimator's soft map is estimate_soft_mask's (Eq. 7), thresholded at tau."""
+    from framework.masks import binary_mask, estimate_soft_mask
+
+    engine, s = state
+    mask, soft, source = NoiseDifferenceMask().estimate(engine, s)
+    expected, _ = estimate_soft_mask(s.x0, engine.denoiser, s.sides.source, s.sides.edit, s.schedule,
+                                     engine.mask_cfg, 0, 7.5)
+    assert torch.equal(soft[0, 0], expected) and torch.equal(mask, binary_mask(expected, 0.1))
+    assert source == "estimated" and 0 < float(mask.mean()) < 1
