@@ -277,16 +277,8 @@ def pie_prompt(text: str) -> str:
     return text.replace("[", "").replace("]", "")
 
 
-def decode_pie_mask(runs: Any, height: int, width: int, where: str = "mask") -> np.ndarray:
-    """PIE-Bench's run-length mask -> (height, width) bool array, True = edit region.
-
-    Format (mapping_file.json, field `mask`): a flat list of integers [start_0, length_0, start_1,
-    length_1, ...]; each pair sets `length` pixels to 1 from `start`, counted in the row-major flattened
-    image (index = row * width + column). A run longer than what is left of the image is cut at its
-    end, as the benchmark's decoder does. Runs may overlap. The benchmark's scorer also sets the
-    1-pixel frame of the image to 1 "to avoid annotation errors in boundary": that is a scoring choice,
-    applied by the metrics (framework.metrics.piebench), not here.
-    """
+def check_pie_runs(runs: Any, height: int, width: int, where: str = "mask") -> np.ndarray:
+    """PIE-Bench's run-length mask checked against a (height, width) image -> its (runs, 2) [start, length] pairs."""
     if not isinstance(runs, list) or len(runs) % 2 or not all(type(v) is int for v in runs):
         if not isinstance(runs, list):
             got = type(runs).__name__
@@ -305,11 +297,26 @@ def decode_pie_mask(runs: Any, height: int, width: int, where: str = "mask") -> 
         raise ManifestError(f"{where}: run {i} (start {int(starts[i])}, length {int(lengths[i])}) does not fit a "
                             f"{height}x{width} image ({size} pixels): starts must lie in 0..{size - 1} and "
                             f"lengths be >= 0. Is the mask for another image size?")
+    return pairs
+
+
+def decode_pie_mask(runs: Any, height: int, width: int, where: str = "mask") -> np.ndarray:
+    """PIE-Bench's run-length mask -> (height, width) bool array, True = edit region.
+
+    Format (mapping_file.json, field `mask`): a flat list of integers [start_0, length_0, start_1,
+    length_1, ...]; each pair sets `length` pixels to 1 from `start`, counted in the row-major flattened
+    image (index = row * width + column). A run longer than what is left of the image is cut at its
+    end, as the benchmark's decoder does. Runs may overlap. The benchmark's scorer also sets the
+    1-pixel frame of the image to 1 "to avoid annotation errors in boundary": that is a scoring choice,
+    applied by the metrics (framework.metrics.piebench), not here.
+    """
+    pairs = check_pie_runs(runs, height, width, where)
+    size = height * width
     # +1 at each run's start, -1 just past its end: the running sum counts the runs covering a pixel.
-    edges = np.zeros(size + 1, dtype=np.int64)
-    np.add.at(edges, starts, 1)
-    np.add.at(edges, np.minimum(starts + lengths, size), -1)
-    return (np.cumsum(edges[:size]) > 0).reshape(height, width)
+    edges = np.zeros(size + 1, dtype=np.int32)
+    np.add.at(edges, pairs[:, 0], 1)
+    np.add.at(edges, np.minimum(pairs[:, 0] + pairs[:, 1], size), -1)
+    return (np.cumsum(edges[:size], dtype=np.int32) > 0).reshape(height, width)
 
 
 def _pie_type(value: int | str) -> int:
@@ -337,7 +344,7 @@ def _read_mapping(mapping: Path) -> dict[str, Any]:
     return entries
 
 
-def _pie_entry(key: str, entry: Any, where: str) -> dict[str, Any]:
+def _pie_entry(entry: Any, where: str) -> dict[str, Any]:
     """Check one entry's fields and types (not its files)."""
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a mapping of fields, got {type(entry).__name__}.")
@@ -358,18 +365,18 @@ def _write_mask(mask: np.ndarray, path: Path) -> None:
 
     from framework.outputs import save_png
 
-    if not path.is_file():
-        save_png(Image.fromarray(mask.astype("uint8") * 255), path)
+    save_png(Image.fromarray(mask.astype("uint8") * 255), path)
 
 
 def pie_requests(root: str | Path, edit_types: Optional[list[int | str]] = None, give_mask: bool = False,
                  mask_dir: Optional[Path] = None, limit: Optional[int] = None) -> list[RequestSpec]:
     """Validated requests of PIE-Bench's `root/mapping_file.json`, images in `root/annotation_images/`.
 
-    Every entry's fields are checked, and every selected entry's image and mask, before any model work;
-    the first `limit` of them are returned. Their decoded masks are written once to `mask_dir` as PNGs named after
-    the key and a digest of the run-length code; each request's `true_mask` is its file, and with
-    `give_mask` also its `mask` (the method then edits inside the annotated region).
+    Every entry's fields are checked, and every selected entry's image (its header) and mask code, before
+    any model work; the first `limit` of them are returned. Their decoded masks are written once to
+    `mask_dir` as PNGs named after the key and a digest of the run-length code; each request's
+    `true_mask` is its file, and with `give_mask` also its `mask` (the method then edits inside the
+    annotated region).
     """
     import hashlib
 
@@ -386,7 +393,7 @@ def pie_requests(root: str | Path, edit_types: Optional[list[int | str]] = None,
     specs: list[RequestSpec] = []
     for n, (key, entry) in enumerate(entries.items()):
         where = f"{mapping} entry '{key}'"
-        entry = _pie_entry(key, entry, where)
+        entry = _pie_entry(entry, where)
         kind = int(entry["editing_type_id"])
         if wanted is not None and kind not in wanted:
             continue
@@ -399,12 +406,13 @@ def pie_requests(root: str | Path, edit_types: Optional[list[int | str]] = None,
                                 f"'{images}' (image_path is relative to it).") from None
         except (UnidentifiedImageError, OSError) as err:
             raise ManifestError(f"{where}: image '{image}' cannot be read ({err}).") from err
-        mask = decode_pie_mask(entry["mask"], height, width, f"{where}: 'mask'")
+        check_pie_runs(entry["mask"], height, width, f"{where}: 'mask'")
         digest = hashlib.sha1(json.dumps([height, width, entry["mask"]]).encode()).hexdigest()[:12]
         mask_file = mask_dir / f"{key}_{digest}.png"
         if limit is not None and len(specs) >= limit:
             continue  # checked, not served
-        _write_mask(mask, mask_file)
+        if not mask_file.is_file():  # decoded once; the file name holds the code's digest
+            _write_mask(decode_pie_mask(entry["mask"], height, width), mask_file)
         meta = {"editing_type_id": kind, "editing_type": PIE_EDIT_TYPES[kind], "image_path": entry["image_path"],
                 "original_prompt": entry["original_prompt"], "editing_prompt": entry["editing_prompt"],
                 **{f: entry[f] for f in PIE_OPTIONAL if f in entry}}
@@ -415,8 +423,9 @@ def pie_requests(root: str | Path, edit_types: Optional[list[int | str]] = None,
             spec.mask = mask_file
         specs.append(spec)
     if not specs:
+        present = sorted({int(e["editing_type_id"]) for e in entries.values()})  # every entry was checked
         raise ManifestError(f"{mapping}: no entry has edit type(s) {sorted(wanted or [])}; the file's types are "
-                            f"{sorted({str(e.get('editing_type_id')) for e in entries.values() if isinstance(e, dict)})}.")
+                            f"{present}.")
     return specs
 
 

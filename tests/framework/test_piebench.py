@@ -311,7 +311,8 @@ def test_structure_distance_by_hand(tiny_dino):
     # the last layer's keys from the layer's own modules, cosine self-similarity, mean squared difference.
     net = ViTModel.from_pretrained(tiny_dino, add_pooling_layer=False).eval()
     layers = getattr(net, "layers", None) or net.encoder.layer
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     sims = []
     for image in (input, edit):
         x = torch.nn.functional.interpolate(image * 255, size=(32, 32), mode="bilinear", antialias=True)
@@ -334,6 +335,37 @@ def test_structure_distance_by_hand(tiny_dino):
         StructureDistance(str(tiny_dino), layer=5).load("cpu")
     with pytest.raises(ModelLoadError, match="does not exist. Get DINO ViT-B/8.*hf download facebook/dino-vitb8"):
         StructureDistance(str(tiny_dino / "missing"))
+
+
+HUB_NAMES = (("layers.", "encoder.layer."), ("attention.q_proj", "attention.attention.query"),
+             ("attention.k_proj", "attention.attention.key"), ("attention.v_proj", "attention.attention.value"),
+             ("attention.o_proj", "attention.output.dense"), ("mlp.fc1", "intermediate.dense"),
+             ("mlp.fc2", "output.dense"))
+
+
+def test_structure_distance_reads_the_hubs_checkpoint_layout(tiny_dino, tmp_path):
+    """facebook/dino-vitb8 is stored with transformers 4's ViT names (encoder.layer.N.attention.attention.key, a
+    pooler): the same weights under those names give the same distance."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_dino / "model.safetensors"))
+    renamed = {}
+    for key, value in state.items():
+        for new, old in HUB_NAMES:
+            key = key.replace(new, old)
+        renamed[key] = value
+    assert "encoder.layer.1.attention.attention.key.weight" in renamed
+    renamed["pooler.dense.weight"], renamed["pooler.dense.bias"] = torch.zeros(32, 32), torch.zeros(32)
+    folder = tmp_path / "hub-layout"
+    folder.mkdir()
+    shutil.copy(tiny_dino / "config.json", folder / "config.json")
+    save_file(renamed, str(folder / "model.safetensors"))
+    gen = torch.Generator().manual_seed(1)
+    pair = result(torch.rand(1, 3, 40, 40, generator=gen), torch.rand(1, 3, 40, 40, generator=gen))
+    values = [StructureDistance(str(f), size=32).load("cpu").update(pair, Request()) for f in (tiny_dino, folder)]
+    assert values[0] == values[1]
 
 
 def test_resize_shorter_matches_torchvision():
@@ -381,7 +413,8 @@ def test_clip_similarity_by_hand(tmp_path, tiny_clip_folder):
     input, edit, mask, inside = scene_pair(tmp_path)
     metric = CLIPSimilarity(str(tiny_clip_folder)).load("cpu")
     values = metric.update(result(edit, input), Request(mask, edit_prompt="a blue circle"))
-    model, processor = CLIPModel.from_pretrained(tiny_clip_folder).eval(), CLIPProcessor.from_pretrained(tiny_clip_folder)
+    model = CLIPModel.from_pretrained(tiny_clip_folder).eval()
+    processor = CLIPProcessor.from_pretrained(tiny_clip_folder)
     region = with_frame(inside.float()[None, None])
 
     def by_hand(image):  # 100 x max(cos, 0) of the projected embeddings of the 8-bit image and the prompt
@@ -396,8 +429,9 @@ def test_clip_similarity_by_hand(tmp_path, tiny_clip_folder):
     assert values["clip/edited"] == pytest.approx(by_hand(edit * region), abs=1e-4)
     assert values["clip/whole"] != pytest.approx(values["clip/edited"])
     # Pixels outside the region do not change the edited-region score.
-    assert metric.update(result(torch.where(region > 0, edit, input), input),
-                         Request(mask, edit_prompt="a blue circle"))["clip/edited"] == pytest.approx(values["clip/edited"])
+    inside_only = metric.update(result(torch.where(region > 0, edit, input), input),
+                                Request(mask, edit_prompt="a blue circle"))
+    assert inside_only["clip/edited"] == pytest.approx(values["clip/edited"])
     assert list(metric.update(result(edit, input), Request(edit_prompt="a blue circle"))) == ["clip/whole"]
     with pytest.raises(ModelLoadError, match="has no config.json. Get CLIP ViT-L/14"):
         CLIPSimilarity(str(tmp_path))
