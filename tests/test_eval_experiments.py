@@ -15,6 +15,7 @@ from framework.sweep import main as sweep
 from tests.conftest import ROOT
 from tests.framework.test_datasets import imagenet  # noqa: F401 - fixtures
 from tests.framework.test_metrics import biased_classifier, tiny_clip  # noqa: F401 - fixtures
+from tests.framework.test_piebench import pie, squeezenet, tiny_clip_folder, tiny_dino  # noqa: F401 - fixtures
 
 EVAL = ROOT / "experiments" / "eval"
 SMALL = ["--model.sampling.steps", "5", "--model.mask.seeds", "2", "--model.ito.update_steps", "3",
@@ -43,7 +44,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_every_eval_config_is_shipped():
     assert {p.stem for p in EVAL.glob("*.yaml")} == {"toy_table1", "imagenet_table1", "lam_sweep", "tu_k_sweep",
-                                                 "toy_diagnosis", "toy_table1_true_mask", "fronts", "inversions"}
+                                                 "toy_diagnosis", "toy_table1_true_mask", "fronts", "inversions",
+                                                 "piebench"}
 
 
 def test_toy_table1_true_mask_gives_every_method_the_true_edit_region(tmp_path, tiny_dirs):
@@ -225,3 +227,48 @@ def test_fronts_sweep_draws_one_line_per_method_with_bootstrap_intervals(tmp_pat
     assert "guide/edit_l1" in edits[0] and not read_csv(out / "ito_lam1.0" / "results.csv")[0].get("guide/edit_l1")
     for png in ("gt_background_l1_vs_gt_target_l1.png", "gt_background_l1_vs_toy_new_class.png"):
         assert (out / "fronts" / png).stat().st_size > 1000
+
+
+def test_piebench_scores_every_method(tmp_path, tiny_dirs, pie, tiny_dino, squeezenet, tiny_clip_folder):  # noqa: F811
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from framework.metrics import with_frame
+
+    sets = {"model.backbone.pretrained": tiny_dirs["sd"], "data.root": pie, "data.resolution": 64, "data.limit": 2,
+            "data.mask_dir": tmp_path / "pie-masks", "model.mask.cache_dir": tmp_path / "masks",
+            "model.metrics.0.dino": tiny_dino, "model.metrics.0.size": 32,
+            "model.metrics.2.backbone": squeezenet / "squeezenet1_1.safetensors",
+            "model.metrics.3.model": tiny_clip_folder}
+    out = tmp_path / "pie-out"
+    args = [str(EVAL / "piebench.yaml"), "--output_dir", str(out)]
+    args += [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+    sweep([*args, "--check"])  # all six runs build
+    sweep([*args, "--only", "diffedit_0.7", "--only", "ito_full", "--only", "ito_full_pie_mask", "--", *SMALL])
+    table = {row["run"]: row for row in read_csv(out / "sweep.csv")}
+    assert list(table) == ["diffedit_0.7", "ito_full", "ito_full_pie_mask"]
+    keys = ["structure/distance", "background/psnr", "background/mse", "background/ssim", "background/lpips",
+            "clip/whole", "clip/edited"]
+    for name, row in table.items():
+        assert (row["edits"], row["failed"]) == ("2", "0")
+        summary = json.loads((out / name / "summary.json").read_text())["metrics"]
+        for key in keys:
+            assert float(row[key]) == pytest.approx(summary[key], abs=1e-4)
+        assert summary["structure/distance"] > 0 and 0 < summary["background/mse"] < 1
+    record = lambda run, i="111000000000": json.loads((out / run / i / "result.json").read_text())  # noqa: E731
+    assert (record("ito_full")["source_prompt"], record("ito_full")["edit_prompt"]) == (
+        "a cat sitting on a bench", "a dog sitting on a bench")
+    assert [record(run)["mask_source"] for run in table] == ["estimated", "cached", "given"]
+    # The given mask is the annotation (rows 30..49, columns 36..51 of 64), brought to the 8 x 8 latent grid.
+    truth = torch.zeros(1, 1, 64, 64)
+    truth[..., 30:50, 36:52] = 1
+    assert record("ito_full_pie_mask")["mask_area"] == pytest.approx(
+        float((F.adaptive_max_pool2d(truth, (8, 8)) > 0).float().mean()), abs=1e-3)
+    # The run scored outside the annotated region (and the frame): recomputed from the written 8-bit images.
+    folder = out / "ito_full" / "111000000000"
+    read = lambda name: torch.from_numpy(np.asarray(Image.open(folder / name), np.float32) / 255)  # noqa: E731
+    keep = 1 - with_frame(truth)[0, 0]
+    mse = float((((read("edit.png") - read("input.png")) * keep[..., None]) ** 2).mean())
+    assert record("ito_full")["metrics"]["background/mse"] == pytest.approx(mse, rel=0.02, abs=1e-5)

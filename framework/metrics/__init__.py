@@ -11,7 +11,8 @@ Weights are read from LOCAL files only, safetensors unless `allow_pickle` is set
 
 Modules: `base` (the plugin bases and shared helpers), `pixel` (L1, ground-truth L1),
 `distribution` (Inception features, FID, CSFID), `classification` (accuracy as new / original
-class), `preference` (PickScore). Every public name is importable from `framework.metrics`.
+class), `preference` (PickScore), `piebench` (PIE-Bench's structure distance, background
+preservation, CLIP similarity). Every public name is importable from `framework.metrics`.
 """
 
 from framework.metrics.base import (
@@ -38,10 +39,20 @@ from framework.metrics.distribution import (
                                     load_class_statistics,
                                     save_class_statistics,
 )
+from framework.metrics.piebench import (
+                                    BackgroundLPIPS,
+                                    BackgroundPreservation,
+                                    CLIPSimilarity,
+                                    StructureDistance,
+                                    self_similarity,
+                                    with_frame,
+)
 from framework.metrics.pixel import GroundTruthL1, GuidanceL1, L1Distance, load_like
 from framework.metrics.preference import PickScore, pick_probability, resolve_processor
 
 __all__ = [
+    "BackgroundLPIPS", "BackgroundPreservation", "CLIPSimilarity", "StructureDistance", "self_similarity",
+    "with_frame",
     "CSFID", "FID", "IMAGE_SUFFIXES", "ClassifierAccuracy", "EditMetric", "FeatureExtractor", "GroundTruthL1", "GuidanceL1",
     "InceptionFeatures", "L1Distance", "MetricError", "PickScore", "build_class_statistics", "class_label",
     "diagonal_frechet_distance", "frechet_distance", "gaussian_stats", "image_features", "load_class_statistics",
