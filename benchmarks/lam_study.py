@@ -43,6 +43,7 @@ import torch  # noqa: E402
 LITERAL = dict(reduction="sum", granularity="latent", balance="none", loss_mask="binary", optimizer="adam",
                first_step="optimize", reference="inversion")
 VARIANTS = {
+    "default": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip"),
     "literal": {},
     "mean_pixel": dict(reduction="mean", granularity="pixel"),
     "mean_pixel_skip": dict(reduction="mean", granularity="pixel", first_step="skip"),

@@ -106,17 +106,17 @@ class ITOConfig:
     keep_optimizer_state: bool = False
     """False: a fresh optimiser at every timestep (Adam's first step ~ lr * sign(grad)).
     True: one optimiser, and its moments, kept across the timesteps of the decode."""
-    balance: str = "none"
-    """'none': step along the gradient of lam * L_pres + (1 - lam) * L_guid (Eq. 6). 'gradient': bring
-    each loss's gradient to unit RMS before the lam mix, so lam is the ratio of their pulls whatever
-    the losses' scales and the latent's size."""
+    balance: str = "gradient"
+    """'gradient' (default): bring each loss's gradient to unit RMS before the lam mix, so lam is the ratio
+    of their pulls whatever the losses' scales and the latent's size. 'none' (the paper): step along the
+    gradient of lam * L_pres + (1 - lam) * L_guid (Eq. 6), where the losses' scales decide what lam does."""
     loss_mask: str = "binary"
     """Mask the ITO losses see: 'binary' (the thresholded Eq. 7 mask, or the given one) or 'soft' (the
     Eq. 7 map before thresholding, where it was estimated; a given mask stays binary)."""
-    first_step: str = "optimize"
-    """'optimize' (the paper): ITO from the final decode's first step. 'skip': no ITO at the first step,
-    where y_t is exactly x_t, so the preservation gradient is zero and the guidance alone would move
-    the whole latent, background included, whatever lam."""
+    first_step: str = "skip"
+    """'skip' (default): no ITO at the final decode's first step, where y_t is exactly x_t, so the
+    preservation gradient is zero and the guidance alone would move the whole latent, background
+    included, by a full step whatever lam. 'optimize' (the paper): ITO from the first step."""
 
     def __post_init__(self):
         _check(self.update_steps >= 0, f"update_steps (t_u) must be >= 0, got {self.update_steps}.")
