@@ -8,7 +8,8 @@ background L1 outside the true mask, target L1 inside it, L1 between the edit an
 image G, and the toy classifier's new-class reading. `--repeats R` reruns every edit with R seeds
 (the request's seed + 1000 r): the seed-to-seed spread of the same edit is the noise floor the
 lam steps are compared with. Masks are cached on disk (mask.cache_dir) and each edit's guidance
-image is made once per variant (it does not depend on lam). Prints one table per variant and
+image is made once per variant (it does not depend on lam). The mask is the cost-reduced Eq. 7 estimate
+(n = 4 seeds on a 10-step grid without CFG; docs/performance_cost.md). Prints one table per variant and
 writes `--out/results.json`.
 
 Settings a variant combines (all are YAML settings of the method):
@@ -90,7 +91,8 @@ def build_module(cache: Path, threshold: float):
     module = EditModule(backbone=StableDiffusion("builtin:toyworld"),
                         conditioners=[ControlNetConditioner(modality="pose", pretrained="builtin:toyworld"),
                                       ControlNetConditioner(modality="scribble", pretrained="builtin:toyworld")],
-                        mask=MaskConfig(threshold=threshold, cache_dir=str(cache)), output_dir=str(cache / "unused"))
+                        mask=MaskConfig(threshold=threshold, cache_dir=str(cache), seeds=4, steps=10, guidance_scale=1.0),
+                        output_dir=str(cache / "unused"))
     module.setup("test")
     return module
 
@@ -111,7 +113,7 @@ def memoised_guidance(module):
 
 
 def score(result, request, metrics) -> dict[str, float]:
-    values = {}
+    values = {"mask_area": result.record["mask_area"]}
     for metric in metrics:
         values.update(metric.update(result, request))
     if result.guidance is not None:
@@ -129,7 +131,9 @@ def main(argv=None):
     p.add_argument("--edits", type=int, default=200)
     p.add_argument("--split", default="val")
     p.add_argument("--variants", nargs="+", default=["literal", "mean_pixel"])
-    p.add_argument("--lams", type=float, nargs="+", default=list(LAMS))
+    p.add_argument("--lams", nargs="+", default=[f"{v:g}" for v in LAMS], help="lam values, or 'auto'")
+    p.add_argument("--auto-lam", default=None, help="AutoLam constants for 'auto' as JSON, e.g. "
+                   "'{\"intercept\": 1.0, \"slope\": -2.0, \"low\": 0.2, \"high\": 1.0}'")
     p.add_argument("--repeats", type=int, default=1, help="seeds per edit (the noise floor needs >= 2)")
     p.add_argument("--threshold", type=float, default=0.5, help="mask tau (the toy sweeps' 0.5)")
     p.add_argument("--out", type=Path, default=Path("outputs/lam_study"))
@@ -146,6 +150,10 @@ def main(argv=None):
     specs = ToyEditDataModule(edits=args.edits, split=args.split).load_specs(None, False)
     requests = [load_request(spec, None) for spec in specs]
     module = build_module(args.out / "mask-cache", args.threshold)
+    if args.auto_lam:
+        from framework.config import AutoLam
+
+        module.auto_lam = AutoLam(**json.loads(args.auto_lam))
     memoised_guidance(module)
     metrics = [GroundTruthL1(), ToyClassifierAccuracy().load("cpu")]
     results_path = args.out / "results.json"
@@ -157,13 +165,14 @@ def main(argv=None):
         start = time.perf_counter()
         rows = results.setdefault(variant, {})
         for lam in args.lams:
+            lam = "auto" if lam == "auto" else float(lam)
             module.lam = lam
             per_edit = []
             for request in requests:
                 for r in range(args.repeats):
                     req = replace(request, seed=(request.seed or 0) + 1000 * r)
                     per_edit.append({"id": request.id, "repeat": r, **score(module.edit(req), req, metrics)})
-            rows[f"{lam:g}"] = per_edit
+            rows["auto" if lam == "auto" else f"{lam:g}"] = per_edit
         print(f"# {variant} ({time.perf_counter() - start:.0f} s)", flush=True)
         print(table(rows), flush=True)
         results_path.write_text(json.dumps(results))
