@@ -2,7 +2,7 @@
 
     python benchmarks/cost_quality.py outputs/eval/cost [--md table.md] [--png plot.png] [--json out.json]
 
-Per run, from its summary.json and results.csv: the UNet sample-evaluations and seconds per edit and
+Per run, from its run.yaml and its edits' result.json files (an unfinished run counts the edits it has): the UNet sample-evaluations and seconds per edit and
 stage (means over its edits), and per quality metric the mean with its 95 % bootstrap interval and the
 paired difference to the reference run (the same edits, resampled together) with its interval. A run's
 lam 1 runs are compared with `lam1_<reference>`, the others with the reference.
@@ -19,7 +19,6 @@ what it costs alone.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -45,23 +44,33 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _mask_settings(summary: dict) -> str:
-    params = summary["parameters"]
-    mask = {k: v for k, v in params["mask"].items() if k not in ("cache_dir", "given")}
-    sampling = {k: v for k, v in params["sampling"].items() if k in ("steps", "guidance_scale", "negative_prompt")}
+def _mask_settings(init_args: dict) -> str:
+    """The settings a run's masks depend on (mask and sampling blocks of its config), as a key."""
+    mask = {k: v for k, v in (init_args.get("mask") or {}).items() if k not in ("cache_dir", "given")}
+    sampling = {k: v for k, v in (init_args.get("sampling") or {}).items()
+                if k in ("steps", "guidance_scale", "negative_prompt")}
     return json.dumps([mask, sampling], sort_keys=True)
 
 
 def read_run(folder: Path) -> dict | None:
-    """A finished run: its summary, per-edit records and per-edit metric values (None before it has them)."""
-    if not (folder / "summary.json").is_file() or not (folder / "results.csv").is_file():
+    """A run of the sweep, finished or not: its config (run.yaml) and each finished edit's result.json
+    (None before it has one), so an interrupted sweep can be analysed on the edits it has."""
+    import yaml
+
+    if not (folder / "run.yaml").is_file():
         return None
-    summary = json.loads((folder / "summary.json").read_text())
-    rows = [r for r in csv.DictReader((folder / "results.csv").open()) if r["id"] != "mean"]
-    values = {key: {r["id"]: float(r[key]) for r in rows if r.get(key) not in (None, "")} for key in METRICS}
-    records = {e["id"]: e for e in summary["edits"] if "error" not in e}
-    return {"name": folder.name, "summary": summary, "records": records, "values": values,
-            "mask_key": _mask_settings(summary), "lam": summary["parameters"]["lam"]}
+    init_args = yaml.safe_load((folder / "run.yaml").read_text())["model"]["init_args"]
+    records = {}
+    for path in sorted(folder.glob("*/result.json")):
+        record = json.loads(path.read_text())
+        if "error" not in record:
+            records[record["id"]] = record
+    if not records:
+        return None
+    values = {key: {i: float(r["metrics"][key]) for i, r in records.items() if key in r.get("metrics", {})}
+              for key in METRICS}
+    return {"name": folder.name, "records": records, "values": values, "mask_key": _mask_settings(init_args),
+            "lam": float(init_args.get("lam", 0.6))}
 
 
 def estimated_masks(runs: list[dict]) -> dict[tuple[str, str], tuple[int, float]]:

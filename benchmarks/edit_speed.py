@@ -11,7 +11,10 @@ is run at the paper's settings (25 steps, CFG 7.5, inversion guidance 1, mask n 
 reverses every repeat); the table shows medians. Per-stage rows give diffusers the same VAE
 latents x0 as ours (their VAE encode is skipped), so they time the denoising loops; the 'total'
 rows run whole procedures from pixels (EditModule.edit against generate_mask + invert + __call__,
-VAE encode and decode included on both sides).
+VAE encode and decode included on both sides), twice: with the module's defaults (the reduced mask:
+n = 4 on a 10-step grid without CFG) and with the paper-literal mask and guidance settings of
+experiments/paper_literal.yaml (n = 10, the 25-step grid, CFG 7.5), each edit's ratio to DiffEdit
+printed at the end.
 
 UNet and ControlNet sample-evaluations are counted by forward hooks on the shared modules, so
 both sides are counted the same way. Torch threads are set explicitly with --threads (default 2).
@@ -31,6 +34,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
@@ -70,6 +74,20 @@ def build(tmp: Path, device: torch.device):
     return backbone, [text, pose]
 
 
+def paper_literal_settings() -> dict:
+    """The `mask` and `guidance` settings of experiments/paper_literal.yaml, as the module's config objects."""
+    import yaml
+
+    from framework.config import GuidanceConfig, MaskConfig
+
+    args = yaml.safe_load((ROOT / "experiments/paper_literal.yaml").read_text())["model"]["init_args"]
+    return {"mask": MaskConfig(**args["mask"]), "guidance": GuidanceConfig(**args["guidance"])}
+
+
+# (task suffix, label): the module's defaults and the paper-literal mask / guidance settings
+SETTINGS = (("", "default"), (":paper", "paper-literal"))
+
+
 def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) -> dict:
     from framework.data import EditRequest
     from framework.module import EditModule
@@ -82,16 +100,20 @@ def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) 
 
     module_stages: dict[str, list] = {}
     if not args.no_total:
-        # Whole edits from pixels: the engine's EditModule.edit (paper defaults) against DiffEdit's three calls.
-        module = EditModule(backbone=backbone, conditioners=conditioners, output_dir=str(tmp / "out"))
-        module.setup("fit")
+        # Whole edits from pixels: the engine's EditModule.edit (defaults, and paper-literal) against DiffEdit's
+        # three calls.
+        modules = {"": EditModule(backbone=backbone, conditioners=conditioners, output_dir=str(tmp / "out")),
+                   ":paper": EditModule(backbone=backbone, conditioners=conditioners, output_dir=str(tmp / "paper"),
+                                        **paper_literal_settings())}
+        for module in modules.values():
+            module.setup("fit")
         image = req["image"].to(device)
         maps = {"source_maps": {"pose": req["source_pose"].to(device)},
                 "edit_maps": {"pose": req["edit_pose"].to(device)}}
         nomaps = {"source_maps": {}, "edit_maps": {}}
         sp, ep = req["source_prompt"], req["edit_prompt"]
 
-        def edit(name, kw):
+        def edit(name, kw, module):
             request = EditRequest(id=f"bench{size}", image=image, source_prompt=sp, edit_prompt=ep, mask=None,
                                   seed=0, lam=None, extra={}, **kw)
 
@@ -101,13 +123,14 @@ def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) 
                 return record
             return run
 
-        tasks += [C.Task("EditModule.edit[text]", edit("EditModule.edit[text]", nomaps), "ours"),
-                  C.Task("diffedit.full", lambda: theirs.full(image, sp, ep, output_type="pt"), "diffusers"),
-                  C.Task("EditModule.edit[text+pose]", edit("EditModule.edit[text+pose]", maps), "ours")]
-        rows += [C.Row("total", "EditModule.edit, text", "EditModule.edit[text]", "diffedit.full",
-                       "DiffEdit mask+invert+call", "no: + guidance, Eq. 7 mask"),
-                 C.Row("total", "EditModule.edit, text+pose", "EditModule.edit[text+pose]", "diffedit.full",
-                       "DiffEdit mask+invert+call", "no: + guidance, mask, ControlNet")]
+        tasks.append(C.Task("diffedit.full", lambda: theirs.full(image, sp, ep, output_type="pt"), "diffusers"))
+        for suffix, label in SETTINGS:
+            for kind, kw in (("text", nomaps), ("text+pose", maps)):
+                name = f"EditModule.edit[{kind}{suffix}]"
+                tasks.append(C.Task(name, edit(name, kw, modules[suffix]), "ours"))
+                rows.append(C.Row("total", f"EditModule.edit, {kind}, {label}", name, "diffedit.full",
+                                  "DiffEdit mask+invert+call", "no: + guidance, Eq. 7 mask"
+                                  + (", ControlNet" if kind != "text" else "")))
 
     C.interleaved(tasks, args.repeats, device, unet_counter, cn_counter, log=(lambda s: None) if args.quiet else log)
     unet_counter.remove()
@@ -182,6 +205,12 @@ def print_result(res: dict, threads: int) -> str:
     for name, stages in res.get("module_stages", {}).items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in stages.items() if k != "unet_evaluations")
         text.append(f"{name} per stage (s, median): {parts}; UNet samples {stages['unet_evaluations']}")
+    totals = [r for r in res["rows"] if r.get("stage") == "total"]
+    if totals:
+        text.append(f"Whole edit / DiffEdit at {res['size']} px (paired per repeat, median; wall / cpu; UNet samples "
+                    f"ours / DiffEdit's):")
+        text += [f"  {r['variant']}: {r['ratio_paired']:.2f}x / {r['ratio_paired_cpu']:.2f}x "
+                 f"({r['ours_unet']} / {r['diffusers_unet']})" for r in totals]
     return "\n".join(text)
 
 

@@ -91,7 +91,7 @@ def _writable_folder(path: str) -> Path:
 
 
 OOM_HINT = ("Out of GPU memory. Lower it with: --model.unet_chunk_size 8 (smaller UNet batches in the mask), "
-            "--model.backbone.init_args.vae_tiling true (large images), --model.mask.seeds 5, "
+            "--model.backbone.init_args.vae_tiling true (large images), --model.mask.seeds 2, "
             "--data.resolution 512 (or less), --trainer.precision 16-mixed, or "
             "--model.mask.compare_at first (one step instead of a decode).")
 

@@ -62,5 +62,9 @@ def test_paper_settings_are_the_defaults():
     assert inspect.signature(EditModule).parameters["lam"].default == 0.6
     assert (SamplingConfig().steps, SamplingConfig().encode_ratio) == (25, 1.0)
     assert (ITOConfig().update_steps, ITOConfig().inner_steps) == (15, 1)
-    assert (MaskConfig().threshold, MaskConfig().seeds) == (0.1, 10)
+    assert MaskConfig().threshold == 0.1
+    # The mask's cost default (n = 4, a 10-step grid, no CFG) leaves the paper's n = 10 one setting away.
+    from framework.config import paper_literal_mask
+
+    assert (paper_literal_mask().seeds, paper_literal_mask().steps, paper_literal_mask().guidance_scale) == (10, None, None)
     assert (GuidanceConfig().refine_update_steps, GuidanceConfig().refine_inner_steps) == (6, 1)
