@@ -49,6 +49,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2, this machine's cores)")
     p.add_argument("--steps", type=int, default=C.STEPS)
     p.add_argument("--no-total", action="store_true", help="skip the whole-edit rows (EditModule.edit, DiffEdit)")
+    p.add_argument("--total-kinds", nargs="+", choices=["text", "text+pose"], default=["text", "text+pose"],
+                   help="edits of the whole-edit rows (text: the like-for-like one against DiffEdit)")
+    p.add_argument("--total-only", action="store_true",
+                   help="only the whole-edit rows (defaults and paper-literal against DiffEdit)")
     p.add_argument("--no-embedding", action="store_true",
                    help="skip the ControlNet-embedding rows (precomputed per request vs per UNet call)")
     p.add_argument("--embedding-only", action="store_true", help="only the ControlNet-embedding rows")
@@ -96,7 +100,7 @@ def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) 
     ours = C.OurStages(backbone, conditioners, device, args.steps)
     theirs = C.DiffusersStages(backbone, conditioners[1].controlnet, device, args.steps)
     unet_counter, cn_counter = C.EvalCounter(backbone.unet), C.EvalCounter(conditioners[1].controlnet)
-    tasks, rows = C.stage_tasks(ours, theirs, req, size, log)
+    tasks, rows = ([], []) if args.total_only else C.stage_tasks(ours, theirs, req, size, log)
 
     module_stages: dict[str, list] = {}
     if not args.no_total:
@@ -125,7 +129,7 @@ def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) 
 
         tasks.append(C.Task("diffedit.full", lambda: theirs.full(image, sp, ep, output_type="pt"), "diffusers"))
         for suffix, label in SETTINGS:
-            for kind, kw in (("text", nomaps), ("text+pose", maps)):
+            for kind, kw in ((k, kw) for k, kw in (("text", nomaps), ("text+pose", maps)) if k in args.total_kinds):
                 name = f"EditModule.edit[{kind}{suffix}]"
                 tasks.append(C.Task(name, edit(name, kw, modules[suffix]), "ours"))
                 rows.append(C.Row("total", f"EditModule.edit, {kind}, {label}", name, "diffedit.full",
@@ -136,7 +140,8 @@ def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) 
     unet_counter.remove()
     cn_counter.remove()
     by = {t.name: t for t in tasks}
-    result = {"size": size, "rows": [C.row_dict(r, by) for r in rows], "ito_overhead_pct": C.ito_overhead(by)}
+    result = {"size": size, "rows": [C.row_dict(r, by) for r in rows],
+              "ito_overhead_pct": None if args.total_only else C.ito_overhead(by)}
     if module_stages:
         stages = {}
         for name, records in module_stages.items():
@@ -198,10 +203,11 @@ def print_result(res: dict, threads: int) -> str:
     text = [C.format_table(res["rows"], f"\n== {res['size']} px, CPU, {threads} torch threads, median of runs; "
                                        f"ratio = ours s / diffusers s (wall; cpu: process CPU time) ==", cpu=True)]
     o = res["ito_overhead_pct"]
-    text.append("ITO overhead (final decode, t_u=15 vs t_u=0, same UNet evaluations), wall / cpu: "
-                f"text {o['text']:+.1f} % / {o['text cpu']:+.1f} %, text+pose {o['text+pose']:+.1f} % / "
-                f"{o['text+pose cpu']:+.1f} %; the optimiser steps alone: {o['alone']:.1f} % / {o['alone cpu']:.1f} % "
-                f"of the text+pose decode")
+    if o:
+        text.append("ITO overhead (final decode, t_u=15 vs t_u=0, same UNet evaluations), wall / cpu: "
+                    f"text {o['text']:+.1f} % / {o['text cpu']:+.1f} %, text+pose {o['text+pose']:+.1f} % / "
+                    f"{o['text+pose cpu']:+.1f} %; the optimiser steps alone: {o['alone']:.1f} % / "
+                    f"{o['alone cpu']:.1f} % of the text+pose decode")
     for name, stages in res.get("module_stages", {}).items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in stages.items() if k != "unet_evaluations")
         text.append(f"{name} per stage (s, median): {parts}; UNet samples {stages['unet_evaluations']}")

@@ -69,7 +69,7 @@ class MaskConfig:
     UNet samples: Eq. 7 compares the two conditional noise estimates, which CFG only amplifies."""
     steps: Optional[int] = 10
     """Cost: DDIM steps of the mask's own, coarser schedule (it decodes strength x steps of them: 5 of 10);
-    None = sampling.steps (the paper's 25: 12 decode steps)."""
+    None, or more than sampling.steps = sampling.steps' grid (the paper's 25: 12 decode steps)."""
     resolution: float = 1.0
     """Cost: estimate the mask on the input resized by this factor (0 < r <= 1; the map is then
     upsampled to the latent grid); 1 = full resolution."""

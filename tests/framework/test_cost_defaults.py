@@ -54,3 +54,13 @@ def test_paper_literal_yaml_holds_the_paper_mask_and_guidance():
     # the defaults differ from it in the mask only
     assert {k for k, v in asdict(MaskConfig()).items() if v != asdict(paper_literal_mask())[k]} == {
         "seeds", "steps", "guidance_scale"}
+
+
+def test_the_mask_grid_is_never_finer_than_the_edits(backbone):
+    from framework.ddim import Schedule
+    from framework.masks import mask_schedule
+
+    six = Schedule.from_scheduler(backbone.scheduler, 6)
+    assert mask_schedule(six, backbone.scheduler, MaskConfig()) is six  # default 10 steps > 6: the edit's grid
+    coarse = mask_schedule(Schedule.from_scheduler(backbone.scheduler, 25), backbone.scheduler, MaskConfig())
+    assert len(coarse.timesteps) == 10 and coarse.encode_level(0.5) == 5  # 5 decode steps from strength 0.5
