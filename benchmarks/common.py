@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from conditioners.base import ConditionSide  # noqa: E402
-from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig  # noqa: E402
+from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, paper_literal_mask  # noqa: E402
 from framework.data import EditRequest  # noqa: E402
 from framework.denoiser import Conditioning  # noqa: E402
 from framework.engine import EditEngine, EditState, Sides  # noqa: E402
@@ -41,8 +41,8 @@ T_U = 15
 K = 1
 MASK_SEEDS = 10
 MASK_STRENGTH = 0.5
-PAPER_MASK = MaskConfig()  # Eq. 7: decode to the last step, min-max, tau 0.1, sigma 1
-DIFFEDIT_MASK = MaskConfig(compare_at="first", normalize="mean_ratio", threshold=0.5)  # README's DiffEdit variant
+PAPER_MASK = paper_literal_mask()  # Eq. 7 unreduced: n 10, full grid, CFG; last step, min-max, tau 0.1, sigma 1
+DIFFEDIT_MASK = paper_literal_mask(compare_at="first", normalize="mean_ratio", threshold=0.5)  # README's DiffEdit variant
 
 
 # ------------------------------------------------------------------------------------ counting

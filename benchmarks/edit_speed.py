@@ -11,7 +11,10 @@ is run at the paper's settings (25 steps, CFG 7.5, inversion guidance 1, mask n 
 reverses every repeat); the table shows medians. Per-stage rows give diffusers the same VAE
 latents x0 as ours (their VAE encode is skipped), so they time the denoising loops; the 'total'
 rows run whole procedures from pixels (EditModule.edit against generate_mask + invert + __call__,
-VAE encode and decode included on both sides).
+VAE encode and decode included on both sides), twice: with the module's defaults (the reduced mask:
+n = 4 on a 10-step grid without CFG) and with the paper-literal mask and guidance settings of
+experiments/paper_literal.yaml (n = 10, the 25-step grid, CFG 7.5), each edit's ratio to DiffEdit
+printed at the end.
 
 UNet and ControlNet sample-evaluations are counted by forward hooks on the shared modules, so
 both sides are counted the same way. Torch threads are set explicitly with --threads (default 2).
@@ -31,6 +34,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
@@ -45,6 +49,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2, this machine's cores)")
     p.add_argument("--steps", type=int, default=C.STEPS)
     p.add_argument("--no-total", action="store_true", help="skip the whole-edit rows (EditModule.edit, DiffEdit)")
+    p.add_argument("--total-kinds", nargs="+", choices=["text", "text+pose"], default=["text", "text+pose"],
+                   help="edits of the whole-edit rows (text: the like-for-like one against DiffEdit)")
+    p.add_argument("--total-only", action="store_true",
+                   help="only the whole-edit rows (defaults and paper-literal against DiffEdit)")
     p.add_argument("--no-embedding", action="store_true",
                    help="skip the ControlNet-embedding rows (precomputed per request vs per UNet call)")
     p.add_argument("--embedding-only", action="store_true", help="only the ControlNet-embedding rows")
@@ -70,6 +78,20 @@ def build(tmp: Path, device: torch.device):
     return backbone, [text, pose]
 
 
+def paper_literal_settings() -> dict:
+    """The `mask` and `guidance` settings of experiments/paper_literal.yaml, as the module's config objects."""
+    import yaml
+
+    from framework.config import GuidanceConfig, MaskConfig
+
+    args = yaml.safe_load((ROOT / "experiments/paper_literal.yaml").read_text())["model"]["init_args"]
+    return {"mask": MaskConfig(**args["mask"]), "guidance": GuidanceConfig(**args["guidance"])}
+
+
+# (task suffix, label): the module's defaults and the paper-literal mask / guidance settings
+SETTINGS = (("", "default"), (":paper", "paper-literal"))
+
+
 def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) -> dict:
     from framework.data import EditRequest
     from framework.module import EditModule
@@ -78,20 +100,24 @@ def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) 
     ours = C.OurStages(backbone, conditioners, device, args.steps)
     theirs = C.DiffusersStages(backbone, conditioners[1].controlnet, device, args.steps)
     unet_counter, cn_counter = C.EvalCounter(backbone.unet), C.EvalCounter(conditioners[1].controlnet)
-    tasks, rows = C.stage_tasks(ours, theirs, req, size, log)
+    tasks, rows = ([], []) if args.total_only else C.stage_tasks(ours, theirs, req, size, log)
 
     module_stages: dict[str, list] = {}
     if not args.no_total:
-        # Whole edits from pixels: the engine's EditModule.edit (paper defaults) against DiffEdit's three calls.
-        module = EditModule(backbone=backbone, conditioners=conditioners, output_dir=str(tmp / "out"))
-        module.setup("fit")
+        # Whole edits from pixels: the engine's EditModule.edit (defaults, and paper-literal) against DiffEdit's
+        # three calls.
+        modules = {"": EditModule(backbone=backbone, conditioners=conditioners, output_dir=str(tmp / "out")),
+                   ":paper": EditModule(backbone=backbone, conditioners=conditioners, output_dir=str(tmp / "paper"),
+                                        **paper_literal_settings())}
+        for module in modules.values():
+            module.setup("fit")
         image = req["image"].to(device)
         maps = {"source_maps": {"pose": req["source_pose"].to(device)},
                 "edit_maps": {"pose": req["edit_pose"].to(device)}}
         nomaps = {"source_maps": {}, "edit_maps": {}}
         sp, ep = req["source_prompt"], req["edit_prompt"]
 
-        def edit(name, kw):
+        def edit(name, kw, module):
             request = EditRequest(id=f"bench{size}", image=image, source_prompt=sp, edit_prompt=ep, mask=None,
                                   seed=0, lam=None, extra={}, **kw)
 
@@ -101,19 +127,21 @@ def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) 
                 return record
             return run
 
-        tasks += [C.Task("EditModule.edit[text]", edit("EditModule.edit[text]", nomaps), "ours"),
-                  C.Task("diffedit.full", lambda: theirs.full(image, sp, ep, output_type="pt"), "diffusers"),
-                  C.Task("EditModule.edit[text+pose]", edit("EditModule.edit[text+pose]", maps), "ours")]
-        rows += [C.Row("total", "EditModule.edit, text", "EditModule.edit[text]", "diffedit.full",
-                       "DiffEdit mask+invert+call", "no: + guidance, Eq. 7 mask"),
-                 C.Row("total", "EditModule.edit, text+pose", "EditModule.edit[text+pose]", "diffedit.full",
-                       "DiffEdit mask+invert+call", "no: + guidance, mask, ControlNet")]
+        tasks.append(C.Task("diffedit.full", lambda: theirs.full(image, sp, ep, output_type="pt"), "diffusers"))
+        for suffix, label in SETTINGS:
+            for kind, kw in ((k, kw) for k, kw in (("text", nomaps), ("text+pose", maps)) if k in args.total_kinds):
+                name = f"EditModule.edit[{kind}{suffix}]"
+                tasks.append(C.Task(name, edit(name, kw, modules[suffix]), "ours"))
+                rows.append(C.Row("total", f"EditModule.edit, {kind}, {label}", name, "diffedit.full",
+                                  "DiffEdit mask+invert+call", "no: + guidance, Eq. 7 mask"
+                                  + (", ControlNet" if kind != "text" else "")))
 
     C.interleaved(tasks, args.repeats, device, unet_counter, cn_counter, log=(lambda s: None) if args.quiet else log)
     unet_counter.remove()
     cn_counter.remove()
     by = {t.name: t for t in tasks}
-    result = {"size": size, "rows": [C.row_dict(r, by) for r in rows], "ito_overhead_pct": C.ito_overhead(by)}
+    result = {"size": size, "rows": [C.row_dict(r, by) for r in rows],
+              "ito_overhead_pct": None if args.total_only else C.ito_overhead(by)}
     if module_stages:
         stages = {}
         for name, records in module_stages.items():
@@ -175,13 +203,20 @@ def print_result(res: dict, threads: int) -> str:
     text = [C.format_table(res["rows"], f"\n== {res['size']} px, CPU, {threads} torch threads, median of runs; "
                                        f"ratio = ours s / diffusers s (wall; cpu: process CPU time) ==", cpu=True)]
     o = res["ito_overhead_pct"]
-    text.append("ITO overhead (final decode, t_u=15 vs t_u=0, same UNet evaluations), wall / cpu: "
-                f"text {o['text']:+.1f} % / {o['text cpu']:+.1f} %, text+pose {o['text+pose']:+.1f} % / "
-                f"{o['text+pose cpu']:+.1f} %; the optimiser steps alone: {o['alone']:.1f} % / {o['alone cpu']:.1f} % "
-                f"of the text+pose decode")
+    if o:
+        text.append("ITO overhead (final decode, t_u=15 vs t_u=0, same UNet evaluations), wall / cpu: "
+                    f"text {o['text']:+.1f} % / {o['text cpu']:+.1f} %, text+pose {o['text+pose']:+.1f} % / "
+                    f"{o['text+pose cpu']:+.1f} %; the optimiser steps alone: {o['alone']:.1f} % / "
+                    f"{o['alone cpu']:.1f} % of the text+pose decode")
     for name, stages in res.get("module_stages", {}).items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in stages.items() if k != "unet_evaluations")
         text.append(f"{name} per stage (s, median): {parts}; UNet samples {stages['unet_evaluations']}")
+    totals = [r for r in res["rows"] if r.get("stage") == "total"]
+    if totals:
+        text.append(f"Whole edit / DiffEdit at {res['size']} px (paired per repeat, median; wall / cpu; UNet samples "
+                    f"ours / DiffEdit's):")
+        text += [f"  {r['variant']}: {r['ratio_paired']:.2f}x / {r['ratio_paired_cpu']:.2f}x "
+                 f"({r['ours_unet']} / {r['diffusers_unet']})" for r in totals]
     return "\n".join(text)
 
 

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from framework.config import MaskConfig  # noqa: E402
+from framework.config import MaskConfig, paper_literal_mask  # noqa: E402
 from framework.masks import mask_image_size, mask_iou  # noqa: E402
 
 DEFAULT_VARIANTS = ["seeds=5", "seeds=3", "steps=10", "steps=6", "resolution=0.5", "early_stop_iou=0.9",
@@ -103,7 +103,7 @@ def build_module(args, device):
     conditioners = [ControlNetConditioner(*spec.split("=", 1)) for spec in controlnets]
     t_u = min(15, args.steps)  # ITO and guidance are not run here; only checked against the steps
     module = EditModule(StableDiffusion(args.pretrained), conditioners, sampling=SamplingConfig(steps=args.steps),
-                        mask=MaskConfig(seeds=args.seeds, threshold=args.threshold), ito=ITOConfig(update_steps=t_u),
+                        mask=paper_literal_mask(seeds=args.seeds, threshold=args.threshold), ito=ITOConfig(update_steps=t_u),
                         guidance=GuidanceConfig(update_steps=t_u), output_dir=tempfile.mkdtemp(prefix="masks-"))
     module.setup("fit")
     return module.to(device)

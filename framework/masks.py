@@ -92,8 +92,8 @@ def seed_groups(cfg: MaskConfig) -> list[slice]:
 
 
 def mask_schedule(schedule: Schedule, scheduler, cfg: MaskConfig) -> Schedule:
-    """The mask's DDIM grid: the edit's, or a coarser one of `cfg.steps` steps."""
-    if cfg.steps is None or cfg.steps == len(schedule.timesteps):
+    """The mask's DDIM grid: the edit's, or a coarser one of `cfg.steps` steps (never a finer one)."""
+    if cfg.steps is None or cfg.steps >= len(schedule.timesteps):
         return schedule
     return Schedule.from_scheduler(scheduler, cfg.steps)
 

@@ -41,7 +41,7 @@ __all__ = ["EditModule", "EditState", "NonFiniteLatents", "Sides"]
 
 
 OOM_HINT = ("Out of GPU memory. Lower it with: --model.unet_chunk_size 8 (smaller UNet batches in the mask), "
-            "--model.backbone.init_args.vae_tiling true (large images), --model.mask.seeds 5, "
+            "--model.backbone.init_args.vae_tiling true (large images), --model.mask.seeds 2, "
             "--data.resolution 512 (or less), --trainer.precision 16-mixed, or "
             "--model.mask.compare_at first (one step instead of a decode).")
 

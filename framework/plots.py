@@ -242,6 +242,41 @@ def plot_metric(rows: list[EditRow], x: str, metric: str, path: str | Path,
     return info
 
 
+@dataclass
+class IntervalPoint:
+    """One run of a cost-quality plot: x (its cost), y (a metric's mean) and the interval [low, high] of y."""
+
+    label: str
+    x: float
+    y: float
+    low: float
+    high: float
+    highlight: bool = False  # drawn filled (e.g. the chosen setting and the reference)
+
+
+def plot_intervals(points: Sequence[IntervalPoint], title: str, x_name: str, y_name: str,
+                   path: str | Path) -> PlotInfo:
+    """Each point as a square with a vertical interval bar and its label: e.g. a metric's mean and bootstrap
+    interval against the UNet evaluations of each run of a cost sweep."""
+    if not points:
+        raise EditError(f"no point to plot for '{y_name}'.")
+    canvas = _Canvas([p.x for p in points], [v for p in points for v in (p.low, p.high)], title, x_name, y_name)
+    info = PlotInfo(Path(path))
+    for n, p in enumerate(points):
+        colour = PALETTE[n % len(PALETTE)]
+        (cx, cy), top, bottom = canvas.px(p.x, p.y), canvas.px(p.x, p.high)[1], canvas.px(p.x, p.low)[1]
+        canvas.draw.line([(cx, top), (cx, bottom)], fill=colour, width=2)
+        for end in (top, bottom):
+            canvas.draw.line([(cx - 4, end), (cx + 4, end)], fill=colour, width=2)
+        canvas.draw.rectangle([cx - 4, cy - 4, cx + 4, cy + 4], outline=colour, width=2,
+                              fill=colour if p.highlight else "white")
+        canvas.draw.text((cx + 7, cy), p.label[:18], fill=colour, anchor="lm")
+        info.points.append((cx, cy))
+    info.path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.image.save(info.path, format="PNG")
+    return info
+
+
 def varying_axes(rows: list[EditRow], axes: Sequence[str] = tuple(AXES)) -> list[str]:
     """The axes with at least two distinct values among the rows."""
     return [a for a in axes if len({r.params[a] for r in rows if a in r.params}) > 1]

@@ -65,7 +65,11 @@ def test_paper_settings_are_the_defaults():
     assert inspect.signature(EditModule).parameters["lam"].default == 0.6
     assert (SamplingConfig().steps, SamplingConfig().encode_ratio) == (25, 1.0)
     assert (ITOConfig().update_steps, ITOConfig().inner_steps) == (15, 1)
-    assert (MaskConfig().threshold, MaskConfig().seeds) == (0.1, 10)
+    assert MaskConfig().threshold == 0.1
+    # The mask's cost default (n = 4, a 10-step grid, no CFG) leaves the paper's n = 10 one setting away.
+    from framework.config import paper_literal_mask
+
+    assert (paper_literal_mask().seeds, paper_literal_mask().steps, paper_literal_mask().guidance_scale) == (10, None, None)
     assert (GuidanceConfig().refine_update_steps, GuidanceConfig().refine_inner_steps) == (6, 1)
 
 
@@ -78,9 +82,11 @@ def test_overlay_applies_on_top_of_the_quickstart(path, tmp_path, tiny_dirs, mon
     main(["fit", "--config", str(base), "--config", str(path), *SMALL])
     parameters = json.loads((tmp_path / "edits" / "summary.json").read_text())["parameters"]
     overlay = yaml.safe_load(path.read_text())["model"]["init_args"]
+    small = {tuple(SMALL[i][len("--model."):].split(".")) for i in range(0, len(SMALL), 2)}
     for group in ("ito", "guidance", "mask", "sampling"):
         for key, value in (overlay.get(group) or {}).items():
-            assert parameters[group][key] == value, (group, key)
+            if (group, key) not in small:  # the test's own speed-ups come last and win
+                assert parameters[group][key] == value, (group, key)
     for loss, shipped in zip(parameters["losses"], overlay.get("losses") or []):
         assert loss["class"].endswith(shipped["class_path"].rsplit(".", 1)[-1])
         assert all(loss[k] == v for k, v in shipped.get("init_args", {}).items())

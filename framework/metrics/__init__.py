@@ -12,7 +12,8 @@ Weights are read from LOCAL files only, safetensors unless `allow_pickle` is set
 Modules: `base` (the plugin bases and shared helpers), `pixel` (L1, ground-truth L1),
 `distribution` (Inception features, FID, CSFID), `classification` (accuracy as new / original
 class), `preference` (PickScore), `piebench` (PIE-Bench's structure distance, background
-preservation, CLIP similarity). Every public name is importable from `framework.metrics`.
+preservation, CLIP similarity), `region` (the edit mask against the true region), `bootstrap` (intervals
+of means and paired differences over edits). Every public name is importable from `framework.metrics`.
 """
 
 from framework.metrics.base import (
@@ -27,6 +28,7 @@ from framework.metrics.base import (
                                     read_state_dict,
                                     resize_centre_crop,
 )
+from framework.metrics.bootstrap import bootstrap_ci, bootstrap_means, paired_difference_ci
 from framework.metrics.classification import ClassifierAccuracy, read_class_names
 from framework.metrics.distribution import (
                                     CSFID,
@@ -49,12 +51,14 @@ from framework.metrics.piebench import (
 )
 from framework.metrics.pixel import GroundTruthL1, GuidanceL1, L1Distance, load_like
 from framework.metrics.preference import PickScore, pick_probability, resolve_processor
+from framework.metrics.region import MaskRegionAccuracy, region_scores
 
 __all__ = [
     "BackgroundLPIPS", "BackgroundPreservation", "CLIPSimilarity", "StructureDistance", "self_similarity",
-    "with_frame",
-    "CSFID", "FID", "IMAGE_SUFFIXES", "ClassifierAccuracy", "EditMetric", "FeatureExtractor", "GroundTruthL1", "GuidanceL1",
-    "InceptionFeatures", "L1Distance", "MetricError", "PickScore", "build_class_statistics", "class_label",
+    "with_frame", "CSFID", "FID", "IMAGE_SUFFIXES", "ClassifierAccuracy", "EditMetric", "FeatureExtractor",
+    "GroundTruthL1", "GuidanceL1", "InceptionFeatures", "L1Distance", "MaskRegionAccuracy", "MetricError",
+    "PickScore", "bootstrap_ci", "bootstrap_means", "build_class_statistics", "class_label", "paired_difference_ci",
+    "region_scores",
     "diagonal_frechet_distance", "frechet_distance", "gaussian_stats", "image_features", "load_class_statistics",
     "load_like", "load_weights", "meta_of", "pick_probability", "read_class_names", "read_state_dict",
     "resize_centre_crop", "resolve_processor", "save_class_statistics",

@@ -19,9 +19,9 @@ def script():
 
 
 def test_variant_parsing(script):
-    from framework.config import MaskConfig
+    from framework.config import MaskConfig, paper_literal_mask
 
-    name, cfg = script.parse_variant("seeds=4,resolution=0.5,early_stop_iou=null", MaskConfig())
+    name, cfg = script.parse_variant("seeds=4,resolution=0.5,early_stop_iou=null", paper_literal_mask())
     assert name == "seeds=4,resolution=0.5,early_stop_iou=null"
     assert (cfg.seeds, cfg.resolution, cfg.early_stop_iou, cfg.steps) == (4, 0.5, None, None)
     with pytest.raises(SystemExit, match="unknown MaskConfig field"):

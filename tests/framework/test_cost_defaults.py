@@ -1,0 +1,66 @@
+"""The cost default pinned in UNet sample-evaluations per stage, and the paper's procedure one setting away."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import yaml
+
+from framework.config import PAPER_MASK, GuidanceConfig, MaskConfig, paper_literal_mask
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def text_request():
+    from framework.data import load_manifest, load_request
+
+    specs = load_manifest(ROOT / "experiments/examples/manifest.yaml")
+    return load_request(next(s for s in specs if s.id == "text_000"), 64)
+
+
+def _counts(tiny_dirs, tmp_path, request, **settings) -> dict[str, int]:
+    from framework.models import StableDiffusion
+    from framework.module import EditModule
+
+    module = EditModule(StableDiffusion(str(tiny_dirs["sd"])), output_dir=str(tmp_path), **settings)
+    module.setup("fit")
+    return module.edit(request).record["unet_evaluations"]
+
+
+def test_default_text_edit_costs_190_unet_samples(tiny_dirs, tmp_path, text_request):
+    # inversion: 25 steps, conditional only; mask: 5 decode steps (strength 0.5 of the 10-step grid) x
+    # 4 seeds x 2 conditions, no CFG; guidance: 25 decode steps x 2 CFG halves + its 25-step inversion;
+    # final: 25 steps x 2 halves. 190 <= 250 = 2.5x DiffEdit's 115.
+    counts = _counts(tiny_dirs, tmp_path, text_request)
+    assert counts == {"inversion": 25, "mask": 5 * 4 * 2, "guidance": 25 * 2 + 25, "final": 25 * 2}
+    assert sum(counts.values()) == 190
+
+
+def test_paper_literal_text_edit_costs_630_unet_samples(tiny_dirs, tmp_path, text_request):
+    # mask: 12 decode steps (strength 0.5 of 25) x 10 seeds x 2 conditions x 2 CFG halves.
+    counts = _counts(tiny_dirs, tmp_path, text_request, mask=paper_literal_mask())
+    assert counts == {"inversion": 25, "mask": 12 * 10 * 2 * 2, "guidance": 75, "final": 50}
+
+
+def test_paper_literal_yaml_holds_the_paper_mask_and_guidance():
+    args = yaml.safe_load((ROOT / "experiments/paper_literal.yaml").read_text())["model"]["init_args"]
+    assert asdict(MaskConfig(**args["mask"])) == asdict(paper_literal_mask())
+    assert {k: args["mask"][k] for k in PAPER_MASK} == PAPER_MASK
+    guidance = GuidanceConfig(**args["guidance"])
+    assert (guidance.encode_ratio, guidance.update_steps, guidance.inner_steps) == (None, 15, 1)
+    # the defaults differ from it in the mask only
+    assert {k for k, v in asdict(MaskConfig()).items() if v != asdict(paper_literal_mask())[k]} == {
+        "seeds", "steps", "guidance_scale"}
+
+
+def test_the_mask_grid_is_never_finer_than_the_edits(backbone):
+    from framework.ddim import Schedule
+    from framework.masks import mask_schedule
+
+    six = Schedule.from_scheduler(backbone.scheduler, 6)
+    assert mask_schedule(six, backbone.scheduler, MaskConfig()) is six  # default 10 steps > 6: the edit's grid
+    coarse = mask_schedule(Schedule.from_scheduler(backbone.scheduler, 25), backbone.scheduler, MaskConfig())
+    assert len(coarse.timesteps) == 10 and coarse.encode_level(0.5) == 5  # 5 decode steps from strength 0.5
