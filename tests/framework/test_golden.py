@@ -18,10 +18,11 @@ from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConf
 from framework.data import load_manifest, load_request
 from framework.models import StableDiffusion
 
-FAST = dict(sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2),
-            ito=ITOConfig(update_steps=4, first_step="optimize"), guidance=GuidanceConfig(update_steps=4))
+FAST = dict(sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2, steps=None, guidance_scale=None),
+            ito=ITOConfig(update_steps=4, first_step="optimize", balance="none"), guidance=GuidanceConfig(update_steps=4))
 """The settings the golden values were recorded with: the paper's procedure as printed (the ITO from the first
-step; the losses of `_literal_losses`), so later changes of the defaults do not move them."""
+step, the losses of `_literal_losses`, the mask on the full grid with CFG), so later changes of the defaults
+do not move them."""
 
 
 def _literal_losses():
@@ -39,9 +40,10 @@ def _cases():
         "method": ("framework.module.EditModule", dict(FAST, lam=0.6)),
         "lam1": ("framework.module.EditModule", dict(FAST, lam=1.0)),
         "refine_prompts": ("framework.module.EditModule", dict(FAST, lam=0.4, guidance=refine, sampling=prompts,
-                                                               mask=MaskConfig(seeds=2, resolution=0.5))),
+                                                               mask=MaskConfig(seeds=2, resolution=0.5, steps=None,
+                                                                                     guidance_scale=None))),
         "diffedit": ("framework.baselines.DiffEdit", dict(FAST, mask=MaskConfig(
-            seeds=2, compare_at="first", normalize="mean_ratio", threshold=0.2))),
+            seeds=2, compare_at="first", normalize="mean_ratio", threshold=0.2, steps=None, guidance_scale=None))),
         "diffedit_diffusers": ("framework.baselines.DiffEdit", dict(FAST, alignment="diffusers",
                                                                      sampling=SamplingConfig(steps=6, encode_ratio=0.7))),
         "sdedit": ("framework.baselines.SDEdit", dict(FAST, sampling=SamplingConfig(steps=6, encode_ratio=0.5))),
