@@ -135,7 +135,7 @@ class DiffusionTraining(TrainingStage):
                  warmup_steps: int = 100, total_steps: int = 4000, text_lr_scale: float = 1.0,
                  ema_decay: float = 0.995, object_weight: float = 1.0, snr_gamma: float | None = None,
                  export_dir: str = "outputs/toymodel", export_every: int = 500, init_from: str | None = None,
-                 trained_nets: tuple[str, ...] | None = None, seed: int = 0):
+                 trained_nets: tuple[str, ...] | None = None, seed: int = 0, schedule_seconds: float | None = None):
         """
         Args:
             vae: Folder of the stage-1 VAE (normalised latents, `scaling_factor` 1).
@@ -169,6 +169,8 @@ class DiffusionTraining(TrainingStage):
                 (None: all). The others are frozen, so a fine-tune of one ControlNet on an `init_from`
                 model leaves the text-to-image model and the other ControlNets bit-identical.
             seed: Weight initialisation seed.
+            schedule_seconds: Run the warm-up/cosine schedule on the clock: over this many seconds of
+                training, then stop (None: over `total_steps` steps). See `TrainingStage`.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -243,6 +245,7 @@ class DiffusionTraining(TrainingStage):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         h = self.hparams
+        batch = self.full_batch(batch)
         stats = self._pool_latents()[batch["index"].to(self.device)]
         latents = stats[:, 0] + stats[:, 1] * torch.randn_like(stats[:, 0])
         b = len(latents)
