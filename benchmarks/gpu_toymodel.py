@@ -118,12 +118,24 @@ class StepCost:
                     cost._stop_counting()
 
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if cost._modes is not None:  # no optimiser step in this batch
+                    cost._stop_counting()
                 cost.times.append(time.perf_counter())
                 cost.cpu_times.append(time.process_time() - cost._cpu)
 
         return _Callback()
 
     def _start_counting(self):
+        self._modes = []
+        try:
+            self._enter_modes()
+        except Exception as err:  # noqa: BLE001 - a measurement must not end a training run
+            print(f"step cost: not counted ({type(err).__name__}: {err})")
+            for mode in reversed(self._modes):
+                mode.__exit__(None, None, None)
+            self._modes = None
+
+    def _enter_modes(self):
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -131,13 +143,13 @@ class StepCost:
 
         class _Ops(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                cost.ops += not func.is_view
+                cost.ops += not getattr(func, "is_view", False)
                 return func(*args, **(kwargs or {}))
 
         self.ops = 0
-        self._modes = (FlopCounterMode(display=False), _Ops())
-        for mode in self._modes:
+        for mode in (FlopCounterMode(display=False), _Ops()):
             mode.__enter__()
+            self._modes.append(mode)
 
     def _stop_counting(self):
         for mode in reversed(self._modes):
@@ -307,7 +319,7 @@ def train(work: Path, out: Path, dry_run: bool, minutes: float, serial: bool) ->
         if stage == "diffusion" and not dry_run:
             setup = 30  # pool read, latents of the pool, CLI and model start-up, the last export
             seconds = max(30.0, min(seconds, deadline - log.elapsed() - setup))
-        cost = StepCost()
+        cost = StepCost(count_step=1, warmup=2) if dry_run else StepCost(count_step=20, warmup=30)
         log(f"{stage}: start, schedule {seconds:.0f} s")
         began = time.perf_counter()
         try:

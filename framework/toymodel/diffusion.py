@@ -205,14 +205,19 @@ class DiffusionTraining(TrainingStage):
 
     @torch.no_grad()
     def _pool_latents(self) -> torch.Tensor:
-        """Posterior mean and std of every pool image, encoded once: (n, 2, 4, h, w)."""
+        """Posterior mean and std of every pool image, encoded once: (n, 2, 4, h, w), float32.
+
+        Outside autocast: under bf16-mixed the latents, and the noise drawn like them, would otherwise
+        be bf16 (3 significant digits) for the whole run.
+        """
         if self._latents is None:
             pool = self.trainer.datamodule.pool
             chunks = []
-            for i in range(0, len(pool), 256):
-                x = images_to_tensor(pool.images[i:i + 256], signed=True)
-                dist = self.vae.encode(x.to(self.device)).latent_dist
-                chunks.append(torch.stack([dist.mean, dist.std], 1))
+            with torch.autocast(self.device.type, enabled=False):
+                for i in range(0, len(pool), 256):
+                    x = images_to_tensor(pool.images[i:i + 256], signed=True)
+                    dist = self.vae.encode(x.to(self.device)).latent_dist
+                    chunks.append(torch.stack([dist.mean, dist.std], 1).float())
             self._latents = torch.cat(chunks)
         return self._latents
 
