@@ -214,7 +214,7 @@ def full_size_bytes() -> dict[str, int]:
     tokenizer = build_tokenizer(TOY_WORDS, d.get("max_length", 32))
     text = build_text_encoder(len(tokenizer), tokenizer, d["text_hidden"], d["text_layers"], d.get("max_length", 32))
     unet = build_unet(d["unet_channels"], d.get("layers_per_block", 1), d["text_hidden"], d.get("attention_head_dim", 8),
-                      v.get("size", 64) // scale)
+                      v.get("size", 64) // scale, d.get("unet_attention"))
     controlnet = build_controlnet(unet, scale)
     sizes = {"sd": size(vae, text), "unet": size(unet), "classifier": size(ToyClassifier(c["width"], c["crop"]))}
     sizes.update({f"controlnet-{m}": size(controlnet) for m in d["modalities"]})

@@ -1,7 +1,7 @@
 """Quality gates of the toy model: each measured value printed against its gate.
 
     python benchmarks/toyworld_gates.py [--model framework/assets/toyworld] [--classifier ...] [--quick]
-        [--diagnose-shape] [--guidance 5] [--controlnet-scale 1]
+        [--diagnose-shape] [--guidance 5] [--controlnet-scale 1] [--no-edits]
     python benchmarks/toyworld_gates.py --quickstart    # only the quickstart's gates (about 20 s)
 
 All scenes are held out (seeds below one million; training uses seeds from one million on).
