@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,8 +302,10 @@ def train(work: Path, out: Path, dry_run: bool, minutes: float, serial: bool) ->
         timings["full_size_bytes"] = sizes
         log("full-size weights (fp32): " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items())
             + f"; bundle {sum(sizes.values()) / 1e6:.1f} MB")
-        for problem in check_sizes(sizes):
+        problems = check_sizes(sizes)
+        for problem in problems:
             log(f"SIZE: {problem}")
+        if problems:
             return 1
     failed = []
     child = None
@@ -326,7 +329,7 @@ def train(work: Path, out: Path, dry_run: bool, minutes: float, serial: bool) ->
             run_stage(stage_args(stage, work, dry_run, seconds), cost)
         except Exception as err:  # noqa: BLE001 - record, pack what exists, report at the end
             failed.append(stage)
-            log(f"{stage}: FAILED: {type(err).__name__}: {err}")
+            log(f"{stage}: FAILED: {type(err).__name__}: {err}\n{traceback.format_exc()}")
         summary = {**cost.summary(), "seconds": time.perf_counter() - began, "schedule_seconds": seconds}
         timings["stages"][stage] = summary
         log(f"{stage}: done in {summary['seconds']:.0f} s, {summary['steps']} steps, "
@@ -342,7 +345,7 @@ def train(work: Path, out: Path, dry_run: bool, minutes: float, serial: bool) ->
             fit(classifier)
         except (Exception, SystemExit) as err:  # noqa: BLE001
             failed.append("classifier")
-            log(f"classifier: FAILED: {err}")
+            log(f"classifier: FAILED: {err}\n{traceback.format_exc()}")
     else:
         try:
             code = child.wait(timeout=max(5.0, minutes * 60 - log.elapsed() - 15))

@@ -104,3 +104,17 @@ def test_device_pool_batches_equal_the_dataset_items(tmp_path, monkeypatch):
     for key, value in gathered.items():
         assert torch.equal(value, items[key]), key
     assert PoolDataset(pool, index_only=True)[2] == {"index": 2, "caption": pool.captions[2]}
+
+
+def test_a_failed_stage_is_reported_and_what_exists_is_still_packed(script, tmp_path, monkeypatch):
+    def broken(args, cost=None):
+        raise RuntimeError("no VAE today")
+
+    monkeypatch.setattr(script, "run_stage", broken)
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert script.main(["--dry-run", "--out", str(out), "--work", str(work)]) == 1
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["failed"] == ["vae"] and "diffusion" not in timings["stages"]  # it needs the VAE
+    assert sorted(p.name for p in out.glob("*.tar")) == ["classifier.tar", "logs.tar"]  # the classifier still ran
+    log = (work / "logs" / "log.txt").read_text()
+    assert "vae: FAILED: RuntimeError: no VAE today" in log and "Traceback" in log
