@@ -91,10 +91,10 @@ def gates(m: dict) -> list[tuple[str, float, str, bool]]:
     if "two_object_named" in m:
         n = m["two_object_n"]
         rows += [
-            (f"Two-object text edits ({n}): the named object takes the new class (%, +-"
+            (f"Two-object text edits ({n}): named object takes the new class (%, +-"
              f"{binomial_se(m['two_object_named'], n):.1f})", 100 * m["two_object_named"], ">= 50",
              m["two_object_named"] >= 0.5),
-            (f"Two-object text edits: the other objects keep their class (%; both: "
+            (f"Two-object text edits: the others keep their class (%; both: "
              f"{100 * m['two_object_bound']:.0f} %)", 100 * m["two_object_others_kept"], ">= 80",
              m["two_object_others_kept"] >= 0.8),
         ]
