@@ -1,13 +1,16 @@
 """Quality gates of the toy model: each measured value printed against its gate.
 
     python benchmarks/toyworld_gates.py [--model framework/assets/toyworld] [--classifier ...] [--quick]
-        [--diagnose-shape] [--guidance 5] [--controlnet-scale 1]
+        [--diagnose-shape] [--guidance 5] [--controlnet-scale 1] [--no-edits]
     python benchmarks/toyworld_gates.py --quickstart    # only the quickstart's gates (about 20 s)
 
 All scenes are held out (seeds below one million; training uses seeds from one million on).
 Measures are defined in `framework/toymodel/gates.py`. The pose gate is relative: the figure IoU
 must be at least twice the IoU with a mismatched figure (what a model that ignores the map gets)
 and at least 0.4; the arm-pose class read by the classifier must beat its 4-class chance twice.
+The two-object gates edit one object of a scene of two or three by the method (the quickstart's
+settings): the named object must take the new class in at least half the edits and the others keep
+theirs at least 80 % of the time (a model that does not bind words to objects changes both or neither).
 The figure's pixels are those whose nearest colour of the world is a figure colour; the IoU the
 VAE's reconstructions of the true renders reach is printed beside it, as the decoder's ceiling.
 
@@ -40,6 +43,7 @@ from framework.toymodel.gates import (
     measure_pose,
     measure_scribble,
     measure_text,
+    measure_two_object_edits,
     measure_vae,
     score_edit_folder,
     shape_by_noise_level,
@@ -50,6 +54,8 @@ DEFAULT_MODEL = ROOT / "framework" / "assets" / "toyworld"
 TEXT_SAMPLES = 192
 """Single-object captions behind the text gates: at 48 the standard error near 80 % is 6 points, and
 the first 48 captions read 9-11 points above all 192 on two models (2026-11-29)."""
+TWO_OBJECT_EDITS = 24
+"""Text edits of one object in two- and three-object scenes: the method at the quickstart's settings."""
 
 
 def gates(m: dict) -> list[tuple[str, float, str, bool]]:
@@ -82,6 +88,16 @@ def gates(m: dict) -> list[tuple[str, float, str, bool]]:
         rows.append((f"Scribble samples: edge IoU, 1 px tolerance (mismatched: {mismatched:.2f})",
                      m["scribble_edge_iou"], ">= 0.5",
                      m["scribble_edge_iou"] >= 0.5))
+    if "two_object_named" in m:
+        n = m["two_object_n"]
+        rows += [
+            (f"Two-object text edits ({n}): named object takes the new class (%, +-"
+             f"{binomial_se(m['two_object_named'], n):.1f})", 100 * m["two_object_named"], ">= 50",
+             m["two_object_named"] >= 0.5),
+            (f"Two-object text edits: the others keep their class (%; both: "
+             f"{100 * m['two_object_bound']:.0f} %)", 100 * m["two_object_others_kept"], ">= 80",
+             m["two_object_others_kept"] >= 0.8),
+        ]
     if "quickstart_seconds" in m:
         edits = m["quickstart_edits"]
         worst = max(e["edit_to_target"] / e["input_to_target"] for e in edits.values())
@@ -133,6 +149,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--diagnose-shape", action="store_true",
                         help="also: prompted-shape accuracy by the noise level sampling starts from, and text-encoder "
                              "distances between captions one shape or colour word apart")
+    parser.add_argument("--no-edits", action="store_true", help="skip the two-object edit gates (the slowest)")
     parser.add_argument("--quickstart", action="store_true",
                         help="only the quickstart's gates: run it as a user would, time it, score its edits")
     args = parser.parse_args(argv)
@@ -158,6 +175,8 @@ def main(argv=None) -> dict:
         measures.update(measure_pose(model, classifier, n=32 // q, guidance=args.guidance))
     if (args.model / "controlnet-scribble").exists():
         measures.update(measure_scribble(model, n=32 // q, guidance=args.guidance))
+    if not args.no_edits:
+        measures.update(measure_two_object_edits(args.model, classifier, n=TWO_OBJECT_EDITS // q))
     print(f"toy model {args.model} ({time.perf_counter() - start:.0f} s)")
     print_gates(measures)
     if args.diagnose_shape:

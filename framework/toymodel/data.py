@@ -112,16 +112,19 @@ def load_pool(count: int, size: int = 64, seed_offset: int = TRAIN_SEED_OFFSET,
 
 
 class PoolDataset(Dataset):
-    """Items: index, image in [-1, 1], foreground mask, caption and maps in [0, 1]."""
+    """Items: index, image in [-1, 1], foreground mask, caption and maps in [0, 1] (or only index and
+    caption when `index_only`: `DevicePool` gathers the rest where the model is)."""
 
-    def __init__(self, pool: ScenePool):
-        self.pool = pool
+    def __init__(self, pool: ScenePool, index_only: bool = False):
+        self.pool, self.index_only = pool, index_only
 
     def __len__(self) -> int:
         return len(self.pool)
 
     def __getitem__(self, i: int) -> dict:
         pool = self.pool
+        if self.index_only:
+            return {"index": i, "caption": pool.captions[i]}
         item = {
             "index": i,
             "image": images_to_tensor(pool.images[i], signed=True),
@@ -133,13 +136,35 @@ class PoolDataset(Dataset):
         return item
 
 
+class DevicePool:
+    """The pool's arrays as uint8 tensors on one device, turned into `PoolDataset` items by index.
+
+    On a GPU the DataLoader then moves only indices: a batch of 256 full items is about 40 MB of
+    float32 copied through worker processes and across to the device, every step (1.2 GB for a pool of
+    30000 64 px scenes with two maps, once, here).
+    """
+
+    def __init__(self, pool: ScenePool, device: torch.device | str):
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        self.images, self.foreground = to(pool.images), to(pool.foreground)
+        self.maps = {m: to(a) for m, a in pool.maps.items()}
+
+    def gather(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """image (b, 3, H, W) in [-1, 1], foreground (b, 1, H, W), maps (b, 3, H, W) in [0, 1]: as `PoolDataset`."""
+        index = index.to(self.images.device)
+        as_float = lambda a: a[index].movedim(-1, -3).float() / 255  # noqa: E731
+        items = {"image": as_float(self.images) * 2 - 1, "foreground": self.foreground[index][:, None].float()}
+        items.update({m: as_float(a) for m, a in self.maps.items()})
+        return items
+
+
 class ToyWorldData(L.LightningDataModule):
     """Random batches from a seeded pool of rendered toy-world scenes."""
 
     def __init__(self, size: int = 64, pool_size: int = 10000, batch_size: int = 32,
                  seed_offset: int = TRAIN_SEED_OFFSET, modalities: tuple[str, ...] = MODALITIES,
                  num_workers: int = 0, cache: bool = True, render_workers: int = 1,
-                 single_object_weight: float = 1.0, seed: int = 0):
+                 single_object_weight: float = 1.0, index_only: bool = False, seed: int = 0):
         """
         Args:
             size: Render size in pixels.
@@ -155,6 +180,9 @@ class ToyWorldData(L.LightningDataModule):
                 two or three (1: uniform, without replacement per epoch; otherwise drawn with
                 replacement). A caption naming two objects does not say which shape is which object's,
                 so it teaches the shape words less than a caption naming one.
+            index_only: Batches carry only scene indices and captions; the training stage gathers images,
+                masks and maps from a copy of the pool on its device (`DevicePool`). For a GPU, where
+                copying full batches through the DataLoader would cost about as much as a step.
             seed: Seed of the batch order.
         """
         super().__init__()
@@ -178,5 +206,5 @@ class ToyWorldData(L.LightningDataModule):
         order = {"shuffle": True}
         if h.single_object_weight != 1.0:
             order = {"sampler": WeightedRandomSampler(self.scene_weights(), len(self.pool), generator=generator)}
-        return DataLoader(PoolDataset(self.pool), batch_size=h.batch_size, drop_last=True, generator=generator,
+        return DataLoader(PoolDataset(self.pool, h.index_only), batch_size=h.batch_size, drop_last=True, generator=generator,
                           num_workers=h.num_workers, persistent_workers=h.num_workers > 0, **order)

@@ -29,16 +29,24 @@ TOY_WORDS = ["a", "and", "on", "figure", "nothing", "striped", "light", "dark", 
 
 
 def build_unet(block_out_channels: Sequence[int] = (32, 64, 64), layers_per_block: int = 1,
-               cross_attention_dim: int = 64, attention_head_dim: int = 8, sample_size: int = 16):
-    """A cross-attention UNet in SD 1.5's layout: attention in all but the deepest block."""
+               cross_attention_dim: int = 64, attention_head_dim: int = 8, sample_size: int = 16,
+               attention: Sequence[bool] | None = None):
+    """A cross-attention UNet in SD 1.5's layout; `attention[i]` says whether level i (0: the finest)
+    has attention blocks, down and up (None: all but the deepest, as SD 1.5). The mid block has them always."""
     from diffusers import UNet2DConditionModel
 
     blocks = len(block_out_channels)
+    attention = [True] * (blocks - 1) + [False] if attention is None else list(attention)
+    if len(attention) != blocks:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unet_attention names {len(attention)} levels for a UNet of {blocks} "
+                          f"(unet_channels {list(block_out_channels)}): give one true/false per level")
     return UNet2DConditionModel(
         sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=tuple(block_out_channels),
         layers_per_block=layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * (blocks - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (blocks - 1),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
         norm_num_groups=min(32, block_out_channels[0]),
     )
@@ -135,7 +143,8 @@ class DiffusionTraining(TrainingStage):
                  warmup_steps: int = 100, total_steps: int = 4000, text_lr_scale: float = 1.0,
                  ema_decay: float = 0.995, object_weight: float = 1.0, snr_gamma: float | None = None,
                  export_dir: str = "outputs/toymodel", export_every: int = 500, init_from: str | None = None,
-                 trained_nets: tuple[str, ...] | None = None, seed: int = 0):
+                 trained_nets: tuple[str, ...] | None = None, seed: int = 0, schedule_seconds: float | None = None,
+                 unet_attention: tuple[bool, ...] | None = None):
         """
         Args:
             vae: Folder of the stage-1 VAE (normalised latents, `scaling_factor` 1).
@@ -169,6 +178,11 @@ class DiffusionTraining(TrainingStage):
                 (None: all). The others are frozen, so a fine-tune of one ControlNet on an `init_from`
                 model leaves the text-to-image model and the other ControlNets bit-identical.
             seed: Weight initialisation seed.
+            schedule_seconds: Run the warm-up/cosine schedule on the clock: over this many seconds of
+                training, then stop (None: over `total_steps` steps). See `TrainingStage`.
+            unet_attention: Which UNet levels have attention blocks, finest first (None: all but the
+                deepest, as SD 1.5). Self-attention over 32 x 32 latents costs a CPU edit about 4x the
+                UNet time of the rest (docs/toymodel_gpu.md), so the 32 x 32 model has none at its finest level.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -177,7 +191,7 @@ class DiffusionTraining(TrainingStage):
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         torch.manual_seed(seed)
         unet = build_unet(unet_channels, layers_per_block, text_hidden, attention_head_dim,
-                          self.vae.config.sample_size // scale)
+                          self.vae.config.sample_size // scale, unet_attention)
         text_encoder = build_text_encoder(len(self.tokenizer), self.tokenizer, text_hidden, text_layers, max_length)
         self.nets = nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
         for m in modalities:
@@ -203,14 +217,19 @@ class DiffusionTraining(TrainingStage):
 
     @torch.no_grad()
     def _pool_latents(self) -> torch.Tensor:
-        """Posterior mean and std of every pool image, encoded once: (n, 2, 4, h, w)."""
+        """Posterior mean and std of every pool image, encoded once: (n, 2, 4, h, w), float32.
+
+        Outside autocast: under bf16-mixed the latents, and the noise drawn like them, would otherwise
+        be bf16 (3 significant digits) for the whole run.
+        """
         if self._latents is None:
             pool = self.trainer.datamodule.pool
             chunks = []
-            for i in range(0, len(pool), 256):
-                x = images_to_tensor(pool.images[i:i + 256], signed=True)
-                dist = self.vae.encode(x.to(self.device)).latent_dist
-                chunks.append(torch.stack([dist.mean, dist.std], 1))
+            with torch.autocast(self.device.type, enabled=False):
+                for i in range(0, len(pool), 256):
+                    x = images_to_tensor(pool.images[i:i + 256], signed=True)
+                    dist = self.vae.encode(x.to(self.device)).latent_dist
+                    chunks.append(torch.stack([dist.mean, dist.std], 1).float())
             self._latents = torch.cat(chunks)
         return self._latents
 
@@ -243,6 +262,7 @@ class DiffusionTraining(TrainingStage):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         h = self.hparams
+        batch = self.full_batch(batch)
         stats = self._pool_latents()[batch["index"].to(self.device)]
         latents = stats[:, 0] + stats[:, 1] * torch.randn_like(stats[:, 0])
         b = len(latents)

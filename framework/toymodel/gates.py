@@ -13,6 +13,10 @@ with the toy classifier at a box, or with masks of the world's palette.
   arm-pose class.
 - Scribble: samples from a scribble map (flat-background scenes); IoU of the sample's outlines with
   the map's strokes, both dilated by one pixel (a one-pixel tolerance), against a mismatched map.
+- Two-object text edits: the method's edit (the quickstart's settings) of one object's colour or shape
+  in a scene of two or three; the classifier reads whether the named object took the new class and
+  whether the others kept theirs. A model that does not bind a word to its object changes both or
+  neither.
 
 Diagnostics of the prompted shape (not gates): `shape_by_noise_level` starts the sampler from the
 render itself noised to a level and reads the shape drawn (where along the schedule the shape is
@@ -283,6 +287,75 @@ def measure_scribble(model: ToyModel, n: int = 32, size: int = 64, guidance: flo
         matched.append(iou(edges, dilate(strokes[i])))
         mismatched.append(iou(edges, dilate(strokes[(i + 1) % len(scenes)])))
     return {"scribble_edge_iou": float(np.mean(matched)), "scribble_edge_iou_mismatched": float(np.mean(mismatched))}
+
+
+def two_object_text_edits(n: int, size: int = 64, start: int = 0) -> list:
+    """The first `n` toy text edits (`make_edit(seed, "text")`, seeds from `start`) whose scene holds two
+    or more objects."""
+    from ..toyworld import make_edit
+
+    pairs, seed = [], start
+    while len(pairs) < n:
+        try:
+            pair = make_edit(seed, "text", size)
+        except RuntimeError:  # no valid edit for this seed
+            pair = None
+        if pair is not None and len(pair.source.objects) >= 2:
+            pairs.append(pair)
+        seed += 1
+    return pairs
+
+
+def edit_module(root: Path, output_dir: str | Path, lam: float = 0.6, mask_threshold: float = 0.5):
+    """The method as the quickstart runs it (`experiments/quickstart.yaml`: lam 0.6, mask tau 0.5, the
+    paper's defaults otherwise) on the toy model at `root`."""
+    from conditioners.controlnet import ControlNetConditioner
+
+    from ..config import MaskConfig
+    from ..models import StableDiffusion
+    from ..module import EditModule
+
+    conditioners = [ControlNetConditioner(m, str(root / f"controlnet-{m}")) for m in ("pose", "scribble")
+                    if (root / f"controlnet-{m}").exists()]
+    module = EditModule(StableDiffusion(str(root / "sd")), conditioners, lam=lam,
+                        mask=MaskConfig(threshold=mask_threshold), output_dir=str(output_dir))
+    module.setup("fit")
+    return module
+
+
+@torch.no_grad()
+def measure_two_object_edits(root: str | Path, classifier: ToyClassifier, n: int = 24, size: int = 64,
+                             module=None) -> dict:
+    """Text edits of one object in scenes of two or three, by the method at the quickstart's settings.
+
+    `two_object_named`: share of edits whose named object reads as its new class (colour and shape);
+    `two_object_others_kept`: share of the other objects that still read as their own class;
+    `two_object_bound`: share of edits where both hold. Each read is the classifier's at the object's box.
+    """
+    import tempfile
+
+    from ..data import EditRequest
+    from ..toyworld.scenes import object_box
+
+    root = Path(root)
+    module = module or edit_module(root, tempfile.mkdtemp(prefix="two-object-"))
+    named, kept, bound = [], [], []
+    for i, pair in enumerate(two_object_text_edits(n, size)):
+        request = EditRequest(f"two_object_{i:03d}", to_tensor(pair.source_image), pair.source_prompt,
+                              pair.edit_prompt, {}, {}, None, pair.seed, None, {})
+        edit = module.edit(request).edit.float().cpu()
+        objects = list(zip(pair.source.objects, pair.target.objects))
+        boxes = torch.tensor([object_box(after) for _, after in objects], dtype=torch.float32)
+        read = classifier.classify(edit.expand(len(objects), -1, -1, -1), boxes)
+        hits = [COLOUR_NAMES[int(read["colour"][j])] == after.colour and SHAPES[int(read["shape"][j])] == after.shape
+                for j, (_, after) in enumerate(objects)]
+        changed = [(b.colour, b.shape) != (a.colour, a.shape) for b, a in objects]
+        named.append(all(h for h, c in zip(hits, changed) if c))
+        others = [h for h, c in zip(hits, changed) if not c]
+        kept.extend(others)
+        bound.append(named[-1] and all(others))
+    return {"two_object_named": float(np.mean(named)), "two_object_others_kept": float(np.mean(kept)),
+            "two_object_bound": float(np.mean(bound)), "two_object_n": len(named)}
 
 
 def _read_shape(classifier: ToyClassifier, image: np.ndarray) -> int | None:

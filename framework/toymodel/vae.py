@@ -91,16 +91,17 @@ class ReconstructionStage(TrainingStage):
 
     train_encoder = True
 
-    def object_weight_at(self, step: int) -> float:
+    def object_weight_at(self, step: float) -> float:
         first, last = self.hparams.object_weight
         return first + (last - first) * min(1.0, step / max(1, self.hparams.total_steps))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        batch = self.full_batch(batch)
         image, foreground = batch["image"], batch["foreground"]
         with torch.set_grad_enabled(self.train_encoder):
             posterior = self.vae.encode(image).latent_dist
         recon = self.vae.decode(posterior.sample()).sample
-        weight = self.object_weight_at(self.global_step)
+        weight = self.object_weight_at(self.schedule_step(self.global_step))
         loss = weighted_reconstruction(recon, image, foreground, weight)
         if self.hparams.get("kl_weight"):
             loss = loss + self.hparams.kl_weight * posterior.kl().mean() / image[0].numel()
@@ -117,7 +118,7 @@ class VAETraining(ReconstructionStage):
                  latent_channels: int = 4, size: int = 64, lr: float = 1e-3, warmup_steps: int = 50,
                  total_steps: int = 2000, object_weight: tuple[float, float] = (10.0, 2.0),
                  kl_weight: float = 1e-6, export_dir: str = "outputs/toymodel/vae", export_every: int = 250,
-                 stats_images: int = 1024, seed: int = 0):
+                 stats_images: int = 1024, seed: int = 0, schedule_seconds: float | None = None):
         """
         Args:
             block_out_channels: Encoder/decoder widths; 3 blocks downsample by 4.
@@ -133,6 +134,8 @@ class VAETraining(ReconstructionStage):
             export_every: Steps between exports (0: only at the end).
             stats_images: Pool images used for the latent statistics.
             seed: Weight initialisation seed.
+            schedule_seconds: Run the schedule and the weight ramp on the clock: over this many seconds of
+                training, then stop (None: over `total_steps` steps). See `TrainingStage`.
         """
         super().__init__()
         self.save_hyperparameters()

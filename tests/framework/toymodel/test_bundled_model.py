@@ -132,3 +132,30 @@ def test_the_quickstart_makes_its_four_edits_towards_the_true_targets(tmp_path, 
         # measured: 0.089, 0.035, 0.033, 0.041
         assert s["background"] <= 0.1, (name, s)
     assert (tmp_path / "edits" / "contact_sheet.png").is_file()
+
+
+def test_two_object_edits_read_the_named_object_and_the_others_on_exact_renders():
+    """The two-object gate's measure on known images: the true target scores both gates, the unedited
+    input none of the first (its named object still has the old class) and all of the second."""
+    from framework.toymodel.gates import measure_two_object_edits, two_object_text_edits
+
+    pairs = two_object_text_edits(4)
+    for pair in pairs:
+        changed = [(a.colour, a.shape) != (b.colour, b.shape) for a, b in zip(pair.source.objects, pair.target.objects)]
+        assert len(changed) >= 2 and sum(changed) == 1
+    by_prompts = {(p.source_prompt, p.edit_prompt): p for p in pairs}
+
+    class Renders:
+        def __init__(self, which):
+            self.which = which
+
+        def edit(self, request):
+            pair = by_prompts[(request.source_prompt, request.edit_prompt)]
+            return SimpleNamespace(edit=to_tensor(getattr(pair, self.which)))
+
+    classifier = ToyClassifier.from_pretrained(toyworld_folder() / "classifier")
+    target = measure_two_object_edits(toyworld_folder(), classifier, n=4, module=Renders("target_image"))
+    unedited = measure_two_object_edits(toyworld_folder(), classifier, n=4, module=Renders("source_image"))
+    assert target == {"two_object_named": 1.0, "two_object_others_kept": 1.0, "two_object_bound": 1.0,
+                      "two_object_n": 4}
+    assert unedited["two_object_named"] == 0.0 and unedited["two_object_others_kept"] == 1.0

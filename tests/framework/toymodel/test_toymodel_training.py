@@ -332,3 +332,22 @@ def test_trained_nets_must_name_nets_of_the_stage(trained):
     opt = module.configure_optimizers()["optimizer"]
     assert sorted(id(p) for g in opt.param_groups for p in g["params"]) == \
         sorted(id(p) for p in module.nets["unet"].parameters())
+
+
+def test_unet_attention_chooses_the_levels_with_attention_blocks():
+    from framework.errors import ConfigError
+    from framework.toymodel.diffusion import build_controlnet, build_unet
+
+    default = build_unet((8, 16, 16), cross_attention_dim=16, sample_size=8)
+    assert default.config.down_block_types == ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    assert default.config.up_block_types == ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    coarse = build_unet((8, 16, 16), cross_attention_dim=16, sample_size=8, attention=[False, True, False])
+    assert coarse.config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    assert coarse.config.up_block_types == ("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    assert build_controlnet(coarse, 2).config.down_block_types == coarse.config.down_block_types
+    # Attention gone from the finest level: fewer parameters, and the same output shape.
+    assert sum(p.numel() for p in coarse.parameters()) < sum(p.numel() for p in default.parameters())
+    out = coarse(torch.randn(1, 4, 8, 8), torch.tensor([10]), encoder_hidden_states=torch.randn(1, 5, 16)).sample
+    assert out.shape == (1, 4, 8, 8)
+    with pytest.raises(ConfigError, match="unet_attention names 2 levels for a UNet of 3"):
+        build_unet((8, 16, 16), cross_attention_dim=16, sample_size=8, attention=[False, True])
