@@ -32,6 +32,10 @@ STAGES = {"inversion": "DDIM inversion (Eq. 2)", "guidance": "guidance image", "
           "final": "final decode with ITO (Eq. 6)"}
 
 
+# Small images (the toy model's 64 px) fill their panel, drawn as pixels rather than blurred.
+CSS = ".pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+
+
 class ProgressReporter:
     """A Trainer callback: turns the engine's `on_edit_step` intermediates into (stage, step, steps) reports."""
 
@@ -220,7 +224,8 @@ def build_page(engine: DemoEngine):
             with gr.Column():
                 example = gr.Dropdown(ids, value=ids[0] if ids else None, label="example", elem_id="example")
                 image = gr.Image(first and first["image"], type="filepath", label="input image",
-                                 sources=["upload", "clipboard"], height=256, elem_id="input-image")
+                                 sources=["upload", "clipboard"], height=256, elem_classes=["pixels"],
+                                 elem_id="input-image")
                 source_prompt = gr.Textbox(spec0.source_prompt if spec0 else "", label="source prompt (caption)",
                                            elem_id="source-prompt")
                 edit_prompt = gr.Textbox(spec0.edit_prompt if spec0 else "", label="edit prompt",
@@ -248,12 +253,12 @@ def build_page(engine: DemoEngine):
                 run = gr.Button("Edit", variant="primary", elem_id="run")
             with gr.Column():
                 status = gr.Markdown("", elem_id="status")
-                shown = dict(type="pil", format="png", interactive=False, height=256)
+                shown = dict(type="pil", format="png", interactive=False, height=256, elem_classes=["pixels"])
                 out_edit = gr.Image(label="edit", elem_id="out-edit", **shown)
                 with gr.Row():
                     out_mask = gr.Image(label="mask (Eq. 7) over the input", elem_id="out-mask", **shown)
                     out_guidance = gr.Image(label="guidance image", elem_id="out-guidance", **shown)
-                command = gr.Code("", language="shell", label="the same edit from the command line",
+                command = gr.Code("", language="shell", label="the same edit from the command line", wrap_lines=True,
                                   elem_id="command")
 
         map_inputs = [editors[k] for k in sorted(editors)]
@@ -342,7 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit(2) from None
     page = build_page(engine)
     print(f"ito-edit demo on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
-    page.queue().launch(server_name=args.host, server_port=args.port, show_error=True, quiet=True)
+    page.queue().launch(server_name=args.host, server_port=args.port, show_error=True, quiet=True, css=CSS)
 
 
 if __name__ == "__main__":
