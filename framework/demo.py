@@ -28,8 +28,8 @@ from framework.errors import ConfigError, EditError, edit_error_in
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
-STAGES = {"inversion": "DDIM inversion (Eq. 2)", "guidance": "guidance image", "refine": "guidance refinement (A.5)",
-          "final": "final decode with ITO (Eq. 6)"}
+STAGES = {"inversion": "DDIM inversion (Eq. 2)", "mask": "edit mask (Eq. 7)", "guidance": "guidance image",
+          "refine": "guidance refinement (A.5)", "final": "final decode with ITO (Eq. 6)"}
 
 
 # Small images (the toy model's 64 px) fill their panel, drawn as pixels rather than blurred.
@@ -45,6 +45,8 @@ class ProgressReporter:
     def on_edit_step(self, trainer, module, info: dict[str, Any]) -> None:
         if info["kind"] == "step" and info["stage"] in self.steps:
             self.report(info["stage"], info["i"] + 1, self.steps[info["stage"]])
+            if info["stage"] == "inversion" and info["i"] + 1 == self.steps["inversion"]:
+                self.report("mask", 0, 1)  # the mask comes next and reports no steps of its own
 
 
 class DemoEngine:
@@ -127,7 +129,8 @@ class DemoEngine:
 
     def cli_command(self, manifest: Path, update_steps: int, threshold: float) -> str:
         """The command line that makes the same edit with `python -m framework`."""
-        args = ["python -m framework fit --config", _shown(self.config), *self.overrides, "--data.manifest", _shown(manifest),
+        args = ["python -m framework fit --config", _shown(self.config), *self.overrides,
+                "--data.manifest", _shown(manifest),
                 "--model.ito.update_steps", str(update_steps), "--model.mask.threshold", str(threshold),
                 "--model.output_dir", _shown(manifest.parent / "cli")]
         return " ".join(args)
@@ -272,7 +275,8 @@ def build_page(engine: DemoEngine):
         example.change(load_example, example, [image, source_prompt, edit_prompt, *map_inputs, mask, lam, seed])
 
         def do_edit(image_path, src, dst, *rest, progress=gr.Progress()):
-            map_values, (mask_path, lam_value, t_u_value, tau_value, seed_value) = rest[:len(editors)], rest[len(editors):]
+            map_values = rest[:len(editors)]
+            mask_path, lam_value, t_u_value, tau_value, seed_value = rest[len(editors):]
             maps: dict[str, dict] = {"source": {}, "edit": {}}
             for (side, modality), value in zip(sorted(editors), map_values):
                 if _editor_path(value):
@@ -280,7 +284,7 @@ def build_page(engine: DemoEngine):
             try:
                 engine.set_options(t_u_value, tau_value)
                 manifest = engine.write_request(image_path, src, dst, maps, mask_path, seed_value, lam_value)
-                progress(0, desc="mask (Eq. 7) and inversion")
+                progress(0, desc="encoding the input")
                 report = lambda stage, i, n: progress((i, n), desc=STAGES.get(stage, stage))  # noqa: E731
                 result, notes = engine.edit(manifest, report)
             except Exception as err:  # noqa: BLE001 - the project's errors are shown; others propagate
@@ -289,8 +293,9 @@ def build_page(engine: DemoEngine):
                     raise
                 return f"**error:** {error}", None, None, None, ""
             rec = result.record
+            made = "made" if rec["guidance_image"] else "skipped"
             text = (f"edited `{rec['id']}` in {rec['seconds']['total']:.1f} s: lam {rec['lam']}, seed {rec['seed']}, "
-                    f"mask area {rec['mask_area']:.3f}, guidance image {'made' if rec['guidance_image'] else 'skipped'}")
+                    f"mask area {rec['mask_area']:.3f}, guidance image {made}")
             text += "".join(f"\n\nwarning: {note}" for note in notes)
             guidance = None if result.guidance is None else to_pil(result.guidance)
             return (text, to_pil(mask_overlay(result.input, result.mask)), guidance, to_pil(result.edit),

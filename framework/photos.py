@@ -63,7 +63,9 @@ TOWERS = [[(0, 10), (70, 2)], [(70, 2), (62, 330)], [(28, 5), (0, 330)], [(148, 
 
 def rocket(top: float) -> list[Stroke]:
     """The rocket's outline: two sides from the pad up to `top` + 18 px, and the nose cone."""
-    return [[(248, 320), (248, top + 18)], [(268, 320), (268, top + 18)], [(248, top + 18), (258, top), (268, top + 18)]]
+    shoulder = top + 18
+    sides = [[(248, 320), (248, shoulder)], [(268, 320), (268, shoulder)]]
+    return [*sides, [(248, shoulder), (258, top), (268, shoulder)]]
 
 
 def draw_strokes(size: tuple[int, int], strokes: Sequence[Stroke], width: int = 3) -> Image.Image:
@@ -130,7 +132,8 @@ def make_photos(folder: Path) -> list[Path]:
         path = folder / f"{setting}.yaml"
         images = ", ".join(r["image"] for r in rows)
         header = (f"# The {setting.replace('_', ' + ')} setting on a real photograph ({images}; README.md).\n"
-                  "# Made by `python -m framework.photos experiments/examples/photos`; paths are relative to this file.\n")
+                  "# Made by `python -m framework.photos experiments/examples/photos`; paths are relative to this "
+                  "file.\n")
         path.write_text(header + yaml.safe_dump({"requests": rows}, sort_keys=False))
         manifests.append(path)
     return manifests

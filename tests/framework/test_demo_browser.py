@@ -92,7 +92,7 @@ def test_one_edit_through_the_page_matches_the_cli(tmp_path, one_thread):
                 command = page.inner_text("#command")
                 assert "python -m framework fit --config" in command and "--model.mask.threshold 0.5" in command
 
-                page.click("#input-image button[aria-label='Remove Image']")  # no image: the CLI's kind of one-line error
+                page.click("#input-image button[aria-label='Remove Image']")  # no image: a one-line error
                 page.click("#run")
                 page.wait_for_function("document.querySelector('#status').innerText.includes('error')")
                 assert "no input image: pick an example or upload an image" in page.inner_text("#status")
