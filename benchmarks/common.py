@@ -41,7 +41,7 @@ K = 1
 MASK_SEEDS = 10
 MASK_STRENGTH = 0.5
 PAPER_MASK = MaskConfig()  # Eq. 7: decode to the last step, min-max, tau 0.1, sigma 1
-DIFFEDIT_MASK = MaskConfig(compare_at="first", normalize="mean_ratio", threshold=0.5)  # README's DiffEdit variant
+DIFFEDIT_MASK = MaskConfig(compare_at="first", normalize="mean_ratio", threshold=0.5)  # DiffEdit's mask variant
 
 
 # ------------------------------------------------------------------------------------ counting

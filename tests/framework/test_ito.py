@@ -35,7 +35,7 @@ def test_fresh_adam_first_step_is_lr_times_sign():
 
 
 def test_with_fresh_adam_lam_acts_only_through_the_sign_of_the_weighted_gradient():
-    # Why a lam sweep is flat between 0 and 1 under the paper's optimiser (README, lam sweep).
+    # Why a lam sweep is flat between 0 and 1 under the paper's optimiser (docs/procedure-and-choices.md).
     g = torch.Generator().manual_seed(3)
     y, x, gt = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
     m = _mask()
