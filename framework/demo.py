@@ -220,7 +220,7 @@ def build_page(engine: DemoEngine):
 
     with gr.Blocks(title="ito-edit") as page:
         gr.Markdown(f"## ito-edit: multi-modal image editing by inference-time optimisation\n"
-                    f"Experiment `{engine.config}` · model `{module.backbone.pretrained}` · "
+                    f"Experiment `{_shown(engine.config)}` · model `{module.backbone.pretrained}` · "
                     f"modalities: {', '.join(engine.modalities) or 'text only'}. Pick an example or upload an "
                     f"image, change the prompt and the maps, then **Edit**.")
         with gr.Row():

@@ -1,8 +1,9 @@
 """The demo page in a real browser: headless Chromium (Debian's) driven by Playwright through one edit.
 
-Serves `python -m framework demo` on the bundled toy model, runs the first example (the quickstart's
-text edit) from the page, and checks the edit image the page shows against the CLI's edit.png of the
-same request, pixel for pixel; then the page's one-line error for a missing input. A screenshot of the
+Serves `python -m framework demo` on the bundled toy model, picks the quickstart's pose edit from the
+page's examples (its pose maps go through the page's map editors), runs it, and checks the edit image
+the page shows against the CLI's edit.png of the same request, pixel for pixel; then the page's
+one-line error for a missing input. A screenshot of the
 page is saved in the test's folder (its path is printed).
 """
 
@@ -19,6 +20,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from framework.cli import main
@@ -61,6 +63,18 @@ def _wait(server: subprocess.Popen, port: int, log) -> None:
     raise AssertionError(f"the demo did not serve within 180 s: {log.name}")
 
 
+def _one_request(folder, request_id: str):
+    """A manifest of one of the quickstart's requests, its paths made absolute."""
+    examples = ROOT / "experiments" / "examples"
+    row = next(r for r in yaml.safe_load((examples / "manifest.yaml").read_text())["requests"] if r["id"] == request_id)
+    absolute = lambda value: str(examples / value)  # noqa: E731
+    row = {**row, **{k: absolute(row[k]) for k in ("image", "target", "true_mask")},
+           "source": {m: absolute(v) for m, v in row["source"].items()},
+           "edit": {m: absolute(v) for m, v in row["edit"].items()}}
+    (folder / "one.yaml").write_text(yaml.safe_dump({"requests": [row]}))
+    return folder / "one.yaml"
+
+
 def test_one_edit_through_the_page_matches_the_cli(tmp_path, one_thread):
     import gradio  # noqa: F401
     from playwright.sync_api import sync_playwright
@@ -69,18 +83,21 @@ def test_one_edit_through_the_page_matches_the_cli(tmp_path, one_thread):
     with open(tmp_path / "demo.log", "w") as log:
         server = _start(port, tmp_path / "page", log, FEWER_SEEDS)
         try:
-            # The CLI's edit of the same request (the quickstart's first) while the page starts.
+            # The CLI's edit of the same request while the page starts.
             main(["fit", "--config", str(ROOT / "experiments" / "quickstart.yaml"), "--data.manifest",
-                  str(ROOT / "experiments" / "examples" / "manifest.yaml"), "--data.limit", "1", *FEWER_SEEDS,
-                  "--model.output_dir", str(tmp_path / "cli"), "--trainer.logger", "false"])
+                  str(_one_request(tmp_path, "pose_000")), *FEWER_SEEDS, "--model.output_dir", str(tmp_path / "cli"),
+                  "--trainer.logger", "false"])
             _wait(server, port, log)
-            expected = np.asarray(Image.open(tmp_path / "cli" / "text_000" / "edit.png").convert("RGB"))
+            expected = np.asarray(Image.open(tmp_path / "cli" / "pose_000" / "edit.png").convert("RGB"))
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
                 page = browser.new_page(viewport={"width": 1400, "height": 1600})
                 page.goto(f"http://127.0.0.1:{port}/")
                 page.wait_for_selector("#run")
-                assert page.input_value("#edit-prompt textarea") == "a yellow circle on a striped background"
+                page.click("#example input")
+                page.get_by_role("option", name="pose_000", exact=True).click()
+                page.wait_for_function("document.querySelector('#edit-prompt textarea').value.includes('triangle')")
+                page.wait_for_selector("#edit-pose canvas")  # the example's edit pose map is in its editor
                 page.click("#run")
                 page.wait_for_selector("#out-edit img", timeout=300_000)
                 assert "edited" in page.inner_text("#status")
