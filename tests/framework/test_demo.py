@@ -51,7 +51,7 @@ def test_page_edit_equals_the_cli_edit_of_its_command(engine, tmp_path):
     result, _ = engine.edit(manifest, lambda stage, i, n: reports.append((stage, i, n)))
     command = engine.cli_command(manifest, 2, 0.3).split()
     assert command[:4] == ["python", "-m", "framework", "fit"]
-    main([*command[3:], "--trainer.logger", "false"])
+    main([*command[3:], "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
     cli = manifest.parent / "cli" / result.record["id"]
     for name, image in (("edit.png", result.edit), ("input.png", result.input)):
         assert np.array_equal(np.asarray(Image.open(cli / name)), np.asarray(to_pil(image))), name

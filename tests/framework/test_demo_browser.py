@@ -86,7 +86,7 @@ def test_one_edit_through_the_page_matches_the_cli(tmp_path, one_thread):
             # The CLI's edit of the same request while the page starts.
             main(["fit", "--config", str(ROOT / "experiments" / "quickstart.yaml"), "--data.manifest",
                   str(_one_request(tmp_path, "pose_000")), *FEWER_SEEDS, "--model.output_dir", str(tmp_path / "cli"),
-                  "--trainer.logger", "false"])
+                  "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
             _wait(server, port, log)
             expected = np.asarray(Image.open(tmp_path / "cli" / "pose_000" / "edit.png").convert("RGB"))
             with sync_playwright() as playwright:
