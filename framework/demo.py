@@ -78,7 +78,7 @@ class DemoEngine:
         self.examples = {spec.id: spec for spec in self.data.specs}
         self.modalities = [c.modality for c in self.module.conditioners if c.modality]
         self.out = Path(out)
-        self._count = 0
+        self._count = last_edit_number(self.out)
 
     # ----------------------------------------------------------------------- requests
     def example_files(self, example_id: str) -> dict[str, Any]:
@@ -181,6 +181,11 @@ class DemoEngine:
     @property
     def data_allow_pickle(self):
         return bool(getattr(self.cli.config.data.init_args, "allow_pickle", False))
+
+
+def last_edit_number(out: Path) -> int:
+    """The highest numbered edit folder in `out` (0 if none): a new session goes on after it, overwriting none."""
+    return max((int(p.name) for p in Path(out).glob("[0-9][0-9][0-9][0-9]") if p.is_dir()), default=0)
 
 
 def flatten_map(path: str, out: Path) -> str:

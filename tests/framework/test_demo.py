@@ -99,3 +99,13 @@ def test_strokes_on_the_transparent_canvas_become_a_map_on_black(tmp_path):
     flatten_map(str(tmp_path / "drawn.png"), tmp_path / "map.png")
     pixels = np.asarray(Image.open(tmp_path / "map.png"))
     assert pixels.shape == (16, 16, 3) and pixels[4, 3].tolist() == [255, 255, 255] and pixels.sum() == 3 * 255
+
+
+def test_a_new_session_numbers_its_edits_after_the_folder_s_earlier_ones(tmp_path):
+    from framework.demo import last_edit_number
+
+    assert last_edit_number(tmp_path / "none") == 0
+    for name in ("0001", "0007", "examples"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "0009").with_suffix(".yaml").write_text("")  # not an edit folder
+    assert last_edit_number(tmp_path) == 7
