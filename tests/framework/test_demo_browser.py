@@ -76,8 +76,11 @@ def _one_request(folder, request_id: str):
 
 
 def test_one_edit_through_the_page_matches_the_cli(tmp_path, one_thread):
-    import gradio  # noqa: F401
-    from playwright.sync_api import sync_playwright
+    try:  # test dependencies (the `test` extra): missing, the test fails and says how to install them
+        import gradio  # noqa: F401
+        from playwright.sync_api import sync_playwright
+    except ImportError as err:
+        pytest.fail(f"the browser test needs Gradio and Playwright ({err}): pip install -e '.[test]'")
 
     port = _free_port()
     with open(tmp_path / "demo.log", "w") as log:
