@@ -42,7 +42,7 @@ K = 1
 MASK_SEEDS = 10
 MASK_STRENGTH = 0.5
 PAPER_MASK = paper_literal_mask()  # Eq. 7 unreduced: n 10, full grid, CFG; last step, min-max, tau 0.1, sigma 1
-DIFFEDIT_MASK = paper_literal_mask(compare_at="first", normalize="mean_ratio", threshold=0.5)  # README's DiffEdit variant
+DIFFEDIT_MASK = paper_literal_mask(compare_at="first", normalize="mean_ratio", threshold=0.5)  # DiffEdit's mask variant
 
 
 # ------------------------------------------------------------------------------------ counting

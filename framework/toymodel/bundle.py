@@ -26,7 +26,7 @@ def bundle(exports: Path, to: Path, vae: Path | None = None) -> Path:
         missing.append(str(vae))
     if missing:
         raise ModelLoadError(f"cannot bundle: {', '.join(missing)} missing under {exports}; run the training "
-                             "stages first (README: 'The toy world and its model').")
+                             "stages first (docs/toyworld.md, 'Training').")
 
     def write(root: Path) -> None:
         root.mkdir(parents=True)

@@ -111,3 +111,23 @@ def test_plain_cli_points_a_sweep_file_to_the_runner(capsys):
         main(["test", "--config", str(ROOT / "experiments" / "eval" / "lam_sweep.yaml")])
     assert stop.value.code == 2
     assert "python -m framework.sweep <file>" in capsys.readouterr().err
+
+
+def test_collect_publishes_the_table_for_the_docs(tmp_path):
+    """`--collect --publish PAGE` writes the sweep's own table into a page that names how to regenerate it."""
+    from framework.sweep import main
+
+    out = tmp_path / "runs"
+    fake_run(out / "a", "module.EditModule", 0.6, {"gt/background_l1": 0.04})
+    fake_run(out / "b", "module.EditModule", 1.0, {"gt/background_l1": 0.03})
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "model": {"init_args": {"backbone": {"init_args": {"pretrained": "builtin:toyworld"}}}},
+        "data": {"class_path": "framework.datasets.ToyEditDataModule", "init_args": {"edits": 2, "split": "val"}},
+        "sweep": {"output_dir": str(out), "runs": [{"name": "a", "set": {}}, {"name": "b", "set": {}}]}}))
+    page = tmp_path / "docs" / "results" / "s.md"
+    main([str(sweep), "--collect", "--publish", str(page)])
+    text = page.read_text()
+    assert (out / "sweep.md").read_text().strip() in text
+    assert f"python -m framework.sweep {sweep} --collect --publish {page}" in text
+    assert "| gt/background_l1 | 0.0400 | 0.0300 |" in text and "builtin:toyworld" in text and "split: val" in text
