@@ -91,7 +91,8 @@ def build_module(cache: Path, threshold: float):
     module = EditModule(backbone=StableDiffusion("builtin:toyworld"),
                         conditioners=[ControlNetConditioner(modality="pose", pretrained="builtin:toyworld"),
                                       ControlNetConditioner(modality="scribble", pretrained="builtin:toyworld")],
-                        mask=MaskConfig(threshold=threshold, cache_dir=str(cache), seeds=4, steps=10, guidance_scale=1.0),
+                        mask=MaskConfig(threshold=threshold, cache_dir=str(cache), seeds=4, steps=10,
+                                        guidance_scale=1.0),
                         output_dir=str(cache / "unused"))
     module.setup("test")
     return module

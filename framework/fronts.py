@@ -1,6 +1,7 @@
 """Trade-off fronts: each method swept over its own knob, drawn as one line per method per pair of metrics.
 
-    python -m framework.fronts outputs/eval/fronts            # after python -m framework.sweep experiments/eval/fronts.yaml
+    python -m framework.sweep experiments/eval/fronts.yaml    # runs the sweep and draws its fronts
+    python -m framework.fronts outputs/eval/fronts            # redraws them from the finished runs
 
 A method's knob trades one metric for another (ITO: lam, DiffEdit: encode ratio, ControlNet-SDEdit:
 strength), so one run per method says little; its front says where it stands. Each run of a sweep

@@ -69,7 +69,8 @@ def test_paper_settings_are_the_defaults():
     # The mask's cost default (n = 4, a 10-step grid, no CFG) leaves the paper's n = 10 one setting away.
     from framework.config import paper_literal_mask
 
-    assert (paper_literal_mask().seeds, paper_literal_mask().steps, paper_literal_mask().guidance_scale) == (10, None, None)
+    literal = paper_literal_mask()
+    assert (literal.seeds, literal.steps, literal.guidance_scale) == (10, None, None)
     assert (GuidanceConfig().refine_update_steps, GuidanceConfig().refine_inner_steps) == (6, 1)
 
 

@@ -19,7 +19,8 @@ from framework.data import load_manifest, load_request
 from framework.models import StableDiffusion
 
 FAST = dict(sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2, steps=None, guidance_scale=None),
-            ito=ITOConfig(update_steps=4, first_step="optimize", balance="none"), guidance=GuidanceConfig(update_steps=4))
+            ito=ITOConfig(update_steps=4, first_step="optimize", balance="none"),
+            guidance=GuidanceConfig(update_steps=4))
 """The settings the golden values were recorded with: the paper's procedure as printed (the ITO from the first
 step, the losses of `_literal_losses`, the mask on the full grid with CFG), so later changes of the defaults
 do not move them."""
@@ -114,7 +115,8 @@ GOLDEN = {'diffedit': {'pose': {'edit': 'e7fc112a79ab199b',
 
 
 def _sha(t: torch.Tensor) -> str:
-    return hashlib.sha256((t.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+    quantised = (t.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return hashlib.sha256(quantised.tobytes()).hexdigest()[:16]
 
 
 def _digest(result) -> dict:
