@@ -1,6 +1,7 @@
 """Reconstruction of each inversion under CFG: invert the input, decode under C_0, compare with the input.
 
     python benchmarks/inversions.py [--edits 40] [--split test] [--steps 25] [--cfg 7.5] [--json out.json]
+    python benchmarks/inversions.py --quickstart     # the quickstart's four edits, whole, per inversion
 
 For every toy-world edit of the split (framework.datasets.ToyEditDataModule's seeds), the input is
 VAE-encoded, inverted with each inversion plugin (framework.inversion) and decoded under the source
@@ -9,6 +10,10 @@ with t_u = 0, i.e. the final decode without ITO). It prints, side by side in one
 of that decode and of the VAE's own reconstruction (the ceiling), the background colour shift of the
 decode (mean RGB difference to the input outside the true edit region, in 0-255 levels), the UNet
 sample-evaluations of the inversion and its seconds.
+
+`--quickstart` runs the whole edit of experiments/quickstart.yaml (its model, settings and four
+requests) once per inversion and prints, per edit and on average, the background L1 to the input
+outside the true edit region and the signed mean RGB shift there (the colour cast, 0-255 levels).
 """
 
 from __future__ import annotations
@@ -79,6 +84,54 @@ def background_shift(image: torch.Tensor, reference: torch.Tensor, keep: torch.T
     return [round(255 * float((image - reference)[:, c][keep[:, c]].mean()), 2) for c in range(3)]
 
 
+def quickstart(names: list[str]) -> dict:
+    """The quickstart's edits with each inversion: background L1 and RGB shift outside the true region."""
+    import yaml
+
+    import framework.inversion as inv
+    from conditioners.controlnet import ControlNetConditioner
+    from framework.config import MaskConfig
+    from framework.data import load_manifest, load_request
+    from framework.metrics.pixel import load_like
+    from framework.models import StableDiffusion
+    from framework.module import EditModule
+
+    config = yaml.safe_load((ROOT / "experiments/quickstart.yaml").read_text())["model"]["init_args"]
+    specs = load_manifest(ROOT / "experiments/examples/manifest.yaml")
+    rows = {}
+    for name in names:
+        cls, kwargs = INVERSIONS[name]
+        import tempfile
+
+        module = EditModule(StableDiffusion("builtin:toyworld"),
+                            [ControlNetConditioner(m, "builtin:toyworld") for m in ("pose", "scribble")],
+                            lam=config["lam"], mask=MaskConfig(**config["mask"]),
+                            inversion=getattr(inv, cls)(**kwargs), output_dir=tempfile.mkdtemp())
+        module.setup("fit")
+        per_edit = {}
+        for spec in specs:
+            request = load_request(spec, None)
+            start = time.perf_counter()
+            with torch.no_grad():
+                result = module.edit(request)
+            keep = ~(load_like(request.extra["true_mask"], tuple(result.edit.shape[-2:]))[:, :1] > 0.5)
+            diff = (result.edit - request.image)
+            per_edit[spec.id] = {
+                "background_l1": round(float(diff.abs()[keep.expand_as(diff)].mean()), 4),
+                "shift_rgb": background_shift(result.edit, request.image, keep),
+                "inversion_unet": result.record["unet_evaluations"].get("inversion", 0),
+                "seconds": round(time.perf_counter() - start, 2)}
+        mean = lambda key: round(statistics.mean(e[key] for e in per_edit.values()), 4)  # noqa: E731
+        rows[name] = {"edits": per_edit, "background_l1": mean("background_l1"),
+                      "shift_rgb": [round(statistics.mean(e["shift_rgb"][c] for e in per_edit.values()), 2)
+                                    for c in range(3)], "seconds": mean("seconds")}
+        print(name, json.dumps(rows[name]), flush=True)
+    print("\n| inversion | background L1 | RGB shift outside the edit | s per edit |\n|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['background_l1']} | {r['shift_rgb']} | {r['seconds']} |")
+    return rows
+
+
 def main(argv=None) -> dict:
     import framework.inversion as inv
     from framework.datasets import ToyEditDataModule
@@ -91,7 +144,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--pretrained", default="builtin:toyworld")
     parser.add_argument("--only", nargs="*", default=list(INVERSIONS))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--quickstart", action="store_true", help="the quickstart's whole edits per inversion")
     args = parser.parse_args(argv)
+    if args.quickstart:
+        rows = quickstart(args.only)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=2))
+        return rows
     torch.manual_seed(0)
     from framework.data import load_request
     from framework.metrics.pixel import load_like

@@ -30,7 +30,8 @@ class DiffEdit(EditModule):
         Args:
             alignment: 'exact' (blend with the same noise level) or 'diffusers' (as diffusers' pipeline).
         """
-        kwargs.setdefault("decoder", MaskBlendDecode(alignment))
+        if kwargs.get("decoder") is None:  # the CLI passes every slot, unset ones as None
+            kwargs["decoder"] = MaskBlendDecode(alignment)
         super().__init__(*args, **kwargs)
         self.alignment = alignment
 
@@ -40,6 +41,7 @@ class SDEdit(EditModule):
     the edit condition (framework.stages.NoiseEncodedDecode). No inversion, mask or ITO."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("decoder", NoiseEncodedDecode())
-        kwargs.setdefault("mask_estimator", NoMask())
+        for slot, default in (("decoder", NoiseEncodedDecode), ("mask_estimator", NoMask)):
+            if kwargs.get(slot) is None:  # the CLI passes every slot, unset ones as None
+                kwargs[slot] = default()
         super().__init__(*args, **kwargs)

