@@ -32,7 +32,7 @@ from framework.denoiser import Conditioning, Denoiser
 from framework.errors import ConfigError, EditError
 from framework.ito import LatentOptimizer, OptimizerFactory, default_optimizer
 from framework.mask_cache import MaskCache, mask_key, plain_fields, request_digest, settings_digest
-from framework.masks import binary_mask, estimate_soft_mask, mask_image_size, mask_schedule
+from framework.masks import binary_mask, estimate_soft_mask, mask_area_hint, mask_image_size, mask_schedule
 from framework.models import StableDiffusion
 from framework.metrics import EditMetric
 from framework.outputs import EditResult, read_edit, save_json, write_edit, write_results_table
@@ -110,16 +110,16 @@ class EditModule(pl.LightningModule):
         losses: Optional[list[EditLoss]] = None,
         optimizer: Optional[Callable[[Iterable], torch.optim.Optimizer]] = None,
         lam: Union[float, Literal["auto"]] = 0.6,
-        sampling: Optional[SamplingConfig] = None,
-        mask: Optional[MaskConfig] = None,
-        ito: Optional[ITOConfig] = None,
-        guidance: Optional[GuidanceConfig] = None,
+        sampling: SamplingConfig = SamplingConfig(),  # noqa: B008 - instances so --help lists their fields;
+        mask: MaskConfig = MaskConfig(),  # noqa: B008   copied below, never shared
+        ito: ITOConfig = ITOConfig(),  # noqa: B008
+        guidance: GuidanceConfig = GuidanceConfig(),  # noqa: B008
         seed: int = 0,
         output_dir: str = "outputs/edits",
         unet_chunk_size: Optional[int] = None,
         overwrite: bool = False,
         metrics: Optional[list[EditMetric]] = None,
-        auto_lam: Optional[AutoLam] = None,
+        auto_lam: AutoLam = AutoLam(),  # noqa: B008
     ):
         """
         Args:
@@ -144,13 +144,15 @@ class EditModule(pl.LightningModule):
         """
         super().__init__()
         self.lam = check_lam_setting(lam)
-        self.auto_lam = auto_lam or AutoLam()
-        self.sampling = sampling or SamplingConfig()
-        self.mask_cfg = mask or MaskConfig()
+        # Copies: the defaults in the signature are instances (so --help and --print_config list their fields),
+        # and a module that changes its settings must not change the next module's defaults.
+        self.auto_lam = replace(auto_lam) if auto_lam is not None else AutoLam()
+        self.sampling = replace(sampling) if sampling is not None else SamplingConfig()
+        self.mask_cfg = replace(mask) if mask is not None else MaskConfig()
         self._mask_cached = False
         self._mask_store: Optional[MaskCache] = None  # mask.cache_dir, opened on first use
-        self.ito_cfg = ito or ITOConfig()
-        self.guidance_cfg = guidance or GuidanceConfig()
+        self.ito_cfg = replace(ito) if ito is not None else ITOConfig()
+        self.guidance_cfg = replace(guidance) if guidance is not None else GuidanceConfig()
         check_steps(self.sampling, self.ito_cfg if self.uses_ito else None,
                     self.guidance_cfg if self.uses_guidance else None)
         if unet_chunk_size is not None and unet_chunk_size < 1:
@@ -178,14 +180,20 @@ class EditModule(pl.LightningModule):
     # ----------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         """Load the weights once configuration and data have been checked."""
-        self.backbone.load()
-        for conditioner in self.conditioners:
-            conditioner.load(self.backbone)
+        self.load_weights()
         self.backbone.configure_memory(*self.conditioners)  # attention slicing reaches the ControlNets too
         self.denoiser = Denoiser(self.backbone.unet, self.conditioners,
                                  self.backbone.scheduler.config.num_train_timesteps, self.unet_chunk_size)
         self.records = []
         self._settings: Optional[str] = None
+
+    def load_weights(self) -> None:
+        """Read the backbone's and the conditioners' weights (once); each conditioner checks that it fits the
+        UNet first. The CLI calls this before the Trainer starts, so a model that cannot load leaves no run
+        behind (no W&B run, no summary)."""
+        self.backbone.load()
+        for conditioner in self.conditioners:
+            conditioner.load(self.backbone)
 
     def settings_digest(self) -> str:
         """A digest of everything besides the request that decides an edit: `resolved_parameters` and the
@@ -352,12 +360,9 @@ class EditModule(pl.LightningModule):
             mask = binary_mask(soft, cfg.threshold)
             soft = soft[None, None]
         area = float(mask.mean())
-        if area == 0.0:
-            warnings.warn(f"Edit '{request.id}': the edit mask is empty, so the edit can only change what "
-                          f"the guidance loss reaches. Lower mask.threshold or give a mask.", stacklevel=2)
-        elif area == 1.0:
-            warnings.warn(f"Edit '{request.id}': the edit mask covers the whole image, so nothing is "
-                          f"preserved. Raise mask.threshold or give a mask.", stacklevel=2)
+        if area in (0.0, 1.0):
+            hint = mask_area_hint(area, request.mask is not None, self.mask_cfg.given)
+            warnings.warn(f"Edit '{request.id}': {hint}", stacklevel=2)
         return mask, soft
 
     def _mask_inputs(self, request: EditRequest, x0: torch.Tensor, sides: _Sides):
@@ -440,8 +445,17 @@ class EditModule(pl.LightningModule):
             "height": int(request.image.shape[-2]), "width": int(request.image.shape[-1]),
             "seconds": seconds, "unet_evaluations": dict(counts.samples), "unet_calls": dict(counts.calls),
             "settings": self.settings_digest(), "inputs": request_digest(request),
+            **self._prompts_used(request),
             **({"extra": request.extra} if request.extra else {}),
         }
+
+    def _prompts_used(self, request: EditRequest) -> dict[str, Any]:
+        """{'prompts_used': {field: the text the encoder saw}} for prompts cut at the tokenizer's limit."""
+        used = getattr(self.backbone, "prompt_used", None)
+        cut = {} if used is None else {k: used(p) for k, p in (("source_prompt", request.source_prompt),
+                                                                 ("edit_prompt", request.edit_prompt))}
+        cut = {k: v for k, v in cut.items() if v is not None}
+        return {"prompts_used": cut} if cut else {}
 
     def _optimizer_repr(self) -> str:
         """The ITO optimiser as torch prints it (class and every hyperparameter), built on a stand-in tensor."""
