@@ -55,8 +55,11 @@ def check_yaml_files(files: list[Path]) -> None:
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark or err.context_mark
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            raise ConfigError(f"{where}: not valid YAML: {err.problem or err.context}"
-                              f"{f' ({err.context})' if err.context and err.problem else ''}.") from None
+            context = ""
+            if err.context and err.problem:
+                start = f" started at line {err.context_mark.line + 1}" if err.context_mark else ""
+                context = f" ({err.context}{start})"
+            raise ConfigError(f"{where}: not valid YAML: {err.problem or err.context}{context}.") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}.") from None
 
@@ -125,7 +128,7 @@ def locate(token: str, files: list[Path], args: list[str]) -> str:
     leaf = token.rsplit(".", 1)[-1]
     if any(leaf in arg for arg in args if not arg.endswith((".yaml", ".yml"))):
         return " (command line)"
-    pattern = re.compile(rf"(^|[\s{{,'\"]){re.escape(leaf)}(\s*:|['\"]|\s*$|[\s,}}])")
+    pattern = re.compile(rf"(^|[\s{{,.'\"]){re.escape(leaf)}(\s*:|['\"]|\s*$|[\s,}}])")
     for path in files:
         try:
             lines = path.read_text().splitlines()

@@ -299,12 +299,12 @@ def check_requests(specs: list[Optional[RequestSpec]], resolution: Optional[int]
                                     f"source_prompt and no edit map differs from its source map. Give an "
                                     f"edit_prompt or an edit map (e.g. edit: {{pose: new_pose.png}}).")
         except ManifestError as err:
-            problems.append(str(err))
+            problems.append(str(err).rstrip("."))
     if len(problems) == 1:
-        raise ManifestError(problems[0])
+        raise ManifestError(problems[0] + ".")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise ManifestError(f"{len(problems)} requests cannot be used (nothing was edited): {shown}")
+        raise ManifestError(f"{len(problems)} requests cannot be used (nothing was edited): {shown}.")
 
 
 def load_request(spec: RequestSpec, resolution: Optional[int], index: int = 0) -> EditRequest:

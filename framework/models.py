@@ -217,8 +217,8 @@ def _check_sd_folder(source: str) -> None:
     missing = [f"{part}/{name}" for part, name in _SD_PARTS.items() if not (folder / part / name).is_file()]
     if len(missing) == len(_SD_PARTS) and not (folder / "model_index.json").is_file():
         raise ModelLoadError(
-            f"Stable Diffusion: '{folder}' is not a diffusers Stable Diffusion folder (no unet, vae, text_encoder, "
-            f"tokenizer, scheduler or model_index.json). Point `pretrained` at a folder written by "
+            f"Stable Diffusion: '{folder}' is not a diffusers Stable Diffusion folder: it has none of "
+            f"{', '.join(missing)} nor model_index.json. Point `pretrained` at a folder written by "
             f"`save_pretrained` (or a hub snapshot).")
     if missing:
         raise ModelLoadError(

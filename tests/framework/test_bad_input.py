@@ -84,7 +84,7 @@ def test_a_run_that_stops_keeps_its_summary_and_page_true(tmp_path, tiny_dirs, m
                "e.yaml:"]),
     ("key", ["model.lamda: framework.EditModule has no setting 'lamda'", "did you mean model.lam?", "(command line)"]),
     ("group", ["model.sampling.stepz", "did you mean model.sampling.steps?"]),
-    ("yaml", ["e.yaml:3:", "not valid YAML"]),
+    ("yaml", ["e.yaml:4:4: not valid YAML", "while parsing a flow sequence started at line 3"]),
     ("value", ["model.lam: 'abc' is not a valid value"]),
 ])
 def test_config_mistakes_are_one_line_naming_key_place_and_nearest_names(tmp_path, tiny_dirs, manifest, capsys,

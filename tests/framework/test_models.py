@@ -164,9 +164,10 @@ def _hub_cache(tmp_path, folder, repo="some-org/tiny-sd"):
     """A Hugging Face cache holding `folder` as the snapshot of `repo` (the hub's own layout)."""
     cache = tmp_path / "hub"
     root = cache / f"models--{repo.replace('/', '--')}"
-    shutil.copytree(folder, root / "snapshots" / "abc123")
+    commit = "0123456789abcdef" * 2 + "01234567"  # 40 hex digits, as the Hub's commit hashes
+    shutil.copytree(folder, root / "snapshots" / commit)
     (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text("abc123")
+    (root / "refs" / "main").write_text(commit)
     return cache, repo
 
 
