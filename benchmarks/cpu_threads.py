@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 def _spin(stop) -> None:
     """A busy core until `stop` is set."""
+    torch.set_num_threads(1)
     x = 0
     while not stop.is_set():
         for _ in range(100_000):
@@ -66,12 +67,14 @@ def _time_edit(module, request, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(module, request, repeats: int, cores: int) -> dict[str, list[float]]:
+def measure(module, request, repeats: int, cores: int, name: str) -> dict[str, list[float]]:
     """Seconds per edit for 1 and `cores` threads, interleaved (the order flips every repeat)."""
     times: dict[str, list[float]] = {"1": [], str(cores): []}
     for r in range(repeats):
         for threads in ((1, cores) if r % 2 == 0 else (cores, 1)):
             times[str(threads)].append(_time_edit(module, request, threads))
+            print(f"  {name}, {threads} thread(s): {times[str(threads)][-1]:.2f} s "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     return times
 
 
@@ -89,14 +92,14 @@ def main() -> None:
     _time_edit(module, request, 1)  # warm-up: first calls allocate
     rows = {}
     load_before = os.getloadavg()[0]
-    rows["idle"] = measure(module, request, args.repeats, cores)
+    rows["idle"] = measure(module, request, args.repeats, cores, "idle")
     stop = mp.Event()
     spinners = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(cores)]
     for p in spinners:
         p.start()
     try:
         time.sleep(1.0)
-        rows["loaded"] = measure(module, request, args.repeats, cores)
+        rows["loaded"] = measure(module, request, args.repeats, cores, "loaded")
     finally:
         stop.set()
         for p in spinners:

@@ -63,7 +63,7 @@ def check_controlnet(controlnet: Any, unet: Any, what: str, source: str, backbon
         return
     made_for, fits = family(controlnet), family(unet)
     raise ModelLoadError(
-        f"{what} '{source}' was made for {made_for} but the backbone '{backbone}' is {fits} ({differences}): "
+        f"{what} ({source}) was made for {made_for} but the backbone ({backbone}) is {fits} ({differences}): "
         f"use a ControlNet for {fits}, {_fix(fits, EXAMPLES, 'ControlNet')}.")
 
 
@@ -90,5 +90,5 @@ def check_adapter(adapter: Any, unet: Any, what: str, source: str, backbone: str
     fits = family(unet)
     made_for = "SDXL" if _get(adapter, "adapter_type") == "full_adapter_xl" else "another UNet"
     raise ModelLoadError(
-        f"{what} '{source}' was made for {made_for} but the backbone '{backbone}' is {fits} ({differences}): "
+        f"{what} ({source}) was made for {made_for} but the backbone ({backbone}) is {fits} ({differences}): "
         f"use a T2I-Adapter for {fits}, {_fix(fits, ADAPTER_EXAMPLES, 'T2I-Adapter')}.")

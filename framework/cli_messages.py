@@ -109,7 +109,8 @@ def module_classes(module_name: str) -> list[str]:
         module = importlib.import_module(module_name)
     except ImportError:
         return []
-    return [f"{module_name}.{n}" for n, v in vars(module).items() if inspect.isclass(v) and not n.startswith("_")]
+    names = dict.fromkeys([*vars(module), *getattr(module, "__all__", [])])  # __all__: lazily exported names too
+    return [f"{module_name}.{n}" for n in names if not n.startswith("_") and inspect.isclass(getattr(module, n, None))]
 
 
 def nearest(word: str, names: list[str], prefix: str = "") -> str:
