@@ -41,14 +41,17 @@ def _spin(stop) -> None:
 def _module(steps: int, output_dir: str):
     from conditioners import ControlNetConditioner
     from framework.cli import quiet_libraries
-    from framework.config import MaskConfig, SamplingConfig
+    from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
     from framework.models import TOYWORLD, StableDiffusion
     from framework.module import EditModule
 
     quiet_libraries()
+    t_u = round(steps * 15 / 25)  # the paper's t_u = 15 of 25 steps, scaled with --steps
     module = EditModule(StableDiffusion(TOYWORLD), [ControlNetConditioner("pose", TOYWORLD),
                                                     ControlNetConditioner("scribble", TOYWORLD)],
-                        sampling=SamplingConfig(steps=steps), mask=MaskConfig(threshold=0.5), output_dir=output_dir)
+                        sampling=SamplingConfig(steps=steps), mask=MaskConfig(threshold=0.5),
+                        ito=ITOConfig(update_steps=t_u), guidance=GuidanceConfig(update_steps=t_u),
+                        output_dir=output_dir)
     module.setup("fit")
     return module
 
@@ -82,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--request", default="text_000", help="id of a request of experiments/examples")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps (the paper's 25)")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps (the paper's 25; t_u scales with it)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
 

@@ -105,7 +105,8 @@ class EditArgumentParser(LightningArgumentParser):
 
     def format_help(self) -> str:
         text = super().format_help()
-        if "--model.help" not in self._option_string_actions or "--trainer.max_epochs" not in self._option_string_actions:
+        options = self._option_string_actions
+        if "--model.help" not in options or "--trainer.max_epochs" not in options:  # not a subcommand's parser
             return text
         from jsonargparse import ArgumentParser
 

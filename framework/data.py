@@ -266,7 +266,8 @@ def check_request(spec: RequestSpec, resolution: Optional[int]) -> None:
     img = open_image(spec.image)
     _, cropped = target_size(img.width, img.height, resolution)
     if min(cropped) < 8:
-        raise ManifestError(f"image '{spec.image}' is {img.width}x{img.height}: sides under 8 pixels; set a resolution.")
+        raise ManifestError(f"image '{spec.image}' is {img.width}x{img.height}: sides under 8 pixels; "
+                            f"set a resolution.")
     files = [(f"{side} {k} map", p) for side, maps in (("source", spec.source), ("edit", spec.edit))
              for k, p in maps.items()]
     files += [("mask", spec.mask)] if spec.mask else []

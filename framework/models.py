@@ -143,7 +143,8 @@ def load_component(cls, pretrained: str, what: str, subfolder: Optional[str] = N
         return cls.from_pretrained(pretrained, **kwargs)
     except (OSError, EnvironmentError, ValueError) as err:
         text, hint = _load_hint(err, pretrained, subfolder, allow_pickle)
-        raise ModelLoadError(f"{what}: could not load from '{pretrained}': {text}.{' ' + hint if hint else ''}") from err
+        hint = f" {hint}" if hint else ""
+        raise ModelLoadError(f"{what}: could not load from '{pretrained}': {text}.{hint}") from err
 
 
 def load_config(cls, pretrained: str, what: str, subfolder: Optional[str] = None,
