@@ -208,8 +208,10 @@ def _device_count(trainer) -> int:
         count = torch.cuda.device_count() if on_gpu else 1
     elif isinstance(devices, (list, tuple)):
         count = len(devices)
+    elif isinstance(devices, int):
+        count = devices
     else:
-        count = int(devices)
+        return 1  # not a device count: Lightning names the problem itself
     return count * int(trainer.num_nodes or 1)
 
 
