@@ -4,8 +4,8 @@
 
 One bundled toy-world edit (`builtin:toyworld`, the quickstart's model and settings, 64 px) is run
 in this process with `torch.set_num_threads(1)` and with `torch.set_num_threads(os.cpu_count())`,
-interleaved, `--repeats` times each, first with nothing else running here, then while one busy
-process per core spins (the situation of a shared CI runner or a laptop compiling in the
+interleaved, `--repeats` times each, first with the machine as it is (idle, or shared: the load
+average is printed), then while one extra busy process per core spins (the situation of a shared CI runner or a laptop compiling in the
 background). The table gives the median seconds and the ratio all-threads / one-thread side by side;
 `framework.threads.default_threads` reads the machine's load the same way to choose the default.
 """
@@ -95,21 +95,21 @@ def main() -> None:
     _time_edit(module, request, 1)  # warm-up: first calls allocate
     rows = {}
     load_before = os.getloadavg()[0]
-    rows["idle"] = measure(module, request, args.repeats, cores, "idle")
+    rows["as found"] = measure(module, request, args.repeats, cores, "as found")
     stop = mp.Event()
     spinners = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(cores)]
     for p in spinners:
         p.start()
     try:
         time.sleep(1.0)
-        rows["loaded"] = measure(module, request, args.repeats, cores, "loaded")
+        rows["+1 busy process per core"] = measure(module, request, args.repeats, cores, "loaded")
     finally:
         stop.set()
         for p in spinners:
             p.join()
 
     print(f"{cores} cores, request {args.request}, {args.steps} steps, {args.repeats} repeats; "
-          f"1-min load average before the idle rows: {load_before:.2f}")
+          f"1-min load average before the first rows: {load_before:.2f}")
     print(f"| machine | 1 thread (s) | {cores} threads (s) | {cores} threads / 1 thread |")
     print("|---|---|---|---|")
     for name, times in rows.items():
