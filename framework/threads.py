@@ -16,6 +16,10 @@ import torch
 
 from framework.errors import ConfigError
 
+# Torch's own choice at start-up: one thread per physical core (or OMP_NUM_THREADS). The default never
+# exceeds it: the load average counts logical CPUs, and hyper-threads add little to intra-op work.
+_TORCH_THREADS = torch.get_num_threads()
+
 
 def free_cores(cores: Optional[int] = None, load: Optional[float] = None) -> int:
     """Cores minus the 1-minute load average (the processes already running), at least 1."""
@@ -29,11 +33,13 @@ def free_cores(cores: Optional[int] = None, load: Optional[float] = None) -> int
 
 
 def default_threads(cores: Optional[int] = None, load: Optional[float] = None) -> int:
-    """Threads for a CPU run when none is set: OMP_NUM_THREADS if set, else the free cores."""
+    """Threads for a CPU run when none is set: OMP_NUM_THREADS if set, else the free cores (on this machine at
+    most torch's start-up choice; `cores` given: that many cores, for what-ifs)."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) >= 1:
         return int(env)
-    return free_cores(cores, load)
+    free = free_cores(cores, load)
+    return free if cores is not None else min(free, _TORCH_THREADS)
 
 
 def apply_cpu_threads(threads: Optional[int], on_gpu: bool) -> Optional[int]:
