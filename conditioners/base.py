@@ -132,13 +132,31 @@ class LayoutConditioner(Conditioner):
         self.revision, self.variant, self.allow_pickle = revision, variant, allow_pickle
         self._source = resolve_pretrained(pretrained, f"{self.kind} '{modality}'", None, revision)
 
-    def _load_model(self, cls, builtin_kind: str):
-        """The model, frozen, from a hub id, a local folder or a built-in name."""
-        from framework.models import BUILTIN_PREFIX, builtin_folder, load_component
+    def _folder(self, builtin_kind: str) -> str:
+        from framework.models import BUILTIN_PREFIX, builtin_folder
 
         source = self._source
-        if source.startswith(BUILTIN_PREFIX):
-            source = str(builtin_folder(source, builtin_kind, self.modality))
-        model = load_component(cls, source, f"{self.kind} '{self.modality}'", revision=self.revision,
+        return str(builtin_folder(source, builtin_kind, self.modality)) if source.startswith(BUILTIN_PREFIX) else source
+
+    def _load_model(self, cls, builtin_kind: str, check=None, backbone=None):
+        """The model, frozen, from a hub id, a local folder or a built-in name.
+
+        `check(config, unet_config, what, source, backbone_name)` runs on its config.json first, so a model
+        that does not fit the backbone's UNet is refused before its weights are read."""
+        from framework.models import load_component, load_config
+
+        source, what = self._folder(builtin_kind), f"{self.kind} '{self.modality}'"
+        unet = getattr(backbone, "unet", None)
+        if check is not None and unet is not None:
+            check(load_config(cls, source, what, revision=self.revision), unet.config, what, self.pretrained,
+                  getattr(backbone, "pretrained", "?"))
+        model = load_component(cls, source, what, revision=self.revision,
                                variant=self.variant, allow_pickle=self.allow_pickle)
         return model.requires_grad_(False).eval()
+
+    def _check_loaded(self, model, check, backbone) -> None:
+        """The same check for a model given already loaded."""
+        unet = getattr(backbone, "unet", None)
+        if unet is not None:
+            check(model.config, unet.config, f"{self.kind} '{self.modality}'", self.pretrained,
+                  getattr(backbone, "pretrained", "?"))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from conditioners.base import ConditionSide, Encoding, LayoutConditioner, UNetInputs, in_window
+from conditioners.compat import check_controlnet
 
 
 class ControlNetConditioner(LayoutConditioner):
@@ -48,7 +49,9 @@ class ControlNetConditioner(LayoutConditioner):
         from diffusers import ControlNetModel
 
         if "controlnet" not in self._modules:  # loaded once (or given already)
-            self.controlnet = self._load_model(ControlNetModel, "controlnet")
+            self.controlnet = self._load_model(ControlNetModel, "controlnet", check_controlnet, backbone)
+        else:
+            self._check_loaded(self.controlnet, check_controlnet, backbone)
 
     def _embeds_ahead(self) -> bool:
         """Precompute only where the map goes straight into the embedding (RGB channel order)."""

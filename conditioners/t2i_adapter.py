@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from conditioners.base import ConditionSide, Encoding, LayoutConditioner, UNetInputs, in_window
+from conditioners.compat import check_adapter
 
 
 class T2IAdapterConditioner(LayoutConditioner):
@@ -18,11 +19,14 @@ class T2IAdapterConditioner(LayoutConditioner):
     """
 
     kind = "T2I-Adapter"
+
     def load(self, backbone) -> None:
         from diffusers import T2IAdapter
 
         if "adapter" not in self._modules:  # loaded once (or given already)
-            self.adapter = self._load_model(T2IAdapter, "t2i_adapter")
+            self.adapter = self._load_model(T2IAdapter, "t2i_adapter", check_adapter, backbone)
+        else:
+            self._check_loaded(self.adapter, check_adapter, backbone)
 
     @torch.no_grad()
     def encode(self, side: ConditionSide, backbone) -> Optional[Encoding]:

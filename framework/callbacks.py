@@ -6,7 +6,9 @@ Add them in YAML under `trainer.callbacks` by `class_path` (`framework.callbacks
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +17,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger  # a plain class: wandb itself is imported on first use
 
-from framework.outputs import EditResult, mask_overlay, save_png, to_pil
+from framework.errors import EditError
+from framework.outputs import EditResult, mask_overlay, save_json, save_png, to_pil
 
 STAGE_SECONDS = ("encode", "inversion", "mask", "guidance", "final", "decode", "total")
 
@@ -137,6 +140,56 @@ class WandbEditLogger(Callback):
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self._log_run(trainer, pl_module)
+
+
+class StopRequested(EditError):
+    """The run was asked to stop (SIGTERM): finished edits are kept, a rerun resumes."""
+
+    exit_code = 143  # 128 + SIGTERM, what a scheduler expects of a process it terminated
+
+
+class RunGuard(Callback):
+    """A run that stops early stays usable: on SIGTERM it stops within one DDIM step (the edit in flight is
+    dropped, the finished ones are kept), and when a run stops for any reason summary.json, index.html and
+    the contact sheet are written for the edits it made, so they never describe an older run.
+
+    Lightning's own SIGTERM handler sets `trainer.received_sigterm` and stops only after the current batch,
+    which here is a whole edit (minutes on a large image: longer than a scheduler's grace period).
+    """
+
+    def _check(self, trainer: Trainer, pl_module: LightningModule, during: bool) -> None:
+        if not getattr(trainer, "received_sigterm", False):
+            return
+        done = sum(1 for r in getattr(pl_module, "records", []) if "error" not in r)
+        current = getattr(pl_module, "_current_id", None)
+        where = f"during edit '{current}' (dropped)" if during and current else "between edits"
+        raise StopRequested(f"SIGTERM received: stopped {where}; {done} finished edit(s) are in "
+                            f"{pl_module.output_dir}. Run the same command again to resume.")
+
+    def on_edit_step(self, trainer: Trainer, pl_module: LightningModule, info: dict[str, Any]) -> None:
+        self._check(trainer, pl_module, during=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._check(trainer, pl_module, during=False)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer, pl_module, during=False)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer, pl_module, during=False)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        write = getattr(pl_module, "_write_summary", None)
+        if write is None or trainer.world_size > 1 or not getattr(pl_module, "records", None):
+            return  # with several processes the others may still be editing: rank files stay for the rerun
+        try:
+            write()
+            path = Path(pl_module.output_dir) / "summary.json"
+            summary = json.loads(path.read_text())
+            summary["stopped"] = f"{type(exception).__name__}: {exception}"  # why it is shorter than its manifest
+            save_json(summary, path)
+        except Exception as err:  # noqa: BLE001 - never hide the exception that stopped the run
+            warnings.warn(f"could not write the summary of the stopped run: {err}", stacklevel=2)
 
 
 class LatentPreview(Callback):

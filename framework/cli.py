@@ -10,12 +10,22 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from jsonargparse import set_parsing_settings
+from jsonargparse._common import debug_mode_active
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from framework.callbacks import WandbEditLogger
+from framework.callbacks import RunGuard, StopRequested, WandbEditLogger
+from framework.cli_messages import check_yaml_files, config_files, explain, settings_help
 from framework.data import EditDataModule
 from framework.errors import ConfigError, edit_error_in
 from framework.module import EditModule
+from framework.preflight import after_load
+from framework.threads import apply_cpu_threads
+
+# Field docstrings of the settings dataclasses become their --help text (LitGPT style).
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 TRAINER_DEFAULTS = {
     "max_epochs": 1,  # one pass over the manifest
@@ -33,7 +43,9 @@ TRAINER_DEFAULTS = {
 # Default callbacks. LightningCLI appends `trainer_defaults["callbacks"]` as-is to the callbacks
 # already instantiated from the config (LightningCLI._instantiate_trainer), so these are instances,
 # not class_path dicts; each resets its state in `setup`, so one instance serves every run.
-TRAINER_DEFAULTS["callbacks"] = [WandbEditLogger()]  # does nothing unless the run logs to W&B
+# WandbEditLogger does nothing unless the run logs to W&B; RunGuard stops cleanly on SIGTERM and keeps
+# summary.json / index.html true to what was written when a run stops early.
+TRAINER_DEFAULTS["callbacks"] = [WandbEditLogger(), RunGuard()]
 
 _QUIET_WARNINGS = (
     r".*configure_optimizers.*returned `None`.*",
@@ -79,6 +91,48 @@ def _wandb_key_available() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+class EditArgumentParser(LightningArgumentParser):
+    """The CLI's parser: a mistake is one line (key, where it was given, nearest valid names), not a usage
+    dump; `fit --help` also lists the settings of EditModule."""
+
+    command_line: list[str] = []  # the arguments of this command, for locating mistakes in them
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        if not self.exit_on_error or debug_mode_active():  # jsonargparse trying alternatives: not final
+            return super().error(message, ex)
+        sys.stderr.write(f"error: {explain(message, self.command_line)}\n")
+        self.exit(2)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        options = self._option_string_actions
+        if "--model.help" not in options or "--trainer.max_epochs" not in options:  # not a subcommand's parser
+            return text
+        from jsonargparse import ArgumentParser
+
+        models = ArgumentParser(prog="model", add_help=False)
+        models.add_class_arguments(EditModule, "model")
+        return (f"{text}\nSettings of the default model, framework.EditModule (another model class: "
+                f"--model.help CLASS; a group alone: --model.sampling.help):\n"
+                + models.format_help().split("\n", 1)[1])
+
+
+class EditSaveConfig(SaveConfigCallback):
+    """Writes config.yaml (Lightning's behaviour) and logs the resolved config and the settings digest to
+    every W&B logger of the run, so runs can be compared and filtered on the dashboard."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        from framework.callbacks import wandb_loggers
+
+        loggers = wandb_loggers(trainer)
+        if not loggers:
+            return
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_validation=True))
+        digest = pl_module.settings_digest() if hasattr(pl_module, "settings_digest") else None
+        for logger in loggers:
+            logger.log_hyperparams({**config, "settings_digest": digest})
+
+
 class EditCLI(LightningCLI):
     """LightningCLI whose model is an `EditModule` (or subclass) and whose data is a manifest."""
 
@@ -86,13 +140,32 @@ class EditCLI(LightningCLI):
         super().__init__(
             EditModule, EditDataModule, subclass_mode_model=True, subclass_mode_data=True,
             trainer_defaults=TRAINER_DEFAULTS, auto_configure_optimizers=False, args=args, run=run,
-            save_config_kwargs={"overwrite": True}, seed_everything_default=0,
-            parser_kwargs={"default_env": False},
+            save_config_callback=EditSaveConfig, save_config_kwargs={"overwrite": True},
+            seed_everything_default=0, parser_kwargs={"default_env": False}, parser_class=EditArgumentParser,
         )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--sweep", type=Optional[dict], default=None,
                             help="Several runs of this config: read by `python -m framework.sweep FILE`.")
+        parser.add_argument("--cpu_threads", type=Optional[int], default=None,
+                            help="Torch intra-op threads of a CPU run. null: OMP_NUM_THREADS if set, else the "
+                                 "cores not already busy (framework.threads; 1 on a saturated machine).")
+
+    def _prepare_run(self) -> None:
+        """Before the Trainer starts (and a W&B run is created): load the weights, which checks every
+        conditioner against the UNet, then the checks that need the tokenizer."""
+        if hasattr(self.model, "load_weights"):
+            self.model.load_weights()
+            after_load(self.model, self.datamodule)
+
+    def before_fit(self) -> None:
+        self._prepare_run()
+
+    def before_test(self) -> None:
+        self._prepare_run()
+
+    def before_predict(self) -> None:
+        self._prepare_run()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -100,10 +173,13 @@ class EditCLI(LightningCLI):
             raise ConfigError("this config has a `sweep:` section (several runs); run it with "
                               "`python -m framework.sweep <file>` (see its --help).")
         trainer = config.trainer
+        on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
         if trainer.precision is None:
-            on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
             trainer.precision = "16-mixed" if on_gpu else "32-true"
+        apply_cpu_threads(config.get("cpu_threads"), on_gpu)
         launchers = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+        if trainer.strategy in ("auto", None) and _device_count(trainer) > 1:
+            trainer.strategy = "ddp"  # several devices: each edits its share (DDP refuses a frozen model)
         if isinstance(trainer.strategy, str) and trainer.strategy in launchers:
             # No weights are trained: each process edits its share, nothing to synchronise.
             trainer.strategy = {"class_path": "framework.strategy.ShardedEditStrategy",
@@ -120,6 +196,25 @@ class EditCLI(LightningCLI):
                     Path(save_dir).mkdir(parents=True, exist_ok=True)
 
 
+def _device_count(trainer) -> int:
+    """How many processes `trainer.devices` x `num_nodes` asks for ('auto' / -1: every GPU, or 1 on the CPU)."""
+    devices = trainer.devices
+    if isinstance(devices, str):
+        devices = devices.strip()
+        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else (
+            int(devices) if devices.lstrip("-").isdigit() else devices)
+    on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
+    if devices in ("auto", -1):
+        count = torch.cuda.device_count() if on_gpu else 1
+    elif isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif isinstance(devices, int):
+        count = devices
+    else:
+        return 1  # not a device count: Lightning names the problem itself
+    return count * int(trainer.num_nodes or 1)
+
+
 def _uses_wandb(logger) -> bool:
     items = logger if isinstance(logger, list) else [logger]
     return any("WandbLogger" in str(getattr(item, "class_path", "")) for item in items)
@@ -128,16 +223,37 @@ def _uses_wandb(logger) -> bool:
 def main(args=None) -> None:
     """Run the CLI; the project's errors end the run with one clear line and exit status 2."""
     quiet_libraries()
+    argv = list(sys.argv[1:] if args is None else args)
+    EditArgumentParser.command_line = argv
     try:
+        check_yaml_files(config_files(argv))
+        _group_help(argv)
         EditCLI(args=args)
     except Exception as err:  # noqa: BLE001 - re-raised unless it is one of ours
+        if isinstance(err, SIGTERMException):  # Lightning's own stop, after an edit finished
+            print("stopped: SIGTERM received after an edit; run the same command again to resume.", file=sys.stderr)
+            raise SystemExit(StopRequested.exit_code) from None
         edit_error = edit_error_in(err)
         if edit_error is None:
             raise
+        if isinstance(edit_error, StopRequested):
+            print(f"stopped: {edit_error}", file=sys.stderr)
+            raise SystemExit(StopRequested.exit_code) from None
         print(f"error: {edit_error}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         _finish_wandb()
+
+
+def _group_help(argv: list[str]) -> None:
+    """`--model.sampling.help` (and mask, ito, guidance, auto_lam): that group's settings, documented."""
+    for arg in argv:
+        parts = arg.split(".")
+        if len(parts) == 3 and parts[0] == "--model" and parts[2] == "help":
+            text = settings_help(EditModule, parts[1])
+            if text is not None:  # otherwise a plugin slot: `--model.conditioners.help CLASS` is jsonargparse's
+                print(text)
+                raise SystemExit(0)
 
 
 def _finish_wandb() -> None:

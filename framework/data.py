@@ -243,16 +243,69 @@ def load_image(path: Path, resolution: Optional[int]) -> torch.Tensor:
     return _to_tensor(_centre_crop(img, cropped))
 
 
+def _check_aspect(map_size: tuple[int, int], image_size: tuple[int, int], what: str, path) -> None:
+    """A map or mask is resized onto the input, so its aspect ratio must be the input's (within 2 %)."""
+    aspect, expected = map_size[0] / map_size[1], image_size[0] / image_size[1]
+    if abs(aspect / expected - 1) > 0.02:
+        raise ManifestError(f"{what} '{path}' is {map_size[0]}x{map_size[1]} but the input image is "
+                            f"{image_size[0]}x{image_size[1]}: the aspect ratios differ. Draw the map "
+                            f"for the input's frame.")
+
+
 def load_aligned(path: Path | MapSpec, size: tuple[int, int], image_size: tuple[int, int], what: str,
                  mode: str = "RGB") -> torch.Tensor:
     """A condition map (file or MapSpec, made here) or mask resized like the input; aspects must match."""
     img = path.render(image_size).convert(mode) if isinstance(path, MapSpec) else open_image(path, mode)
-    aspect, expected = img.width / img.height, image_size[0] / image_size[1]
-    if abs(aspect / expected - 1) > 0.02:
-        raise ManifestError(f"{what} '{path}' is {img.width}x{img.height} but the input image is "
-                            f"{image_size[0]}x{image_size[1]}: the aspect ratios differ. Draw the map "
-                            f"for the input's frame.")
+    _check_aspect(img.size, image_size, what, path)
     return _to_tensor(img.resize(size, Image.BILINEAR))
+
+
+def check_request(spec: RequestSpec, resolution: Optional[int]) -> None:
+    """Open every file of a request (decoding each in full) and check sizes and aspects, without loading
+    any model: what `load_request` would refuse, found before the run starts."""
+    img = open_image(spec.image)
+    _, cropped = target_size(img.width, img.height, resolution)
+    if min(cropped) < 8:
+        raise ManifestError(f"image '{spec.image}' is {img.width}x{img.height}: sides under 8 pixels; "
+                            f"set a resolution.")
+    files = [(f"{side} {k} map", p) for side, maps in (("source", spec.source), ("edit", spec.edit))
+             for k, p in maps.items()]
+    files += [("mask", spec.mask)] if spec.mask else []
+    for what, path in files:
+        if isinstance(path, MapSpec):  # made when the request is loaded; its photo must be readable now
+            photo = getattr(path, "image", None)
+            if photo is not None:
+                _check_aspect(open_image(photo).size, img.size, what, path)
+            continue
+        _check_aspect(open_image(path, "L" if what == "mask" else "RGB").size, img.size, what, path)
+
+
+def has_edit_condition(spec: RequestSpec) -> bool:
+    """Whether the request asks for any change: an edit prompt other than the source's, or an edit map that
+    is not the source map. (A request without a source prompt is captioned: it needs its own edit prompt.)"""
+    prompt_differs = spec.edit_prompt is not None and spec.edit_prompt != spec.source_prompt
+    return prompt_differs or any(spec.edit[k] != spec.source.get(k) for k in spec.edit)
+
+
+def check_requests(specs: list[Optional[RequestSpec]], resolution: Optional[int]) -> None:
+    """`check_request` on every request; one ManifestError naming each request that cannot be used."""
+    problems = []
+    for spec in specs:
+        if spec is None:
+            continue
+        try:
+            check_request(spec, resolution)
+            if not has_edit_condition(spec):
+                raise ManifestError(f"request '{spec.id}' has no edit condition: its edit_prompt is its "
+                                    f"source_prompt and no edit map differs from its source map. Give an "
+                                    f"edit_prompt or an edit map (e.g. edit: {{pose: new_pose.png}}).")
+        except ManifestError as err:
+            problems.append(str(err).rstrip("."))
+    if len(problems) == 1:
+        raise ManifestError(problems[0] + ".")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ManifestError(f"{len(problems)} requests cannot be used (nothing was edited): {shown}.")
 
 
 def load_request(spec: RequestSpec, resolution: Optional[int], index: int = 0) -> EditRequest:
@@ -311,6 +364,7 @@ class EditDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.captioner = captioner
         self.specs = self.load_specs(annotators, allow_pickle)[:limit]
+        check_requests(self.specs, resolution)  # every file opened now, before any weights load
 
     def load_specs(self, annotators: Optional[str], allow_pickle: bool) -> list[RequestSpec]:
         """The validated requests to serve; subclasses (framework.datasets) build them from other sources."""

@@ -132,3 +132,20 @@ def resize_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(m.shape) == tuple(size):
         return m
     return F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def mask_area_hint(area: float, given: bool, given_mode: str) -> str:
+    """Why an edit mask is empty (area 0) or full (area 1), and what to change: the request's own mask file
+    or the estimate's threshold."""
+    if given and area == 0.0:
+        thin = (" (or its white region is too thin for the latent grid under mask.given: area; use mask.given: "
+                "cover)") if given_mode == "area" else ""
+        return (f"the given mask has no edit region: it is all black{thin}, so only what the guidance loss "
+                f"reaches can change. White marks the edit region; or leave out `mask` to estimate one.")
+    if given:
+        return ("the given mask is all white, so the whole image may change and nothing is preserved. Paint the "
+                "parts to keep black; or leave out `mask` to estimate one.")
+    if area == 0.0:
+        return ("the edit mask is empty, so the edit can only change what the guidance loss reaches. Lower "
+                "mask.threshold or give a mask.")
+    return "the edit mask covers the whole image, so nothing is preserved. Raise mask.threshold or give a mask."

@@ -24,6 +24,7 @@ def _rank() -> int:
     return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
 
 _HUB_CHECK_TIMEOUT_S = 3.0
+_LOAD_OFFLINE: set[str] = set()  # hub ids found in the cache while the Hub was unreachable: no retries
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -76,6 +77,8 @@ def resolve_pretrained(pretrained: str, what: str, subfolder: Optional[str] = No
             f"such as 'stable-diffusion-v1-5/stable-diffusion-v1-5'."
         )
     if _cached_on_hub(pretrained, subfolder, revision):
+        if not _hub_reachable():  # load from the cache at once instead of ~200 s of retries
+            _LOAD_OFFLINE.add(pretrained)
         return pretrained
     if not _hub_reachable():
         raise ModelLoadError(
@@ -95,13 +98,43 @@ def _has_weights(cls) -> bool:
     return issubclass(cls, (ModelMixin, PreTrainedModel))
 
 
+def _source_kwargs(pretrained: str, subfolder: Optional[str], revision: Optional[str]) -> dict:
+    kwargs: dict = {"subfolder": subfolder} if subfolder else {}
+    if revision:
+        kwargs["revision"] = revision
+    if pretrained in _LOAD_OFFLINE:
+        kwargs["local_files_only"] = True
+    return kwargs
+
+
+_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pth", ".pt")
+
+
+def _load_hint(err: Exception, pretrained: str, subfolder: Optional[str], allow_pickle: bool) -> tuple[str, str]:
+    """(the library's message without advice that does not fit, the project's hint for this cause)."""
+    text = str(err).strip().rstrip(".")
+    if "expected shape" in text or "size mismatch" in text or "ignore_mismatched_sizes" in text:
+        # diffusers suggests ignore_mismatched_sizes, which would replace the weights with random ones.
+        text = text.split(" If you want to instead overwrite", 1)[0].rstrip(".")
+        return text, ("The weights do not have the shapes their config.json describes: the folder mixes files of "
+                      "different checkpoints. Copy the whole checkpoint again.")
+    missing = "no file named" in text or "does not appear to have a file named" in text
+    if missing and not allow_pickle:
+        folder = Path(pretrained).expanduser() / (subfolder or "")
+        pickles = sorted(p.name for p in folder.glob("*") if p.suffix in _PICKLE_SUFFIXES) if folder.is_dir() else []
+        if pickles or not folder.is_dir():
+            found = f" (this folder has {', '.join(pickles)})" if pickles else ""
+            return text, (f"Only safetensors weights load by default{found}: convert them, or set "
+                          f"`allow_pickle: true` if you trust the files (pickles can run code).")
+        return text, "The folder has no weights file: copy the whole checkpoint."
+    return text, ""
+
+
 def load_component(cls, pretrained: str, what: str, subfolder: Optional[str] = None,
                    revision: Optional[str] = None, variant: Optional[str] = None,
                    allow_pickle: bool = False):
     """`cls.from_pretrained` with the project's conventions: safetensors only unless allowed."""
-    kwargs = {"subfolder": subfolder} if subfolder else {}
-    if revision:
-        kwargs["revision"] = revision
+    kwargs = _source_kwargs(pretrained, subfolder, revision)
     if variant:
         kwargs["variant"] = variant
     if not allow_pickle and _has_weights(cls):
@@ -109,8 +142,18 @@ def load_component(cls, pretrained: str, what: str, subfolder: Optional[str] = N
     try:
         return cls.from_pretrained(pretrained, **kwargs)
     except (OSError, EnvironmentError, ValueError) as err:
-        hint = "" if allow_pickle else " Only safetensors weights load unless `allow_pickle: true` is set."
-        raise ModelLoadError(f"{what}: could not load from '{pretrained}': {err}.{hint}") from err
+        text, hint = _load_hint(err, pretrained, subfolder, allow_pickle)
+        hint = f" {hint}" if hint else ""
+        raise ModelLoadError(f"{what}: could not load from '{pretrained}': {text}.{hint}") from err
+
+
+def load_config(cls, pretrained: str, what: str, subfolder: Optional[str] = None,
+                revision: Optional[str] = None) -> dict:
+    """The config.json of a diffusers model (no weights read), for checks before loading."""
+    try:
+        return dict(cls.load_config(pretrained, **_source_kwargs(pretrained, subfolder, revision)))
+    except (OSError, EnvironmentError, ValueError) as err:
+        raise ModelLoadError(f"{what}: could not read the config of '{pretrained}': {err}") from err
 
 
 TOYWORLD = "builtin:toyworld"
@@ -173,6 +216,11 @@ def _check_sd_folder(source: str) -> None:
     if source.startswith(BUILTIN_PREFIX) or not folder.is_dir():
         return
     missing = [f"{part}/{name}" for part, name in _SD_PARTS.items() if not (folder / part / name).is_file()]
+    if len(missing) == len(_SD_PARTS) and not (folder / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"Stable Diffusion: '{folder}' is not a diffusers Stable Diffusion folder: it has none of "
+            f"{', '.join(missing)} nor model_index.json. Point `pretrained` at a folder written by "
+            f"`save_pretrained` (or a hub snapshot).")
     if missing:
         raise ModelLoadError(
             f"Stable Diffusion folder '{folder}' is incomplete: missing {', '.join(missing)}. Copy the "
@@ -237,8 +285,8 @@ class StableDiffusion(nn.Module):
             raise ConfigError(f"vae_tile_size must be a multiple of 8 pixels (>= 8), got {vae_tile_size}; "
                               f"use e.g. 512, or null for the VAE's own sample size.")
         self.vae_tile_size = vae_tile_size
+        _check_sd_folder(pretrained)  # first: a missing unet/ is an incomplete folder, like a missing vae/
         self._source = resolve_pretrained(pretrained, "Stable Diffusion", "unet", revision)
-        _check_sd_folder(self._source)
         self.vae = self.unet = self.text_encoder = None
         self.tokenizer = self.scheduler = None
 
@@ -311,6 +359,15 @@ class StableDiffusion(nn.Module):
                              truncation=True, return_tensors="pt").input_ids
         device = next(self.text_encoder.parameters()).device
         return self.text_encoder(ids.to(device))[0]
+
+    def prompt_used(self, prompt: str) -> Optional[str]:
+        """The part of `prompt` the text encoder sees when it is longer than the tokenizer's limit (CLIP: 77
+        tokens with the start and end tokens); None when the whole prompt fits."""
+        ids = self.tokenizer(prompt, truncation=False).input_ids
+        limit = self.tokenizer.model_max_length
+        if len(ids) <= limit:
+            return None
+        return self.tokenizer.decode(ids[1:limit - 1], skip_special_tokens=True)
 
     def train(self, mode: bool = True) -> "StableDiffusion":
         """The backbone is frozen: it stays in eval mode whatever the Trainer asks."""

@@ -9,7 +9,7 @@ earlier run finished, scores and writes each edit, and writes the run's summary 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable, Iterable, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -60,16 +60,16 @@ class EditModule(pl.LightningModule):
         losses: Optional[list[EditLoss]] = None,
         optimizer: Optional[Callable[[Iterable], torch.optim.Optimizer]] = None,
         lam: Union[float, Literal["auto"]] = 0.6,
-        sampling: Optional[SamplingConfig] = None,
-        mask: Optional[MaskConfig] = None,
-        ito: Optional[ITOConfig] = None,
-        guidance: Optional[GuidanceConfig] = None,
+        sampling: SamplingConfig = SamplingConfig(),  # noqa: B008 - instances so --help lists their fields;
+        mask: MaskConfig = MaskConfig(),  # noqa: B008   copied below, never shared
+        ito: ITOConfig = ITOConfig(),  # noqa: B008
+        guidance: GuidanceConfig = GuidanceConfig(),  # noqa: B008
         seed: int = 0,
         output_dir: str = "outputs/edits",
         unet_chunk_size: Optional[int] = None,
         overwrite: bool = False,
         metrics: Optional[list[EditMetric]] = None,
-        auto_lam: Optional[AutoLam] = None,
+        auto_lam: AutoLam = AutoLam(),  # noqa: B008
         inversion: Optional[Inversion] = None,
         mask_estimator: Optional[MaskEstimator] = None,
         guidance_generator: Optional[GuidanceGenerator] = None,
@@ -110,11 +110,13 @@ class EditModule(pl.LightningModule):
         """
         super().__init__()
         self.lam = check_lam_setting(lam)
-        self.auto_lam = auto_lam or AutoLam()
-        self.sampling = sampling or SamplingConfig()
-        self.mask_cfg = mask or MaskConfig()
-        self.ito_cfg = ito or ITOConfig()
-        self.guidance_cfg = guidance or GuidanceConfig()
+        # Copies: the defaults in the signature are instances (so --help and --print_config list their fields),
+        # and a module that changes its settings must not change the next module's defaults.
+        self.auto_lam = replace(auto_lam) if auto_lam is not None else AutoLam()
+        self.sampling = replace(sampling) if sampling is not None else SamplingConfig()
+        self.mask_cfg = replace(mask) if mask is not None else MaskConfig()
+        self.ito_cfg = replace(ito) if ito is not None else ITOConfig()
+        self.guidance_cfg = replace(guidance) if guidance is not None else GuidanceConfig()
         self.inversion = inversion or DDIMInversion()
         self.mask_estimator = mask_estimator or NoiseDifferenceMask()
         self.guidance_generator = guidance_generator or NoiseEncodedGuidance()
@@ -145,9 +147,7 @@ class EditModule(pl.LightningModule):
     # ----------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         """Load the weights once configuration and data have been checked."""
-        self.backbone.load()
-        for conditioner in self.conditioners:
-            conditioner.load(self.backbone)
+        self.load_weights()
         self.backbone.configure_memory(*self.conditioners)  # attention slicing reaches the ControlNets too
         self.engine = EditEngine(
             self.backbone, list(self.conditioners), list(self.losses), inversion=self.inversion,
@@ -156,6 +156,14 @@ class EditModule(pl.LightningModule):
             guidance=self.guidance_cfg, unet_chunk_size=self.unet_chunk_size, emit=self._emit)
         self.records = []
         self._settings: Optional[str] = None
+
+    def load_weights(self) -> None:
+        """Read the backbone's and the conditioners' weights (once); each conditioner checks that it fits the
+        UNet first. The CLI calls this before the Trainer starts, so a model that cannot load leaves no run
+        behind (no W&B run, no summary)."""
+        self.backbone.load()
+        for conditioner in self.conditioners:
+            conditioner.load(self.backbone)
 
     def settings_digest(self) -> str:
         """A digest of everything besides the request that decides an edit: `resolved_parameters` and the
@@ -207,8 +215,17 @@ class EditModule(pl.LightningModule):
         engine.guidance_generator, engine.decoder = self.guidance_generator, self.decoder
         result = engine.edit(request, setting, seed, self.auto_lam)
         result.record.update({"method": self.method_name(), "settings": self.settings_digest(),
-                              "inputs": request_digest(request), **({"extra": request.extra} if request.extra else {})})
+                              "inputs": request_digest(request), **self._prompts_used(request),
+                              **({"extra": request.extra} if request.extra else {})})
         return result
+
+    def _prompts_used(self, request: EditRequest) -> dict[str, Any]:
+        """{'prompts_used': {field: the text the encoder saw}} for prompts cut at the tokenizer's limit."""
+        used = getattr(self.backbone, "prompt_used", None)
+        cut = {} if used is None else {k: used(p) for k, p in (("source_prompt", request.source_prompt),
+                                                                 ("edit_prompt", request.edit_prompt))}
+        cut = {k: v for k, v in cut.items() if v is not None}
+        return {"prompts_used": cut} if cut else {}
 
     def method_name(self) -> str:
         return f"{type(self).__module__}.{type(self).__name__}"

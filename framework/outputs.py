@@ -54,13 +54,22 @@ def mask_overlay(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return image * (1 - 0.45 * m) + red * 0.45 * m
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(write, path: Path) -> None:
-    """Write via `write(tmp_path)` then rename onto `path`."""
+    """Write via `write(tmp_path)` then rename onto `path`, with the mode a plain `open` would give (0666 less
+    the umask: mkstemp's 0600 would hide index.html from a web server or a colleague)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

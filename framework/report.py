@@ -7,6 +7,7 @@ and the files already in each edit's folder; a missing or unreadable file is lef
 from __future__ import annotations
 
 import html
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,30 @@ THUMBNAILS = ("input.png", "mask.png", "guidance.png", "edit.png")
 STAGES = ("encode", "inversion", "mask", "guidance", "final", "decode")
 
 
+def earlier_records(output_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The edits already in `output_dir` (their result.json, or error.json) that `records` does not cover,
+    sorted by id: edits of another manifest run into the same folder."""
+    known = {str(r.get("id")) for r in records}
+    earlier = []
+    for folder in sorted(p for p in Path(output_dir).iterdir() if p.is_dir() and p.name not in known):
+        for name in ("result.json", "error.json"):
+            try:
+                record = json.loads((folder / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and str(record.get("id", folder.name)) == folder.name:
+                earlier.append(record)
+                break
+    return earlier
+
+
 def write_report(output_dir: Path, records: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write `contact_sheet.png` and `index.html` into `output_dir`; return their paths."""
+    """Write `contact_sheet.png` and `index.html` into `output_dir`; return their paths.
+
+    Both show this run's edits, then the edits earlier runs left in the folder (another manifest into
+    the same output_dir), so the page lists everything the folder holds."""
     output_dir = Path(output_dir)
+    records = list(records) + earlier_records(output_dir, records)
     sheet_path = output_dir / "contact_sheet.png"
     save_png(contact_sheet(output_dir, records), sheet_path)
     index_path = output_dir / "index.html"

@@ -46,14 +46,13 @@ def given_mask(request_mask: torch.Tensor, size: tuple[int, int], rule: str) -> 
     return (F.interpolate(request_mask.float(), size=size, mode="area") > 0.5).float()
 
 
-def warn_degenerate(mask: torch.Tensor, request_id: str) -> None:
+def warn_degenerate(mask: torch.Tensor, request_id: str, given: bool = False, rule: str = "cover") -> None:
+    """Warn about an empty or full edit mask, with the hint that fits where it came from."""
+    from framework.masks import mask_area_hint
+
     area = float(mask.mean())
-    if area == 0.0:
-        warnings.warn(f"Edit '{request_id}': the edit mask is empty, so the edit can only change what "
-                      f"the guidance loss reaches. Lower mask.threshold or give a mask.", stacklevel=3)
-    elif area == 1.0:
-        warnings.warn(f"Edit '{request_id}': the edit mask covers the whole image, so nothing is "
-                      f"preserved. Raise mask.threshold or give a mask.", stacklevel=3)
+    if area in (0.0, 1.0):
+        warnings.warn(f"Edit '{request_id}': {mask_area_hint(area, given, rule)}", stacklevel=3)
 
 
 class GivenMask(MaskEstimator):
@@ -65,7 +64,7 @@ class GivenMask(MaskEstimator):
             raise EditError(f"Edit '{request.id}' has no mask, but the mask estimator is GivenMask: add a `mask:` "
                             "to the request or use framework.stages.NoiseDifferenceMask.")
         mask = given_mask(request.mask, tuple(state.x0.shape[-2:]), engine.mask_cfg.given)
-        warn_degenerate(mask, request.id)
+        warn_degenerate(mask, request.id, given=True, rule=engine.mask_cfg.given)
         return mask, None, "given"
 
 

@@ -218,7 +218,7 @@ def test_evaluation_fields_land_in_extra(tmp_path):
 
 def test_limit_keeps_the_first_requests(tmp_path):
     _rgb(tmp_path / "a.png", 16, 16)
-    manifest = _yaml(tmp_path / "m.yaml", "".join(f"- {{id: r{i}, image: a.png, source_prompt: x}}\n"
+    manifest = _yaml(tmp_path / "m.yaml", "".join(f"- {{id: r{i}, image: a.png, source_prompt: x, edit_prompt: y}}\n"
                                                   for i in range(5)))
     assert [s.id for s in EditDataModule(str(manifest), limit=2).specs] == ["r0", "r1"]
     assert [s.id for s in EditDataModule(str(manifest)).specs] == ["r0", "r1", "r2", "r3", "r4"]
@@ -384,7 +384,7 @@ def test_corrupt_map_raises_manifest_error_on_load(tmp_path):
 
 def test_resolution_below_8_is_rejected(tmp_path):
     with pytest.raises(ManifestError, match="resolution must be >= 8"):
-        EditDataModule(str(_single(tmp_path)), resolution=4)
+        EditDataModule(str(_single(tmp_path, edit_prompt="a dog")), resolution=4)
 
 
 # ---------------------------------------------------------------- image kinds
@@ -486,11 +486,13 @@ def test_dataloader_yields_requests_in_order(tmp_path):
     _rgb(tmp_path / "a.png", 24, 16)
     _rgb(tmp_path / "b.png", 16, 16, seed=1)
     _rgb(tmp_path / "pose.png", 24, 16, seed=2)
+    _rgb(tmp_path / "pose2.png", 24, 16, seed=3)
+    new_pose = "source: {pose: pose.png}, edit: {pose: pose2.png}"  # the edit condition of zeta and mid
     manifest = _yaml(tmp_path / "m.yaml",
                      "requests:\n"
-                     "  - {id: zeta, image: a.png, source_prompt: one}\n"
+                     f"  - {{id: zeta, image: a.png, source_prompt: one, {new_pose}}}\n"
                      "  - {id: alpha, image: b.png, source_prompt: two, edit_prompt: deux, seed: 4}\n"
-                     "  - {id: mid, image: a.png, source_prompt: three, source: {pose: pose.png}, lam: 0.1}\n")
+                     f"  - {{id: mid, image: a.png, source_prompt: three, {new_pose}, lam: 0.1}}\n")
     module = EditDataModule(str(manifest))
     for loader in (module.predict_dataloader(), module.test_dataloader(), module.train_dataloader()):
         items = list(loader)
@@ -507,7 +509,8 @@ def test_dataloader_yields_requests_in_order(tmp_path):
 def test_dataloader_respects_limit_and_resolution(tmp_path):
     _rgb(tmp_path / "a.png", 64, 48)
     manifest = _yaml(tmp_path / "m.jsonl", "".join(
-        json.dumps({"id": f"r{i}", "image": "a.png", "source_prompt": "x"}) + "\n" for i in range(3)))
+        json.dumps({"id": f"r{i}", "image": "a.png", "source_prompt": "x", "edit_prompt": "y"}) + "\n"
+        for i in range(3)))
     items = list(EditDataModule(str(manifest), resolution=128, limit=2).predict_dataloader())
     assert [(r.id, r.index, tuple(r.image.shape)) for r in items] == [("r0", 0, (1, 3, 96, 128)),
                                                                     ("r1", 1, (1, 3, 96, 128))]
@@ -515,7 +518,7 @@ def test_dataloader_respects_limit_and_resolution(tmp_path):
 
 def test_no_stray_files(tmp_path):
     """Loading never writes next to the manifest."""
-    manifest = _single(tmp_path)
+    manifest = _single(tmp_path, edit_prompt="a dog")
     before = sorted(os.listdir(tmp_path))
     list(EditDataModule(str(manifest)).predict_dataloader())
     assert sorted(os.listdir(tmp_path)) == before

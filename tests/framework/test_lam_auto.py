@@ -51,7 +51,7 @@ def test_lam_auto_end_to_end_records_the_rule(tmp_path, tiny_dirs):
     manifest = masked_manifest(tmp_path, {"quarter": (32, ""), "empty": (0, ""), "fixed": (32, "0.8")})
     out = tmp_path / "out"
     config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out, lam="auto")
-    with pytest.warns(UserWarning, match="'empty': the edit mask is empty"):
+    with pytest.warns(UserWarning, match="'empty': the given mask has no edit region"):
         main(["fit", "--config", str(config), *FAST])
     records = {i: json.loads((out / i / "result.json").read_text()) for i in ("quarter", "empty", "fixed")}
     quarter, empty, fixed = records["quarter"], records["empty"], records["fixed"]

@@ -158,3 +158,72 @@ def test_edit_with_memory_options_matches_edit_without_on_a_small_image(tiny_dir
     off, on = results
     assert torch.equal(on.mask, off.mask)
     assert float((on.edit - off.edit).abs().max()) <= 1e-3
+
+
+def _hub_cache(tmp_path, folder, repo="some-org/tiny-sd"):
+    """A Hugging Face cache holding `folder` as the snapshot of `repo` (the hub's own layout)."""
+    cache = tmp_path / "hub"
+    root = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef" * 2 + "01234567"  # 40 hex digits, as the Hub's commit hashes
+    shutil.copytree(folder, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    return cache, repo
+
+
+def test_a_cached_hub_id_loads_offline_at_once_when_the_hub_is_unreachable(tmp_path, tiny_dirs, monkeypatch):
+    import time
+
+    import huggingface_hub.constants as hub
+    from diffusers import UNet2DConditionModel
+
+    cache, repo = _hub_cache(tmp_path, tiny_dirs["sd"])
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # no offline switch set by the user...
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # ...and a Hub that cannot be reached
+    seen = []
+    original = UNet2DConditionModel.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs.get("local_files_only"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", classmethod(spy))
+    start = time.perf_counter()
+    model = StableDiffusion(repo).load()
+    assert time.perf_counter() - start < 30 and seen == [True]  # from the cache, no retries
+    reference = StableDiffusion(str(tiny_dirs["sd"])).load()
+    name, tensor = next(iter(reference.unet.state_dict().items()))
+    assert torch.equal(model.unet.state_dict()[name], tensor)
+
+
+def test_load_errors_give_the_hint_that_fits_the_cause(tmp_path, tiny_dirs):
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_dirs["sd"] / "unet", mixed)
+    config = json.loads((mixed / "config.json").read_text())
+    (mixed / "config.json").write_text(json.dumps(dict(config, cross_attention_dim=64)))
+    with pytest.raises(ModelLoadError) as info:
+        load_component(UNet2DConditionModel, str(mixed), "UNet")
+    message = str(info.value)
+    assert "expected shape" in message and "mixes files of different checkpoints" in message
+    assert "ignore_mismatched_sizes" not in message and "safetensors" not in message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(mixed / "config.json", empty / "config.json")
+    with pytest.raises(ModelLoadError, match="no weights file") as info:
+        load_component(UNet2DConditionModel, str(empty), "UNet")
+    assert "allow_pickle" not in str(info.value)
+
+
+@pytest.mark.parametrize("part", ["unet", "vae"])
+def test_a_folder_missing_a_part_is_incomplete(tmp_path, tiny_dirs, part):
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_dirs["sd"], partial)
+    shutil.rmtree(partial / part)
+    with pytest.raises(ModelLoadError, match=f"is incomplete: missing {part}/config.json"):
+        StableDiffusion(str(partial))

@@ -230,7 +230,8 @@ def test_manifest_bad_map_specs_fail_at_parse_time(tmp_path, value, expected):
 
 
 def test_data_module_checks_annotator_weights_before_any_model_work(tmp_path):
-    path = _manifest(tmp_path, {"scribble": {"image": "input.png", "detector": "scribble", "safe": True}})
+    path = _manifest(tmp_path, {"scribble": {"image": "input.png", "detector": "scribble", "safe": True}},
+                     {"scribble": "input.png"})
     with pytest.raises(ModelLoadError, match=r"request 0\.source\.scribble: .*ControlNetHED\.pth.*hf download"):
         EditDataModule(str(path))
     folder = _dummy_weights(tmp_path / "annotators", ["ControlNetHED.pth"])

@@ -179,8 +179,8 @@ def test_kill_9_loses_only_the_edit_in_flight(tmp_path, tiny_dirs, manifest):
 def test_two_processes_shard_the_manifest_and_merge_one_summary(tmp_path, tiny_dirs, manifest):
     out = tmp_path / "out"
     config = write_config(tmp_path / "exp.yaml", tiny_dirs, _three_requests(manifest), out)
-    process = _cli("--config", config, *FAST, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                   "--trainer.strategy", "ddp")
+    # No --trainer.strategy: several devices choose the sharded strategy by themselves.
+    process = _cli("--config", config, *FAST, "--trainer.accelerator", "cpu", "--trainer.devices", "2")
     output = process.communicate(timeout=400)[0].decode()
     assert process.returncode == 0, output[-3000:]
     summary = _summary(out)
@@ -259,15 +259,18 @@ def test_out_of_memory_names_the_knobs(tmp_path, tiny_dirs, manifest, capsys, mo
     assert "Out of GPU memory" in err and "--model.unet_chunk_size" in err and "--data.resolution" in err
 
 
-@pytest.mark.parametrize("value, message", [(0, "mask is empty"), (255, "covers the whole image")])
-def test_empty_or_full_mask_warns_and_the_edit_proceeds(tmp_path, tiny_dirs, manifest, value, message):
+@pytest.mark.parametrize("value, message", [(0, "the given mask has no edit region: it is all black"),
+                                            (255, "the given mask is all white")])
+def test_empty_or_full_given_mask_warns_with_a_hint_for_the_file_and_the_edit_proceeds(tmp_path, tiny_dirs, manifest,
+                                                                                       value, message):
     Image.fromarray(np.full((64, 64), value, np.uint8)).save(manifest.parent / "m.png")
     rows = yaml.safe_load(manifest.read_text())["requests"][:1]
     rows[0]["mask"] = "m.png"
     (manifest.parent / "m.yaml").write_text(yaml.safe_dump({"requests": rows}))
     out = tmp_path / "out"
-    with pytest.warns(UserWarning, match=message):
+    with pytest.warns(UserWarning, match=message) as warned:
         main(["fit", "--config", str(write_config(tmp_path / "e.yaml", tiny_dirs, manifest.parent / "m.yaml", out)),
               *FAST])
+    assert not any("mask.threshold" in str(w.message) for w in warned)  # the threshold plays no part in a given mask
     assert (out / "text" / "edit.png").exists()
     assert json.loads((out / "text" / "result.json").read_text())["mask_area"] == value / 255

@@ -1,0 +1,63 @@
+"""Notices given once the weights are loaded and before the first edit: what the run will not do as written.
+
+The files of every request were checked when the data module was built (`framework.data.check_requests`);
+what needs the tokenizer or the whole configuration is checked here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any
+
+
+class PromptTruncated(UserWarning):
+    """A prompt is longer than the text encoder reads; the edit uses its beginning only."""
+
+
+def _notice(text: str) -> None:
+    if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
+        print(f"note: {text}", file=sys.stderr)
+
+
+def warn_long_prompts(backbone: Any, specs: list) -> dict[str, dict[str, str]]:
+    """Warn once per request whose prompts the tokenizer cuts; return {id: {field: text used}}."""
+    used_by = getattr(backbone, "prompt_used", None)
+    if used_by is None or getattr(backbone, "tokenizer", None) is None:
+        return {}
+    cut: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        if spec is None:
+            continue
+        prompts = {"source_prompt": spec.source_prompt, "edit_prompt": spec.edit_prompt}
+        used = {k: used_by(p) for k, p in prompts.items() if isinstance(p, str)}
+        used = {k: v for k, v in used.items() if v is not None}
+        if used:
+            cut[spec.id] = used
+            limit = backbone.tokenizer.model_max_length
+            fields = " and ".join(used)
+            warnings.warn(f"Request '{spec.id}': its {fields} is longer than the text encoder's {limit} tokens; "
+                          f"only its first tokens are used (up to '...{next(iter(used.values()))[-40:]}'). "
+                          f"result.json records the text used under prompts_used.", PromptTruncated, stacklevel=2)
+    return cut
+
+
+def seed_notice(seed: int, specs: list) -> None:
+    """Say when `model.seed` is set but requests set their own seed (a request's seed wins)."""
+    own = [s for s in specs if s is not None and s.seed is not None]
+    if seed == 0 or not own:  # 0: the default, nothing was asked of it
+        return
+    if len(own) == len([s for s in specs if s is not None]):
+        _notice(f"model.seed {seed} has no effect: every request of the manifest sets its own `seed` (a request's "
+                f"seed wins). Remove `seed` from the manifest to vary it from the command line.")
+    else:
+        _notice(f"model.seed {seed} applies to {len(specs) - len(own)} of {len(specs)} requests; the others set "
+                f"their own `seed` in the manifest.")
+
+
+def after_load(module: Any, datamodule: Any) -> None:
+    """The checks that need the loaded model, on this run's requests."""
+    specs = list(getattr(datamodule, "specs", []) or [])
+    warn_long_prompts(getattr(module, "backbone", None), specs)
+    seed_notice(int(getattr(module, "seed", 0) or 0), specs)
