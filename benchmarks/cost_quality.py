@@ -40,7 +40,10 @@ def parse_args(argv=None):
     p.add_argument("--md", type=Path, default=None, help="write the table here (Markdown)")
     p.add_argument("--png", type=Path, default=None, help="write the cost-quality plot here")
     p.add_argument("--json", type=Path, default=None, help="write every number here")
+    p.add_argument("--highlight", nargs="*", default=[], help="runs drawn filled in the plot (e.g. the default)")
     p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--min-edits", type=int, default=10,
+                   help="a run compared on fewer paired edits is not picked (its intervals say little)")
     return p.parse_args(argv)
 
 
@@ -124,7 +127,7 @@ def compare(run: dict, reference: dict, resamples: int) -> dict[str, dict]:
     return out
 
 
-def analyse(sweep: Path, reference: str = "unreduced", resamples: int = 2000) -> dict:
+def analyse(sweep: Path, reference: str = "unreduced", resamples: int = 2000, min_edits: int = 10) -> dict:
     runs = [r for r in (read_run(f) for f in sorted(sweep.iterdir()) if f.is_dir()) if r is not None]
     by_name = {r["name"]: r for r in runs}
     if reference not in by_name:
@@ -138,7 +141,8 @@ def analyse(sweep: Path, reference: str = "unreduced", resamples: int = 2000) ->
                       **edit_costs(run, masks), "metrics": scores,
                       "within_noise": bool(scores) and not any(s["worse"] for s in scores.values())})
     table.sort(key=lambda row: (row["lam"], -row["unet"]["total"]))
-    passing = [r for r in table if r["within_noise"] and r["lam"] != 1.0]
+    passing = [r for r in table if r["within_noise"] and r["lam"] != 1.0 and r["run"] != reference
+               and min(m["edits"] for m in r["metrics"].values()) >= min_edits]
     cheapest = min(passing, key=lambda r: r["unet"]["total"])["run"] if passing else None
     return {"reference": reference, "runs": table, "cheapest_within_noise": cheapest}
 
@@ -150,7 +154,7 @@ def _short(key: str) -> str:
 
 def format_table(result: dict) -> str:
     keys = list(METRICS)
-    lines = ["| run | edits | UNet / edit (mask, guidance) | s / edit (mask) | "
+    lines = ["| run | edits (paired) | UNet / edit (mask, guidance) | s / edit (mask) | "
              + " | ".join(f"{_short(k)}: mean, diff [95 % CI]" for k in keys) + " | within noise |",
              "|---|---|---|---|" + "---|" * len(keys) + "---|"]
     for r in result["runs"]:
@@ -160,26 +164,28 @@ def format_table(result: dict) -> str:
             m = r["metrics"].get(k)
             cells.append("" if m is None else f"{m['mean']:.3f}, {m['diff']:+.3f} [{m['diff_low']:+.3f}, "
                          f"{m['diff_high']:+.3f}]{' **worse**' if m['worse'] else ''}")
-        lines.append(f"| {r['run']} | {r['edits']} | {u['total']:.0f} ({u['mask']:.0f}, {u['guidance']:.0f}) | "
+        paired = min((m["edits"] for m in r["metrics"].values()), default=0)
+        lines.append(f"| {r['run']} | {r['edits']} ({paired}) | {u['total']:.0f} ({u['mask']:.0f}, {u['guidance']:.0f}) | "
                      f"{s['total']:.2f} ({s['mask']:.2f}) | " + " | ".join(cells) + f" | "
                      f"{'yes' if r['within_noise'] else 'no'} |")
     return "\n".join(lines)
 
 
-def plot(result: dict, path: Path) -> Path:
-    """One panel per metric (mean and 95 % bootstrap interval against UNet evaluations per edit), two a row."""
+def plot(result: dict, path: Path, highlight: tuple[str, ...] = ()) -> Path:
+    """One panel per metric (mean and 95 % bootstrap interval against UNet evaluations per edit), two a row;
+    the references and the runs named in `highlight` drawn filled."""
     from PIL import Image
 
     from framework.plots import IntervalPoint, plot_intervals
 
     panels = []
-    chosen = {result["reference"], result["cheapest_within_noise"]}
+    chosen = {result["reference"], f"lam1_{result['reference']}", *highlight}
     for key in METRICS:
         points = [IntervalPoint(r["run"], r["unet"]["total"], m["mean"], m["low"], m["high"], r["run"] in chosen)
-                  for r in result["runs"] if r["lam"] != 1.0 and (m := r["metrics"].get(key))]
+                  for r in result["runs"] if (m := r["metrics"].get(key))]
         if points:
             tmp = path.with_name(f".{path.stem}_{key.replace('/', '_')}.png")
-            plot_intervals(points, f"{key} (mean, 95 % bootstrap CI) vs cost, lam 0.6",
+            plot_intervals(points, f"{key} (mean, 95 % bootstrap CI) vs cost; filled: references, chosen",
                            "UNet sample-evaluations per edit", key, tmp)
             panels.append(Image.open(tmp).convert("RGB"))
             tmp.unlink()
@@ -194,7 +200,7 @@ def plot(result: dict, path: Path) -> Path:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = analyse(args.sweep, args.reference, args.resamples)
+    result = analyse(args.sweep, args.reference, args.resamples, args.min_edits)
     text = format_table(result)
     print(text)
     print(f"\ncheapest run within the noise of '{args.reference}' on every metric: {result['cheapest_within_noise']}")
@@ -202,7 +208,7 @@ def main(argv=None) -> dict:
         args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(text + "\n")
     if args.png:
-        print(plot(result, args.png))
+        print(plot(result, args.png, tuple(args.highlight)))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result

@@ -12,8 +12,8 @@ reverses every repeat); the table shows medians. Per-stage rows give diffusers t
 latents x0 as ours (their VAE encode is skipped), so they time the denoising loops; the 'total'
 rows run whole procedures from pixels (EditModule.edit against generate_mask + invert + __call__,
 VAE encode and decode included on both sides), twice: with the module's defaults (the reduced mask:
-n = 4 on a 10-step grid without CFG) and with the paper-literal mask and guidance settings of
-experiments/paper_literal.yaml (n = 10, the 25-step grid, CFG 7.5), each edit's ratio to DiffEdit
+n = 4 on a 10-step grid) and with the paper-literal mask and guidance settings of
+experiments/paper_literal.yaml (n = 10 on the 25-step grid), each edit's ratio to DiffEdit
 printed at the end.
 
 UNet and ControlNet sample-evaluations are counted by forward hooks on the shared modules, so
@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--no-total", action="store_true", help="skip the whole-edit rows (EditModule.edit, DiffEdit)")
     p.add_argument("--total-kinds", nargs="+", choices=["text", "text+pose"], default=["text", "text+pose"],
                    help="edits of the whole-edit rows (text: the like-for-like one against DiffEdit)")
+    p.add_argument("--total-settings", nargs="+", choices=["default", "paper-literal"],
+                   default=["default", "paper-literal"], help="settings of the whole-edit rows")
     p.add_argument("--total-only", action="store_true",
                    help="only the whole-edit rows (defaults and paper-literal against DiffEdit)")
     p.add_argument("--no-embedding", action="store_true",
@@ -128,7 +130,7 @@ def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) 
             return run
 
         tasks.append(C.Task("diffedit.full", lambda: theirs.full(image, sp, ep, output_type="pt"), "diffusers"))
-        for suffix, label in SETTINGS:
+        for suffix, label in ((s, lb) for s, lb in SETTINGS if lb in args.total_settings):
             for kind, kw in ((k, kw) for k, kw in (("text", nomaps), ("text+pose", maps)) if k in args.total_kinds):
                 name = f"EditModule.edit[{kind}{suffix}]"
                 tasks.append(C.Task(name, edit(name, kw, modules[suffix]), "ours"))

@@ -30,13 +30,13 @@ def _counts(tiny_dirs, tmp_path, request, **settings) -> dict[str, int]:
     return module.edit(request).record["unet_evaluations"]
 
 
-def test_default_text_edit_costs_190_unet_samples(tiny_dirs, tmp_path, text_request):
+def test_default_text_edit_costs_230_unet_samples(tiny_dirs, tmp_path, text_request):
     # inversion: 25 steps, conditional only; mask: 5 decode steps (strength 0.5 of the 10-step grid) x
-    # 4 seeds x 2 conditions, no CFG; guidance: 25 decode steps x 2 CFG halves + its 25-step inversion;
-    # final: 25 steps x 2 halves. 190 <= 250 = 2.5x DiffEdit's 115.
+    # 4 seeds x 2 conditions x 2 CFG halves; guidance: 25 decode steps x 2 halves + its 25-step inversion;
+    # final: 25 steps x 2 halves. 230 <= 250 = 2.5x DiffEdit's 115.
     counts = _counts(tiny_dirs, tmp_path, text_request)
-    assert counts == {"inversion": 25, "mask": 5 * 4 * 2, "guidance": 25 * 2 + 25, "final": 25 * 2}
-    assert sum(counts.values()) == 190
+    assert counts == {"inversion": 25, "mask": 5 * 4 * 2 * 2, "guidance": 25 * 2 + 25, "final": 25 * 2}
+    assert sum(counts.values()) == 230
 
 
 def test_paper_literal_text_edit_costs_630_unet_samples(tiny_dirs, tmp_path, text_request):
@@ -53,7 +53,7 @@ def test_paper_literal_yaml_holds_the_paper_mask_and_guidance():
     assert (guidance.encode_ratio, guidance.update_steps, guidance.inner_steps) == (None, 15, 1)
     # the defaults differ from it in the mask only
     assert {k for k, v in asdict(MaskConfig()).items() if v != asdict(paper_literal_mask())[k]} == {
-        "seeds", "steps", "guidance_scale"}
+        "seeds", "steps"}
 
 
 def test_the_mask_grid_is_never_finer_than_the_edits(backbone):

@@ -41,7 +41,7 @@ def test_a_cached_mask_gives_the_same_edit_without_the_mask_stage(tiny_dirs, tmp
     second = _module(tiny_dirs, tmp_path, cache, 1.0).edit(request_)  # another run: reads it
     assert len(list(cache.glob("*.pt"))) == 1
     assert first.record["mask_source"] == "estimated" and second.record["mask_source"] == "cached"
-    assert first.record["unet_evaluations"]["mask"] == 3 * 2 * 2  # 3 steps, 2 seeds, 2 conditions (no CFG)
+    assert first.record["unet_evaluations"]["mask"] == 3 * 2 * 2 * 2  # 3 steps, 2 seeds, 2 conditions, CFG
     assert "mask" not in second.record["unet_evaluations"]
     for result, reference in ((first, plain[0.6]), (second, plain[1.0])):
         assert torch.equal(result.soft_mask, reference.soft_mask) and torch.equal(result.mask, reference.mask)

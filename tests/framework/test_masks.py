@@ -194,4 +194,4 @@ def test_lower_resolution_mask_runs_the_unet_on_smaller_latents(tiny_dirs, tmp_p
     result = module.edit(request)
     assert shapes["mask"] == {(8, 8)} and shapes["final"] == {(16, 16)}
     assert result.soft_mask.shape == result.mask.shape == (1, 1, 16, 16)
-    assert result.record["unet_evaluations"]["mask"] == 3 * 2 * 2  # 3 steps, 2 seeds x 2 conditions (no CFG)
+    assert result.record["unet_evaluations"]["mask"] == 3 * 2 * 4  # 3 steps, 2 seeds x 2 conditions x 2 halves
