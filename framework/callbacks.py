@@ -161,7 +161,7 @@ class RunGuard(Callback):
         if not getattr(trainer, "received_sigterm", False):
             return
         done = sum(1 for r in getattr(pl_module, "records", []) if "error" not in r)
-        current = getattr(pl_module, "_current_id", None)
+        current = getattr(getattr(pl_module, "engine", None), "request_id", None)  # the edit in flight
         where = f"during edit '{current}' (dropped)" if during and current else "between edits"
         raise StopRequested(f"SIGTERM received: stopped {where}; {done} finished edit(s) are in "
                             f"{pl_module.output_dir}. Run the same command again to resume.")

@@ -143,8 +143,8 @@ class DemoEngine:
         module = self.module
         ito = replace(module.ito_cfg, update_steps=int(update_steps))
         mask = replace(module.mask_cfg, threshold=float(threshold))
-        check_steps(module.sampling, ito if module.uses_ito else None,
-                    module.guidance_cfg if module.uses_guidance else None)
+        check_steps(module.sampling, ito if module.decoder.uses_ito else None,
+                    module.guidance_cfg if module.decoder.uses_guidance else None)
         module.ito_cfg, module.mask_cfg = ito, mask
         module._settings = None  # the settings digest of result.json follows the new options
 

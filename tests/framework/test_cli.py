@@ -154,7 +154,7 @@ def test_help_print_config_and_overrides(tmp_path, tiny_dirs, manifest, capsys):
         main(["fit", "--model.help", "EditModule"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "--model.lam" in text and "preservation weight" in text
+    assert "--model.lam" in text and "preservation loss gets lam" in text
     with pytest.raises(SystemExit):
         main(["fit", "--model.conditioners.help", "ControlNetConditioner"])
     assert "Conditioning scale" in capsys.readouterr().out
