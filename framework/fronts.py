@@ -6,7 +6,7 @@
 A method's knob trades one metric for another (ITO: lam, DiffEdit: encode ratio, ControlNet-SDEdit:
 strength), so one run per method says little; its front says where it stands. Each run of a sweep
 folder is one point: its mean over edits of two metrics, with 95 % bootstrap intervals over the
-edits (the same resampled edits for every run, so the intervals are comparable). Runs are grouped
+edits (framework.metrics.bootstrap; the same resampled edits for every run). Runs are grouped
 into methods by the class they ran (ITO also by t_u), ordered by their knob. Writes
 `fronts/<x>_vs_<y>.png` and `fronts/fronts.md` (the table, and where fronts are compared).
 """
@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-
 from framework.errors import EditError
+from framework.metrics.bootstrap import bootstrap_ci
 
 PAIRS = (("gt/background_l1", "gt/target_l1"), ("gt/background_l1", "toy/new_class"))
 """The default pairs: what is kept (background L1 outside the true mask) against what is changed."""
@@ -68,19 +67,6 @@ def read_point(folder: Path) -> Optional[Point]:
     return point
 
 
-def bootstrap_mean(values: dict[str, float], samples: np.ndarray, ids: list[str]) -> tuple[float, float, float]:
-    """Mean over the edits and its 95 % percentile interval over bootstrap resamples of `ids`."""
-    present = np.array([values.get(i, np.nan) for i in ids])
-    means = np.nanmean(present[samples], axis=1)
-    low, high = np.nanpercentile(means, [2.5, 97.5])
-    return float(np.nanmean(present)), float(low), float(high)
-
-
-def resamples(ids: list[str], count: int = 1000, seed: int = 0) -> np.ndarray:
-    """`count` bootstrap resamples of edit indices (count, len(ids)), seeded: the same for every run."""
-    return np.random.default_rng(seed).integers(0, len(ids), size=(count, len(ids)))
-
-
 def front_table(points: list[Point], pairs: Sequence[tuple[str, str]]) -> tuple[list[dict], list[str]]:
     """Rows (method, knob, value, then mean / low / high of every metric of the pairs) and the edit ids."""
     keys = sorted({k for pair in pairs for k in pair})
@@ -89,13 +75,13 @@ def front_table(points: list[Point], pairs: Sequence[tuple[str, str]]) -> tuple[
     ids = sorted(set.intersection(*edited)) if edited else []
     if not ids:
         raise EditError(f"no run has per-edit values of {keys}; score the runs with the metrics that give them.")
-    samples = resamples(ids)
     rows = []
     for p in sorted(points, key=lambda p: (p.method, p.value)):
         row = {"method": p.method, "knob": p.knob, "value": p.value, "run": p.run}
         for key in keys:
-            if p.metrics.get(key):
-                row[key] = bootstrap_mean(p.metrics[key], samples, ids)
+            values = [p.metrics.get(key, {})[i] for i in ids if i in p.metrics.get(key, {})]
+            if values:  # the same seed and count give every run the same resampled edits
+                row[key] = bootstrap_ci(values, resamples=1000)
         rows.append(row)
     return rows, ids
 
