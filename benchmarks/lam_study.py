@@ -42,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 LITERAL = dict(reduction="sum", granularity="latent", balance="none", loss_mask="binary", optimizer="adam",
-               first_step="optimize", reference="inversion")
+               first_step="optimize", reference="inversion", norm_weight=0.0)
 VARIANTS = {
     "default": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip"),
+    "default_norm": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip", norm_weight=1.0),
     "literal": {},
     "mean_pixel": dict(reduction="mean", granularity="pixel"),
     "mean_pixel_skip": dict(reduction="mean", granularity="pixel", first_step="skip"),
@@ -74,7 +75,7 @@ def apply_variant(module, settings: dict) -> None:
 
     s = {**LITERAL, **settings}
     module.losses = torch.nn.ModuleList([MaskedMSEPreservation(reduction=s["reduction"]),
-                                         CosineGuidance(granularity=s["granularity"])])
+                                         CosineGuidance(granularity=s["granularity"], norm_weight=s["norm_weight"])])
     module.engine.losses = list(module.losses)
     module.ito_cfg = replace(module.ito_cfg, balance=s["balance"], loss_mask=s["loss_mask"],
                              first_step=s["first_step"], keep_optimizer_state=s["optimizer"] == "adam_kept")

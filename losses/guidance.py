@@ -29,6 +29,15 @@ def pixel_cosine_distance(y: torch.Tensor, g: torch.Tensor, weight: Optional[tor
     return (weight * per_pixel).sum() / weight.sum().clamp_min(1e-12)
 
 
+def norm_mismatch(y: torch.Tensor, g: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean over latent pixels of ((|y_ij| - |g_ij|) / |g_ij|)^2, the channel vectors' relative norm gap."""
+    gap = ((y.norm(dim=1) - g.norm(dim=1)) / g.norm(dim=1).clamp_min(1e-6)) ** 2  # (1, h, w)
+    if weight is None:
+        return gap.mean()
+    weight = weight[:, 0]
+    return (weight * gap).sum() / weight.sum().clamp_min(1e-12)
+
+
 class CosineGuidance(EditLoss):
     """L_G = 1 - (y_t . g_t) / (|y_t| |g_t|), the cosine distance to the guidance latents.
 
@@ -43,14 +52,19 @@ class CosineGuidance(EditLoss):
 
     role = "guidance"
 
-    def __init__(self, weight: float = 1.0, region: str = "all", granularity: str = "pixel"):
+    def __init__(self, weight: float = 1.0, region: str = "all", granularity: str = "pixel", norm_weight: float = 0.0):
         """
         Args:
             weight: Multiplies (1 - lam).
             region: 'all' (whole latent, Eq. 5) or 'edit' (inside the mask only).
             granularity: 'pixel' (mean of per-latent-pixel cosines, default) or 'latent' (one cosine, Eq. 5).
+            norm_weight: Adds this times `norm_mismatch` (per-pixel relative norm difference to g_t, squared):
+                the cosine alone is blind to the latent's norm (docs/lam.md). 0 (default): the paper's loss.
         """
         super().__init__(weight)
+        if norm_weight < 0:
+            raise ConfigError(f"CosineGuidance.norm_weight must be >= 0, got {norm_weight}.")
+        self.norm_weight = norm_weight
         if region not in ("all", "edit"):
             raise ConfigError(f"CosineGuidance.region must be 'all' or 'edit', got '{region}'.")
         if granularity not in ("pixel", "latent"):
@@ -62,6 +76,13 @@ class CosineGuidance(EditLoss):
                 mask: torch.Tensor, t: int) -> torch.Tensor:
         if g_t is None:
             return y_t.new_zeros(())
+        if self.norm_weight:
+            weight = mask if self.region == "edit" else None
+            return self.cosine(y_t, g_t, mask) + self.norm_weight * norm_mismatch(y_t, g_t, weight)
+        return self.cosine(y_t, g_t, mask)
+
+    def cosine(self, y_t: torch.Tensor, g_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 5 at the configured granularity and region."""
         if self.granularity == "pixel":
             return pixel_cosine_distance(y_t, g_t, mask if self.region == "edit" else None)
         if self.region == "edit":

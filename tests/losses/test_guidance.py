@@ -103,3 +103,20 @@ def test_pixel_granularity_edit_region_averages_inside_the_mask():
     assert abs(float(loss) - float((1 - cos[1:3, 4:8]).mean())) < 1e-12
     loss.backward()
     assert torch.all(y.grad[(m == 0).expand_as(y)] == 0)
+
+
+def test_norm_term_is_the_relative_norm_gap_and_vanishes_at_equal_norms():
+    from losses.guidance import norm_mismatch
+
+    y, gt = _pair(5)
+    ny, ng = y.detach().norm(dim=1)[0], gt.norm(dim=1)[0]  # (8, 8) channel-vector norms
+    assert abs(float(norm_mismatch(y.detach(), gt)) - float((((ny - ng) / ng) ** 2).mean())) < 1e-12
+    loss = CosineGuidance(norm_weight=0.5)
+    kw = dict(x_t=gt, mask=torch.ones(1, 1, 8, 8, dtype=torch.float64), t=1)
+    expected = float(CosineGuidance()(y, g_t=gt, **kw)) + 0.5 * float(norm_mismatch(y.detach(), gt))
+    assert abs(float(loss(y, g_t=gt, **kw)) - expected) < 1e-12
+    # Same direction, twice the norm: the cosine is 0, the norm term is not (the gap it closes).
+    assert abs(float(CosineGuidance()(2 * gt, g_t=gt, **kw))) < 1e-12
+    assert abs(float(loss(2 * gt, g_t=gt, **kw)) - 0.5) < 1e-12
+    with pytest.raises(ConfigError, match="norm_weight"):
+        CosineGuidance(norm_weight=-1)
