@@ -46,6 +46,8 @@ LITERAL = dict(reduction="sum", granularity="latent", balance="none", loss_mask=
 VARIANTS = {
     "default": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip"),
     "default_norm": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip", norm_weight=1.0),
+    "default_norm5": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                          norm_weight=5.0),
     "literal": {},
     "mean_pixel": dict(reduction="mean", granularity="pixel"),
     "mean_pixel_skip": dict(reduction="mean", granularity="pixel", first_step="skip"),
