@@ -78,7 +78,6 @@ def apply_variant(module, settings: dict) -> None:
     s = {**LITERAL, **settings}
     module.losses = torch.nn.ModuleList([MaskedMSEPreservation(reduction=s["reduction"]),
                                          CosineGuidance(granularity=s["granularity"], norm_weight=s["norm_weight"])])
-    module.engine.losses = list(module.losses)
     module.ito_cfg = replace(module.ito_cfg, balance=s["balance"], loss_mask=s["loss_mask"],
                              first_step=s["first_step"], keep_optimizer_state=s["optimizer"] == "adam_kept")
     module.guidance_cfg = replace(module.guidance_cfg, reference=s["reference"])

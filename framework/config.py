@@ -7,6 +7,9 @@ from typing import Optional
 
 from framework.errors import ConfigError
 
+BALANCES = ("gradient", "none")
+"""ito.balance: each loss's gradient at unit RMS before the lam mix, or Eq. 6's gradient as it is."""
+
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
@@ -140,7 +143,7 @@ class ITOConfig:
     def __post_init__(self):
         _check(self.update_steps >= 0, f"update_steps (t_u) must be >= 0, got {self.update_steps}.")
         _check(self.inner_steps >= 1, f"inner_steps (k) must be >= 1, got {self.inner_steps}.")
-        _check(self.balance in ("none", "gradient"), f"ito.balance must be 'none' or 'gradient', got '{self.balance}'.")
+        _check(self.balance in BALANCES, f"ito.balance must be one of {BALANCES}, got '{self.balance}'.")
         _check(self.loss_mask in ("binary", "soft"),
                f"ito.loss_mask must be 'binary' or 'soft', got '{self.loss_mask}'.")
         _check(self.first_step in ("optimize", "skip"),

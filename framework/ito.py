@@ -12,10 +12,10 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
+from framework.config import BALANCES
 from losses.base import EditLoss, role_factor
 
 OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
-BALANCES = ("none", "gradient")
 
 
 def default_optimizer(params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
@@ -43,9 +43,9 @@ class NormalizedSGD(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                rms = p.grad.pow(2).mean().sqrt()
-                if rms > 0:
-                    p.add_(p.grad / rms, alpha=-group["lr"])
+                scale = rms(p.grad)
+                if scale > 0:
+                    p.add_(p.grad / scale, alpha=-group["lr"])
         return None
 
 

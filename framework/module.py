@@ -211,6 +211,7 @@ class EditModule(pl.LightningModule):
         # Settings and slots as they are now (a sweep or a test may have replaced them since `setup`).
         engine.sampling, engine.mask_cfg, engine.ito_cfg = self.sampling, self.mask_cfg, self.ito_cfg
         engine.guidance_cfg, engine.optimizer_factory = self.guidance_cfg, self.optimizer_factory
+        engine.losses = list(self.losses)
         engine.inversion, engine.mask_estimator = self.inversion, self.mask_estimator
         engine.guidance_generator, engine.decoder = self.guidance_generator, self.decoder
         result = engine.edit(request, setting, seed, self.auto_lam)

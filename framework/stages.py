@@ -154,12 +154,13 @@ class NoiseEncodedGuidance(GuidanceGenerator):
         def guidance_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
             visited[t] = hook(i, t, y_t)
             return visited[t]
-        g0 = ddim_decode(start, eps_edit, schedule, level, guidance_step, engine.step_callback("guidance"))
+        step = guidance_step if cfg.reference == "decode" else hook
+        g0 = ddim_decode(start, eps_edit, schedule, level, step, engine.step_callback("guidance"))
         if not cfg.refine:  # g_t is only the guidance loss's reference: the trajectory is all it needs
             eps_invert = engine.eps(state.sides.edit, engine.sampling.inversion_guidance_scale)
             g_traj = ddim_invert(g0, eps_invert, schedule, state.n_final)
-            if cfg.reference == "decode":  # guidance.reference: G's decode where it visited, its inversion elsewhere
-                g_traj.update({t: y for t, y in visited.items() if t in g_traj})
+            # guidance.reference 'decode': G's decode where it visited, its inversion elsewhere
+            g_traj.update({t: y for t, y in visited.items() if t in g_traj})
             return g0, g_traj
         job = engine.inversion_job(state.sides.edit, state.sides.edit, schedule, state.n_final, state.n_final)
         inverted = engine.inversion.invert(g0, job)
