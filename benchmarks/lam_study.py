@@ -8,8 +8,8 @@ background L1 outside the true mask, target L1 inside it, L1 between the edit an
 image G, and the toy classifier's new-class reading. `--repeats R` reruns every edit with R seeds
 (the request's seed + 1000 r): the seed-to-seed spread of the same edit is the noise floor the
 lam steps are compared with. Masks are cached on disk (mask.cache_dir) and each edit's guidance
-image is made once per variant (it does not depend on lam). The mask is the cost-reduced Eq. 7 estimate
-(n = 4 seeds on a 10-step grid without CFG; docs/performance_cost.md). Prints one table per variant and
+image is made once per variant (it does not depend on lam). The mask is the default Eq. 7 estimate
+(n = 4 seeds on a 10-step grid, CFG kept; docs/performance_cost.md). Prints one table per variant and
 writes `--out/results.json`.
 
 Settings a variant combines (all are YAML settings of the method):
@@ -42,12 +42,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 LITERAL = dict(reduction="sum", granularity="latent", balance="none", loss_mask="binary", optimizer="adam",
-               first_step="optimize", reference="inversion", norm_weight=0.0)
+               first_step="optimize", reference="inversion", norm_weight=0.0, lr=0.1, inner_steps=1)
 VARIANTS = {
-    "default": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip"),
+    # the default: Adam (fresh per step), k = 2, norm term, g_t from G's own decode
+    "default": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip", norm_weight=1.0,
+                    reference="decode", inner_steps=2),
+    # the default before the norm term, the decode reference and k = 2 (docs/lam.md)
+    "scaled_k1": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip"),
     "default_norm": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip", norm_weight=1.0),
     "default_norm5": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
                           norm_weight=5.0),
+    "default_norm_decode": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                                norm_weight=1.0, reference="decode"),
+    "default_decode": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                           reference="decode"),
+    "default_norm_nsgd_decode": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                                     norm_weight=1.0, reference="decode", optimizer="nsgd"),
+    "default_norm2_decode": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                                 norm_weight=2.0, reference="decode"),
+    "diag_norm_decode_k2": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                                norm_weight=1.0, reference="decode", inner_steps=2),
+    "diag_norm_decode_lr02": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                                  norm_weight=1.0, reference="decode", lr=0.2),
+    "diag_norm_decode_first": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="optimize",
+                                   norm_weight=1.0, reference="decode"),
+    "diag_norm_decode_k3": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                                norm_weight=1.0, reference="decode", inner_steps=3),
+    "diag_decode_k2": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                           reference="decode", inner_steps=2),
+    "diag_norm_decode_sgd_k2": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                                    norm_weight=1.0, reference="decode", inner_steps=2, optimizer="sgd"),
+    "diag_norm_decode_sgd_k4": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
+                                    norm_weight=1.0, reference="decode", inner_steps=4, optimizer="sgd"),
     "literal": {},
     "mean_pixel": dict(reduction="mean", granularity="pixel"),
     "mean_pixel_skip": dict(reduction="mean", granularity="pixel", first_step="skip"),
@@ -79,9 +105,11 @@ def apply_variant(module, settings: dict) -> None:
     module.losses = torch.nn.ModuleList([MaskedMSEPreservation(reduction=s["reduction"]),
                                          CosineGuidance(granularity=s["granularity"], norm_weight=s["norm_weight"])])
     module.ito_cfg = replace(module.ito_cfg, balance=s["balance"], loss_mask=s["loss_mask"],
-                             first_step=s["first_step"], keep_optimizer_state=s["optimizer"] == "adam_kept")
+                             first_step=s["first_step"], keep_optimizer_state=s["optimizer"] == "adam_kept",
+                             inner_steps=s["inner_steps"])
     module.guidance_cfg = replace(module.guidance_cfg, reference=s["reference"])
-    module.optimizer_factory = partial(NormalizedSGD, lr=0.1) if s["optimizer"] == "nsgd" else None
+    optimizer = {"nsgd": NormalizedSGD, "sgd": torch.optim.SGD}.get(s["optimizer"], torch.optim.Adam)
+    module.optimizer_factory = None if (optimizer, s["lr"]) == (torch.optim.Adam, 0.1) else partial(optimizer, lr=s["lr"])
     ITOConfig.__post_init__(module.ito_cfg)
 
 
@@ -93,8 +121,7 @@ def build_module(cache: Path, threshold: float):
     module = EditModule(backbone=StableDiffusion("builtin:toyworld"),
                         conditioners=[ControlNetConditioner(modality="pose", pretrained="builtin:toyworld"),
                                       ControlNetConditioner(modality="scribble", pretrained="builtin:toyworld")],
-                        mask=MaskConfig(threshold=threshold, cache_dir=str(cache), seeds=4, steps=10,
-                                        guidance_scale=1.0),
+                        mask=MaskConfig(threshold=threshold, cache_dir=str(cache)),
                         output_dir=str(cache / "unused"))
     module.setup("test")
     return module
@@ -115,14 +142,53 @@ def memoised_guidance(module):
     return store
 
 
-def score(result, request, metrics) -> dict[str, float]:
+def digest(obj):
+    """A hashable summary of a tensor or a nest of them (the conditioning of a side)."""
+    if isinstance(obj, torch.Tensor):
+        return tuple(obj.shape), obj.detach().cpu().numpy().tobytes()
+    if isinstance(obj, (tuple, list)):
+        return tuple(digest(o) for o in obj)
+    if isinstance(obj, dict):
+        return tuple((k, digest(v)) for k, v in sorted(obj.items()))
+    if hasattr(obj, "__dict__"):
+        return tuple((k, digest(v)) for k, v in sorted(vars(obj).items()))
+    return repr(obj)
+
+
+def memoised_inversion(module):
+    """DDIM inversion depends on the input and the depth, not on lam, the seed or the variant: invert once."""
+    inversion = module.inversion
+    original = inversion.invert
+    store: dict = {}
+
+    def invert(x0, job):
+        key = (digest(x0), digest(job.inversion), job.num, job.decode_num)
+        if key not in store:
+            store[key] = original(x0, job)
+        return store[key]
+    inversion.invert = invert
+    return store
+
+
+def score(result, request, metrics, guidance=None) -> dict[str, float]:
+    """Metrics of one edit; `guidance`: G's image where the edit made none (lam = 1), from the memo."""
     values = {"mask_area": result.record["mask_area"]}
     for metric in metrics:
         values.update(metric.update(result, request))
-    if result.guidance is not None:
-        values["guide/edit_l1"] = float((result.edit - result.guidance).abs().mean())
-        values["guide/input_l1"] = float((result.input - result.guidance).abs().mean())
+    g = result.guidance if result.guidance is not None else guidance
+    if g is not None:
+        values["guide/edit_l1"] = float((result.edit - g).abs().mean())
+        values["guide/input_l1"] = float((result.input - g).abs().mean())
     return values
+
+
+def memo_guidance_image(module, store, request, seed):
+    """G's image for this edit from the memo (None if no lam < 1 has made it yet)."""
+    made = store.get((request.id, seed, module.variant_key))
+    if made is None:
+        return None
+    with torch.no_grad():
+        return module.backbone.decode_latents(made[0]).float().cpu()
 
 
 def mean(values):
@@ -140,6 +206,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="seeds per edit (the noise floor needs >= 2)")
     p.add_argument("--threshold", type=float, default=0.5, help="mask tau (the toy sweeps' 0.5)")
     p.add_argument("--out", type=Path, default=Path("outputs/lam_study"))
+    p.add_argument("--mask-cache", type=Path, default=None, help="mask cache folder (default: OUT/mask-cache); "
+                   "parallel studies of the same edits can share one")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_grad_enabled(False)
@@ -152,19 +220,20 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     specs = ToyEditDataModule(edits=args.edits, split=args.split).load_specs(None, False)
     requests = [load_request(spec, None) for spec in specs]
-    module = build_module(args.out / "mask-cache", args.threshold)
+    module = build_module(args.mask_cache or args.out / "mask-cache", args.threshold)
     if args.auto_lam:
         from framework.config import AutoLam
 
         module.auto_lam = AutoLam(**json.loads(args.auto_lam))
-    memoised_guidance(module)
+    guidance_store = memoised_guidance(module)
+    memoised_inversion(module)
     metrics = [GroundTruthL1(), ToyClassifierAccuracy().load("cpu")]
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for variant in args.variants:
         apply_variant(module, VARIANTS[variant])
         module.variant_key = json.dumps({k: v for k, v in {**LITERAL, **VARIANTS[variant]}.items()
-                                         if k in ("optimizer", "loss_mask", "reference")}, sort_keys=True)
+                                         if k in ("optimizer", "lr", "loss_mask", "reference")}, sort_keys=True)
         start = time.perf_counter()
         rows = results.setdefault(variant, {})
         for lam in args.lams:
@@ -174,7 +243,10 @@ def main(argv=None):
             for request in requests:
                 for r in range(args.repeats):
                     req = replace(request, seed=(request.seed or 0) + 1000 * r)
-                    per_edit.append({"id": request.id, "repeat": r, **score(module.edit(req), req, metrics)})
+                    result = module.edit(req)
+                    g = None if result.guidance is not None else memo_guidance_image(module, guidance_store, req,
+                                                                                      req.seed)
+                    per_edit.append({"id": request.id, "repeat": r, **score(result, req, metrics, g)})
             rows["auto" if lam == "auto" else f"{lam:g}"] = per_edit
         print(f"# {variant} ({time.perf_counter() - start:.0f} s)", flush=True)
         print(table(rows), flush=True)

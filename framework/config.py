@@ -123,8 +123,10 @@ class ITOConfig:
 
     update_steps: int = 15
     """t_u: ITO runs at each of the first t_u decoding steps."""
-    inner_steps: int = 1
-    """k: optimiser steps per timestep."""
+    inner_steps: int = 2
+    """k: optimiser steps per timestep. 2 (default): with Adam's ~lr-sized steps, k = 1 (the paper) gives the
+    guidance pull too small a budget for lam = 0 to reach G (its L1 to G stays at 0.4-0.8 of the input's;
+    k = 2 brings it to about 0.1, docs/lam.md); experiments/paper_literal.yaml sets 1."""
     keep_optimizer_state: bool = False
     """False: a fresh optimiser at every timestep (Adam's first step ~ lr * sign(grad)).
     True: one optimiser, and its moments, kept across the timesteps of the decode."""
@@ -160,12 +162,13 @@ class GuidanceConfig:
     """k of the guidance decode."""
     encode_ratio: Optional[float] = None
     """Noise level of its random-noise encoding; None = sampling.encode_ratio."""
-    reference: str = "inversion"
-    """g_t, what the guidance loss compares y_t with: 'inversion' (the paper: G DDIM-inverted under C_EDIT)
-    or 'decode' (the latents G's own decode had at each timestep, after its ITO step; G's inversion fills
-    the timesteps that decode did not visit; with `refine`, the refined G's inversion is used). The final
+    reference: str = "decode"
+    """g_t, what the guidance loss compares y_t with: 'decode' (default: the latents G's own decode had at each
+    timestep, after its ITO step; G's inversion fills the timesteps that decode did not visit; with `refine`,
+    the refined G's inversion is used) or 'inversion' (the paper: G DDIM-inverted under C_EDIT). The final
     decode runs the same CFG decode, so with 'decode' a y_t that reaches g_t at step t_u goes on to G
-    itself, which the inversion (made without CFG) does not ensure."""
+    itself, which the inversion (made without CFG) does not ensure: at lam = 0 it is what lets the edit
+    land on G (docs/lam.md)."""
     refine: bool = False
     """Refine the guidance image with ITO at lam = 0 towards the input (A.5)."""
     refine_update_steps: int = 6

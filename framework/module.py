@@ -80,12 +80,13 @@ class EditModule(pl.LightningModule):
             backbone: The Stable Diffusion 1.x model (None: SD 1.5 from the Hub).
             conditioners: Condition plugins; a text conditioner is put first when none is listed.
             losses: ITO loss plugins (None: masked-MSE preservation + cosine guidance, the paper's losses, scaled
-                so that lam weighs them: mean MSE, per-pixel cosine; experiments/paper_literal.yaml prints them as
-                Eqs. 4-5 do).
+                so that lam weighs them: mean MSE, per-pixel cosine with a norm term; experiments/paper_literal.yaml
+                prints them as Eqs. 4-5 do).
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1, the paper's).
             lam: lambda, the dial between keeping and changing (Eq. 6, Fig. 5): the preservation loss gets lam, the
                 guidance loss 1 - lam. 1 keeps the background most and skips the guidance image; lower values
-                follow the guidance image G more, background included; 0 follows G alone. 'auto': set per edit
+                follow the guidance image G more, background included; 0 lands on G (docs/lam.md has the
+                measured dial; experiments/paper_literal.yaml, where lam acts as a switch). 'auto': set per edit
                 from its mask area by `auto_lam` (recorded in result.json as lam and lam_rule).
             sampling: DDIM steps, encode ratio, CFG scales, inversion prompt.
             mask: Edit-mask estimation (Eq. 7) settings.

@@ -48,18 +48,20 @@ class CosineGuidance(EditLoss):
     `reduction: mean` their ratio, which is what lam weighs in Eq. 6, does not depend on the latent's
     size; against the summed MSE it grows with it: about 20x at 4 x 8 x 8, 1300x at 4 x 64 x 64).
     `region: all` (the paper) compares whole latents; `region: edit` compares inside the mask only.
+    `norm_weight` (default 1) adds a per-pixel norm term, so the loss is zero only at y_t = g_t.
     """
 
     role = "guidance"
 
-    def __init__(self, weight: float = 1.0, region: str = "all", granularity: str = "pixel", norm_weight: float = 0.0):
+    def __init__(self, weight: float = 1.0, region: str = "all", granularity: str = "pixel", norm_weight: float = 1.0):
         """
         Args:
             weight: Multiplies (1 - lam).
             region: 'all' (whole latent, Eq. 5) or 'edit' (inside the mask only).
             granularity: 'pixel' (mean of per-latent-pixel cosines, default) or 'latent' (one cosine, Eq. 5).
-            norm_weight: Adds this times `norm_mismatch` (per-pixel relative norm difference to g_t, squared):
-                the cosine alone is blind to the latent's norm (docs/lam.md). 0 (default): the paper's loss.
+            norm_weight: Adds this times `norm_mismatch` (per-pixel relative norm difference to g_t, squared).
+                The cosine alone is blind to the latent's norm: at lam = 0 it turns y_t towards g_t but leaves
+                it a third longer, and the decode then misses G (docs/lam.md). 1 (default); 0: the paper's loss.
         """
         super().__init__(weight)
         if norm_weight < 0:

@@ -64,7 +64,10 @@ def test_paper_settings_are_the_defaults():
 
     assert inspect.signature(EditModule).parameters["lam"].default == 0.6
     assert (SamplingConfig().steps, SamplingConfig().encode_ratio) == (25, 1.0)
-    assert (ITOConfig().update_steps, ITOConfig().inner_steps) == (15, 1)
+    assert ITOConfig().update_steps == 15
+    # k = 2, not the paper's 1, is the lam study's default (docs/lam.md); the literal overlay keeps k = 1.
+    overlay = yaml.safe_load((ROOT / "experiments" / "paper_literal.yaml").read_text())["model"]["init_args"]
+    assert (ITOConfig().inner_steps, overlay["ito"]["inner_steps"]) == (2, 1)
     assert MaskConfig().threshold == 0.1
     # The mask's cost default (n = 4, a 10-step grid, no CFG) leaves the paper's n = 10 one setting away.
     from framework.config import paper_literal_mask
@@ -95,7 +98,8 @@ def test_overlay_applies_on_top_of_the_quickstart(path, tmp_path, tiny_dirs, mon
 
 def test_paper_literal_overlay_is_the_paper_as_printed():
     overlay = yaml.safe_load((ROOT / "experiments" / "paper_literal.yaml").read_text())["model"]["init_args"]
-    assert [loss["init_args"] for loss in overlay["losses"]] == [{"reduction": "sum"}, {"granularity": "latent"}]
+    assert [loss["init_args"] for loss in overlay["losses"]] == [{"reduction": "sum"},
+                                                                 {"granularity": "latent", "norm_weight": 0.0}]
     assert overlay["ito"]["balance"] == "none" and overlay["ito"]["first_step"] == "optimize"
     assert overlay["guidance"]["reference"] == "inversion"
 

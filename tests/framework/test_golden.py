@@ -19,8 +19,8 @@ from framework.data import load_manifest, load_request
 from framework.models import StableDiffusion
 
 FAST = dict(sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2, steps=None, guidance_scale=None),
-            ito=ITOConfig(update_steps=4, first_step="optimize", balance="none"),
-            guidance=GuidanceConfig(update_steps=4))
+            ito=ITOConfig(update_steps=4, inner_steps=1, first_step="optimize", balance="none"),
+            guidance=GuidanceConfig(update_steps=4, reference="inversion"))
 """The settings the golden values were recorded with: the paper's procedure as printed (the ITO from the first
 step, the losses of `_literal_losses`, the mask on the full grid with CFG), so later changes of the defaults
 do not move them."""
@@ -29,12 +29,12 @@ do not move them."""
 def _literal_losses():
     from losses import CosineGuidance, MaskedMSEPreservation
 
-    return [MaskedMSEPreservation(reduction="sum"), CosineGuidance(granularity="latent")]
+    return [MaskedMSEPreservation(reduction="sum"), CosineGuidance(granularity="latent", norm_weight=0.0)]
 
 
 def _cases():
     """name -> (class path, constructor arguments besides the backbone and conditioners)."""
-    refine = GuidanceConfig(update_steps=4, refine=True, refine_update_steps=3)
+    refine = GuidanceConfig(update_steps=4, refine=True, refine_update_steps=3, reference="inversion")
     prompts = SamplingConfig(steps=6, inversion_prompt="a red square", negative_prompt="green",
                              inversion_guidance_scale=1.5)
     return {
