@@ -205,10 +205,22 @@ def main(argv=None):
                    "'{\"intercept\": 1.0, \"slope\": -2.0, \"low\": 0.2, \"high\": 1.0}'")
     p.add_argument("--repeats", type=int, default=1, help="seeds per edit (the noise floor needs >= 2)")
     p.add_argument("--threshold", type=float, default=0.5, help="mask tau (the toy sweeps' 0.5)")
+    p.add_argument("--report", nargs="+", type=Path, default=None, metavar="FOLDER",
+                   help="edit nothing: merge these studies' results.json (e.g. lams split over processes) and print "
+                        "the Fig. 5 report of each --variants entry found: levels, steps, noise floors")
     p.add_argument("--out", type=Path, default=Path("outputs/lam_study"))
     p.add_argument("--mask-cache", type=Path, default=None, help="mask cache folder (default: OUT/mask-cache); "
                    "parallel studies of the same edits can share one")
     args = p.parse_args(argv)
+    if args.report:
+        merged: dict = {}
+        for folder in args.report:
+            for variant, rows in json.loads((folder / "results.json").read_text()).items():
+                merged.setdefault(variant, {}).update(rows)
+        for variant in args.variants:
+            if variant in merged:
+                print(f"# {variant}\n{fig5_report(merged[variant])}\n")
+        return
     warnings.filterwarnings("ignore")
     torch.set_grad_enabled(False)
 
@@ -260,6 +272,57 @@ def table(rows: dict) -> str:
         cells = [f"{mean([e[k] for e in per_edit if k in e]):.4f}" for k in keys]
         lines.append(f"| {lam} | " + " | ".join(cells) + f" | {spread(per_edit, 'gt/background_l1'):.4f} / "
                      f"{spread(per_edit, 'guide/edit_l1'):.4f} |")
+    return "\n".join(lines)
+
+
+def repeat_means(per_edit: list[dict], key: str) -> dict[int, float]:
+    by_repeat: dict[int, list[float]] = {}
+    for e in per_edit:
+        if key in e:
+            by_repeat.setdefault(e["repeat"], []).append(e[key])
+    return {r: mean(v) for r, v in by_repeat.items()}
+
+
+def fig5_report(rows: dict) -> str:
+    """Fig. 5's claims, read off one variant's study: each lam's level and each step of lam 1 -> 0.
+
+    A level's noise floor is the seed-to-seed spread of its mean over the edits (std over repeats); a
+    step's is the same spread of the step itself (the repeat's mean at lam a minus its mean at lam b, std
+    over repeats), and its 95 % interval is a paired bootstrap over the edit-seeds.
+    """
+    from framework.metrics.bootstrap import paired_difference_ci
+
+    lams = sorted(rows, key=float, reverse=True)
+    keys = {"background L1": "gt/background_l1", "L1(edit, G)": "guide/edit_l1"}
+    lines = ["| lam | background L1 (floor) | L1(edit, G) (floor) | / L1(input, G) | target L1 | new class | edits |",
+             "|---|---|---|---|---|---|---|"]
+    for lam in lams:
+        e = rows[lam]
+        cells = []
+        for key in keys.values():
+            cells.append(f"{mean([x[key] for x in e if key in x]):.4f} ({spread(e, key):.4f})")
+        ratio = mean([x["guide/edit_l1"] / x["guide/input_l1"] for x in e if "guide/edit_l1" in x])
+        cells += [f"{ratio:.2f}", f"{mean([x['gt/target_l1'] for x in e]):.4f}",
+                  f"{100 * mean([x['toy/new_class'] for x in e if 'toy/new_class' in x]):.1f} %", str(len(e))]
+        lines.append(f"| {lam} | " + " | ".join(cells) + " |")
+    lines += ["", "| step | " + " | ".join(f"change of {name} [95 % CI] (floor)" for name in keys) + " |",
+              "|---|---|---|"]
+    for a, b in zip(lams, lams[1:]):  # a > b: the step of lam a -> b
+        cells = []
+        for key in keys.values():
+            pa = {(x["id"], x["repeat"]): x[key] for x in rows[a] if key in x}
+            pb = {(x["id"], x["repeat"]): x[key] for x in rows[b] if key in x}
+            common = sorted(set(pa) & set(pb))
+            if not common:
+                cells.append("-")
+                continue
+            diff, low, high = paired_difference_ci([pb[k] for k in common], [pa[k] for k in common])
+            by_repeat: dict[int, list[float]] = {}
+            for k in common:
+                by_repeat.setdefault(k[1], []).append(pb[k] - pa[k])
+            floor = statistics.stdev([mean(v) for v in by_repeat.values()]) if len(by_repeat) > 1 else float("nan")
+            cells.append(f"{diff:+.4f} [{low:+.4f}, {high:+.4f}] ({floor:.4f})")
+        lines.append(f"| {a} -> {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -63,9 +63,9 @@ def test_user_loss_and_conditioner_by_class_path(tmp_path, tiny_dirs, manifest):
         main(["fit", "--config", str(tmp_path / "plugins.yaml"), *FAST, "--data.limit", "1"])
         import my_plugins
 
-        # guidance decode 4 + final decode 3 ITO steps (ito.first_step: skip, where y_t = x_t), k = 1: the
-        # extra loss ran at each
-        assert my_plugins.CALLS["loss"] == 7
+        # guidance decode 4 ITO steps at k = 1, final decode 3 (ito.first_step: skip, where y_t = x_t) at the
+        # default k = 2: the extra loss ran at each
+        assert my_plugins.CALLS["loss"] == 4 + 3 * 2
         assert my_plugins.CALLS["conditioner"] > 0
         summary = json.loads((tmp_path / "plugins" / "summary.json").read_text())
         assert "my_plugins.LatentL1" in [loss["class"] for loss in summary["parameters"]["losses"]]

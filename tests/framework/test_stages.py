@@ -135,14 +135,16 @@ def test_noise_difference_mask_alone_matches_eq7(state):
 
 
 def test_noise_encoded_guidance_alone(state):
-    """G decoded from the random-noise encoding with lam = 1 ITO; g_t is G's DDIM inversion under C_EDIT."""
+    """G decoded from the random-noise encoding with lam = 1 ITO; g_t is G's DDIM inversion under C_EDIT
+    (guidance.reference: inversion, the paper's)."""
     from framework.config import GuidanceConfig
     from framework.ddim import ddim_invert
     from framework.stages import NoiseEncodedGuidance
     from losses.preservation import MaskedMSEPreservation
 
     engine, s = state
-    engine.losses, engine.guidance_cfg = [MaskedMSEPreservation()], GuidanceConfig(update_steps=3)
+    engine.losses, engine.guidance_cfg = [MaskedMSEPreservation()], GuidanceConfig(update_steps=3,
+                                                                                   reference="inversion")
     engine.invert(s)
     s.mask = torch.zeros_like(s.x0[:, :1])
     s.mask[..., :4, :] = 1
@@ -153,3 +155,28 @@ def test_noise_encoded_guidance_alone(state):
     engine.losses = []  # no ITO: the guidance decode is the plain CFG decode from the noise encoding
     plain, _ = NoiseEncodedGuidance().generate(engine, s, s.n_final)
     assert float((plain - g0).abs().max()) > 1e-3  # preservation ITO pulled G towards the input
+
+
+def test_decode_reference_is_the_latents_g_own_decode_passed(state):
+    """guidance.reference: decode (the default): g_t at each timestep G's decode visited is the latents the
+    UNet saw there; here without ITO, so exactly the plain CFG decode's trajectory from the noise encoding."""
+    from framework.config import GuidanceConfig
+    from framework.ddim import ddim_decode, noise_encode, seeded_noise
+    from framework.stages import NoiseEncodedGuidance
+
+    engine, s = state
+    engine.losses, engine.guidance_cfg = [], GuidanceConfig(update_steps=3)
+    assert engine.guidance_cfg.reference == "decode"
+    engine.invert(s)
+    s.mask = torch.zeros_like(s.x0[:, :1])
+    g0, g_traj = NoiseEncodedGuidance().generate(engine, s, s.n_final)
+    start = noise_encode(s.x0, seeded_noise(tuple(s.x0.shape), s.seed + 1, s.x0.device),
+                         s.schedule.alpha(s.schedule.decode_timesteps(s.n_final)[0]))
+    seen = {}
+
+    def record(i, t, y):
+        seen[t] = y.clone()
+        return y
+    plain = ddim_decode(start, engine.eps(s.sides.edit, engine.sampling.guidance_scale), s.schedule, s.n_final, record)
+    assert torch.equal(plain, g0) and seen and set(seen) <= set(g_traj)
+    assert all(torch.equal(seen[t], g_traj[t]) for t in seen)
