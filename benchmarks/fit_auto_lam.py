@@ -41,11 +41,36 @@ def rule_score(table, lams: list[float], intercept: float, slope: float, low: fl
     return statistics.fmean(scores)
 
 
+def rule_scores(table, lams: list[float], intercept: float, slope: float, low: float, high: float) -> list[float]:
+    """Per edit (in the table's order): the objective at the studied lam nearest to the rule's lam."""
+    out = []
+    for values in table.values():
+        area = next(iter(values.values()))[1]
+        lam = min(high, max(low, intercept + slope * area))
+        out.append(values[min(lams, key=lambda v: abs(v - lam))][0])
+    return out
+
+
+def sweep_rows(folder: Path, prefix: str = "ito_lam") -> dict:
+    """A fronts sweep's ITO runs (FOLDER/ito_lam<value>/<edit>/result.json) as lam-study rows, one repeat."""
+    rows: dict = {}
+    for run in sorted(folder.glob(f"{prefix}*")):
+        lam = run.name[len(prefix):]
+        for result in sorted(run.glob("*/result.json")):
+            r = json.loads(result.read_text())
+            rows.setdefault(f"{float(lam):g}", []).append({"id": result.parent.name, "repeat": 0,
+                                                          "mask_area": r["mask_area"], **r.get("metrics", {})})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path)
     p.add_argument("--variant", default="default")
     p.add_argument("--objective", default="gt/l1")
+    p.add_argument("--test", type=Path, default=None, metavar="SWEEP_FOLDER",
+                   help="also score the fitted rule and the best fixed lam on a fronts sweep's ITO runs (held-out "
+                        "'test' edits: FOLDER/ito_lam<value>/), with a paired 95 %% bootstrap interval")
     args = p.parse_args(argv)
     rows = json.loads(args.results.read_text())[args.variant]
     table = per_edit(rows, args.objective)
@@ -61,6 +86,20 @@ def main(argv=None):
     print(f"best fixed lam {best_lam:g}: {fixed[best_lam]:.4f}; best rule: {score:.4f} "
           f"({(score - fixed[best_lam]) / fixed[best_lam] * 100:+.1f} %)")
     print(f"auto_lam: {{intercept: {intercept}, slope: {slope}, low: {low}, high: {high}}}")
+    from framework.metrics.bootstrap import paired_difference_ci
+
+    rule = (intercept, slope, low, high)
+    diff = paired_difference_ci(rule_scores(table, lams, *rule), [v[best_lam][0] for v in table.values()])
+    print("val, rule - best fixed lam: {:+.4f} [{:+.4f}, {:+.4f}] (paired 95 % bootstrap; fitted here)".format(*diff))
+    if args.test:
+        test = per_edit(sweep_rows(args.test), args.objective)
+        test_lams = sorted({lam for v in test.values() for lam in v})
+        fixed_test = {lam: statistics.fmean(v[lam][0] for v in test.values()) for lam in test_lams}
+        print(f"test: {len(test)} edits; fixed lam: " + ", ".join(f"{lam:g}: {v:.4f}" for lam, v in fixed_test.items()))
+        ours = rule_scores(test, test_lams, *rule)
+        diff = paired_difference_ci(ours, [v[best_lam][0] for v in test.values()])
+        print(f"test, the val rule: {statistics.fmean(ours):.4f}; minus the val-best fixed lam {best_lam:g}: "
+              "{:+.4f} [{:+.4f}, {:+.4f}]".format(*diff))
 
 
 if __name__ == "__main__":
