@@ -1,6 +1,7 @@
 """Which scaling of the ITO losses makes lam the paper's dial (Fig. 5)? A study on toy 'val' edits.
 
-    python benchmarks/lam_study.py --edits 200 --split val --variants literal mean_pixel ... --repeats 2
+    python benchmarks/lam_study.py --edits 200 --split val --variants default literal ... --repeats 2
+    python benchmarks/lam_study.py --report outputs/lam_study --variants default   # Fig. 5 levels and steps
 
 For each variant (a combination of the scaling settings below) and each lam in 0, 0.2, ..., 1 it
 edits the same toy-world requests with the full method on the bundled toy model and scores:
