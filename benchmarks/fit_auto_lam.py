@@ -32,13 +32,14 @@ def per_edit(rows: dict, key: str) -> dict[tuple[str, int], dict[float, tuple[fl
 
 
 def rule_score(table, lams: list[float], intercept: float, slope: float, low: float, high: float) -> float:
-    scores = []
-    for values in table.values():
-        area = next(iter(values.values()))[1]
-        lam = min(high, max(low, intercept + slope * area))
-        nearest = min(lams, key=lambda v: abs(v - lam))
-        scores.append(values[nearest][0])
-    return statistics.fmean(scores)
+    """Mean over edits of `rule_scores`."""
+    return statistics.fmean(rule_scores(table, lams, intercept, slope, low, high))
+
+
+def fixed_scores(table) -> dict[float, float]:
+    """Each studied lam -> the mean objective over the table's edits."""
+    lams = sorted({lam for v in table.values() for lam in v})
+    return {lam: statistics.fmean(v[lam][0] for v in table.values()) for lam in lams}
 
 
 def rule_scores(table, lams: list[float], intercept: float, slope: float, low: float, high: float) -> list[float]:
@@ -74,8 +75,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     rows = json.loads(args.results.read_text())[args.variant]
     table = per_edit(rows, args.objective)
-    lams = sorted({lam for v in table.values() for lam in v})
-    fixed = {lam: statistics.fmean(v[lam][0] for v in table.values()) for lam in lams}
+    fixed = fixed_scores(table)
+    lams = list(fixed)
     best_lam = min(fixed, key=fixed.get)
     grid = itertools.product([0.6, 0.8, 1.0, 1.2], [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0], [0.0, 0.2, 0.4, 0.6],
                              [0.6, 0.8, 1.0])
@@ -93,8 +94,8 @@ def main(argv=None):
     print("val, rule - best fixed lam: {:+.4f} [{:+.4f}, {:+.4f}] (paired 95 % bootstrap; fitted here)".format(*diff))
     if args.test:
         test = per_edit(sweep_rows(args.test), args.objective)
-        test_lams = sorted({lam for v in test.values() for lam in v})
-        fixed_test = {lam: statistics.fmean(v[lam][0] for v in test.values()) for lam in test_lams}
+        fixed_test = fixed_scores(test)
+        test_lams = list(fixed_test)
         print(f"test: {len(test)} edits; fixed lam: " + ", ".join(f"{lam:g}: {v:.4f}" for lam, v in fixed_test.items()))
         ours = rule_scores(test, test_lams, *rule)
         diff = paired_difference_ci(ours, [v[best_lam][0] for v in test.values()])

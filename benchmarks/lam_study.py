@@ -44,37 +44,26 @@ import torch  # noqa: E402
 
 LITERAL = dict(reduction="sum", granularity="latent", balance="none", loss_mask="binary", optimizer="adam",
                first_step="optimize", reference="inversion", norm_weight=0.0, lr=0.1, inner_steps=1)
+SCALED = dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip")
+"""The three scaling settings that make background L1 follow lam (docs/lam.md)."""
+NORM_DECODE = dict(SCALED, norm_weight=1.0, reference="decode")
 VARIANTS = {
     # the default: Adam (fresh per step), k = 2, norm term, g_t from G's own decode
-    "default": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip", norm_weight=1.0,
-                    reference="decode", inner_steps=2),
+    "default": dict(NORM_DECODE, inner_steps=2),
     # the default before the norm term, the decode reference and k = 2 (docs/lam.md)
-    "scaled_k1": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip"),
-    "default_norm": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip", norm_weight=1.0),
-    "default_norm5": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                          norm_weight=5.0),
-    "default_norm_decode": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                                norm_weight=1.0, reference="decode"),
-    "default_decode": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                           reference="decode"),
-    "default_norm_nsgd_decode": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                                     norm_weight=1.0, reference="decode", optimizer="nsgd"),
-    "default_norm2_decode": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                                 norm_weight=2.0, reference="decode"),
-    "diag_norm_decode_k2": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                                norm_weight=1.0, reference="decode", inner_steps=2),
-    "diag_norm_decode_lr02": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                                  norm_weight=1.0, reference="decode", lr=0.2),
-    "diag_norm_decode_first": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="optimize",
-                                   norm_weight=1.0, reference="decode"),
-    "diag_norm_decode_k3": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                                norm_weight=1.0, reference="decode", inner_steps=3),
-    "diag_decode_k2": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                           reference="decode", inner_steps=2),
-    "diag_norm_decode_sgd_k2": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                                    norm_weight=1.0, reference="decode", inner_steps=2, optimizer="sgd"),
-    "diag_norm_decode_sgd_k4": dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip",
-                                    norm_weight=1.0, reference="decode", inner_steps=4, optimizer="sgd"),
+    "scaled_k1": SCALED,
+    "default_norm": dict(SCALED, norm_weight=1.0),
+    "default_norm5": dict(SCALED, norm_weight=5.0),
+    "default_norm_decode": NORM_DECODE,
+    "default_decode": dict(SCALED, reference="decode"),
+    "default_norm_nsgd_decode": dict(NORM_DECODE, optimizer="nsgd"),
+    "default_norm2_decode": dict(NORM_DECODE, norm_weight=2.0),
+    # the diagnoses of docs/lam.md's table of what brings lam = 0 to G
+    "diag_norm_decode_lr02": dict(NORM_DECODE, lr=0.2),
+    "diag_norm_decode_first": dict(NORM_DECODE, first_step="optimize"),
+    "diag_decode_k2": dict(SCALED, reference="decode", inner_steps=2),
+    "diag_norm_decode_sgd_k2": dict(NORM_DECODE, inner_steps=2, optimizer="sgd"),
+    "diag_norm_decode_sgd_k4": dict(NORM_DECODE, inner_steps=4, optimizer="sgd"),
     "literal": {},
     "mean_pixel": dict(reduction="mean", granularity="pixel"),
     "mean_pixel_skip": dict(reduction="mean", granularity="pixel", first_step="skip"),
@@ -173,29 +162,18 @@ def memoised_inversion(module):
 
 
 def score(result, request, metrics, guidance=None) -> dict[str, float]:
-    """Metrics of one edit; `guidance`: G's image where the edit made none (lam = 1), from the memo.
-    `guide/target_l1`, `guide/background_l1`: G itself scored against the true target and input."""
-    from framework.metrics import GroundTruthL1
-
+    """Metrics of one edit; `guidance`: G's image (the edit's own, or, at lam = 1, the one made for the same
+    edit at a lam < 1). `guide/target_l1`, `guide/background_l1`: G itself scored against the true target
+    and input by `metrics[0]`, the GroundTruthL1."""
     values = {"mask_area": result.record["mask_area"]}
     for metric in metrics:
         values.update(metric.update(result, request))
-    g = result.guidance if result.guidance is not None else guidance
-    if g is not None:
-        values["guide/edit_l1"] = float((result.edit - g).abs().mean())
-        values["guide/input_l1"] = float((result.input - g).abs().mean())
-        as_edit = GroundTruthL1().update(replace(result, edit=g), request)  # G itself scored as an edit
+    if guidance is not None:
+        values["guide/edit_l1"] = float((result.edit - guidance).abs().mean())
+        values["guide/input_l1"] = float((result.input - guidance).abs().mean())
+        as_edit = metrics[0].update(replace(result, edit=guidance), request)  # G itself scored as an edit
         values.update({f"guide/{k[3:]}": v for k, v in as_edit.items() if k in ("gt/target_l1", "gt/background_l1")})
     return values
-
-
-def memo_guidance_image(module, store, request, seed):
-    """G's image for this edit from the memo (None if no lam < 1 has made it yet)."""
-    made = store.get((request.id, seed, module.variant_key))
-    if made is None:
-        return None
-    with torch.no_grad():
-        return module.backbone.decode_latents(made[0]).float().cpu()
 
 
 def mean(values):
@@ -244,7 +222,7 @@ def main(argv=None):
         from framework.config import AutoLam
 
         module.auto_lam = AutoLam(**json.loads(args.auto_lam))
-    guidance_store = memoised_guidance(module)
+    memoised_guidance(module)
     memoised_inversion(module)
     metrics = [GroundTruthL1(), ToyClassifierAccuracy().load("cpu")]
     results_path = args.out / "results.json"
@@ -255,6 +233,7 @@ def main(argv=None):
                                          if k in ("optimizer", "lr", "loss_mask", "reference")}, sort_keys=True)
         start = time.perf_counter()
         rows = results.setdefault(variant, {})
+        guidance_images: dict = {}  # (id, seed) -> G's image from this variant's lam < 1 edits, for lam = 1
         for lam in args.lams:
             lam = "auto" if lam == "auto" else float(lam)
             module.lam = lam
@@ -263,8 +242,9 @@ def main(argv=None):
                 for r in range(args.repeats):
                     req = replace(request, seed=(request.seed or 0) + 1000 * r)
                     result = module.edit(req)
-                    g = None if result.guidance is not None else memo_guidance_image(module, guidance_store, req,
-                                                                                      req.seed)
+                    if result.guidance is not None:
+                        guidance_images[(request.id, req.seed)] = result.guidance
+                    g = guidance_images.get((request.id, req.seed))
                     per_edit.append({"id": request.id, "repeat": r, **score(result, req, metrics, g)})
             rows["auto" if lam == "auto" else f"{lam:g}"] = per_edit
         print(f"# {variant} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -283,6 +263,7 @@ def table(rows: dict) -> str:
 
 
 def repeat_means(per_edit: list[dict], key: str) -> dict[int, float]:
+    """repeat -> the mean of `key` over that repeat's edits."""
     by_repeat: dict[int, list[float]] = {}
     for e in per_edit:
         if key in e:
@@ -327,10 +308,7 @@ def fig5_report(rows: dict) -> str:
                 cells.append("-")
                 continue
             diff, low, high = paired_difference_ci([pb[k] for k in common], [pa[k] for k in common])
-            by_repeat: dict[int, list[float]] = {}
-            for k in common:
-                by_repeat.setdefault(k[1], []).append(pb[k] - pa[k])
-            floor = statistics.stdev([mean(v) for v in by_repeat.values()]) if len(by_repeat) > 1 else float("nan")
+            floor = spread([{"repeat": k[1], "step": pb[k] - pa[k]} for k in common], "step")
             cells.append(f"{diff:+.4f} [{low:+.4f}, {high:+.4f}] ({floor:.4f})")
         lines.append(f"| {a} -> {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -338,11 +316,7 @@ def fig5_report(rows: dict) -> str:
 
 def spread(per_edit: list[dict], key: str) -> float:
     """Noise floor of a mean over edits: the std over repeats of the repeat means (nan with one repeat)."""
-    by_repeat: dict[int, list[float]] = {}
-    for e in per_edit:
-        if key in e:
-            by_repeat.setdefault(e["repeat"], []).append(e[key])
-    means = [mean(v) for v in by_repeat.values()]
+    means = list(repeat_means(per_edit, key).values())
     return statistics.stdev(means) if len(means) > 1 else float("nan")
 
 
