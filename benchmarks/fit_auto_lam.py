@@ -1,14 +1,22 @@
 """Fit `lam: auto`'s constants (framework.config.AutoLam) on a lam study's per-edit results.
 
-    python benchmarks/lam_study.py --edits 40 --split val --variants default --repeats 2 --out outputs/lam_val
-    python benchmarks/fit_auto_lam.py outputs/lam_val/results.json --variant default
+    python benchmarks/lam_study.py --edits 200 --split val --variants default --repeats 2 --out outputs/lam_val
+    python benchmarks/fit_auto_lam.py outputs/lam_val/results.json --test outputs/eval/fronts
 
-`lam: auto` sets lam = clip(intercept + slope * mask_area, low, high) per edit. Given every edit's scores
-at each studied lam, a rule's score is the mean over edits of the objective at the studied lam nearest
-to the rule's lam for that edit (the study's grid, 0.2 apart, bounds the error of that reading). The
-objective is `gt/l1`, the L1 distance of the whole edit to the true target (lower is better): it counts
-both what should change and what should not. Prints the best fixed lam, the best rule on a grid of
-constants and both scores, and the rule's constants as YAML for `model.auto_lam`.
+`lam: auto` sets lam = clip(intercept + slope * mask_area + prompt_change * [the prompt changes], low, high)
+per edit. Given every edit's scores at each studied lam, a rule's score is the mean over edits of the
+objective at the studied lam nearest to the rule's lam for that edit (the study's grid, 0.2 apart, bounds
+the error of that reading). The objective is `gt/target_l1` by default, the L1 distance to the true
+target inside the true edit region: what lam is turned for. `gt/l1` (the whole image) is dominated by the
+background and always asks for lam 1 on the toy model. Prints the best fixed lam, the best rule on a grid
+of constants (ties go to the highest floor `low`, the least guidance), their difference with a paired
+95 % bootstrap interval, what the rule costs in background L1, and the rule's constants as YAML.
+
+With two or more seeds per edit it also prints what any per-edit rule could gain at most: the
+cross-seed oracle, which gives each edit-seed the lam that scored best on the same edit at its other
+seeds. That is what a rule that knew everything about the edit but the noise of its seed would choose;
+if even that does not beat the best fixed lam, no feature of the edit (its mask area, its kind,
+anything) can.
 """
 
 from __future__ import annotations
@@ -19,37 +27,75 @@ import json
 import statistics
 from pathlib import Path
 
+Table = dict  # (edit id, repeat) -> {lam: (objective, mask area, prompt changed)}
+GRID = dict(intercept=[0.4, 0.6, 0.8, 1.0, 1.2], slope=[-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0],
+            prompt_change=[-0.4, -0.2, 0.0, 0.2, 0.4, 0.6], low=[0.0, 0.2, 0.3, 0.4, 0.6], high=[0.6, 0.8, 1.0])
+"""The constants searched (AutoLam's fields)."""
 
-def per_edit(rows: dict, key: str) -> dict[tuple[str, int], dict[float, tuple[float, float]]]:
-    """(edit id, repeat) -> {lam: (objective, mask area)} for the edits scored at every lam."""
-    table: dict[tuple[str, int], dict[float, tuple[float, float]]] = {}
+
+def per_edit(rows: dict, key: str) -> Table:
+    """(edit id, repeat) -> {lam: (objective, mask area, prompt changed)} for the edits scored at every lam."""
+    table: Table = {}
     for lam, edits in rows.items():
         for e in edits:
             if key in e:
-                table.setdefault((e["id"], e["repeat"]), {})[float(lam)] = (e[key], e["mask_area"])
+                table.setdefault((e["id"], e["repeat"]), {})[float(lam)] = (e[key], e["mask_area"],
+                                                                          bool(e.get("prompt_changed", False)))
     lams = {float(lam) for lam in rows}
     return {k: v for k, v in table.items() if set(v) == lams}
 
 
-def rule_score(table, lams: list[float], intercept: float, slope: float, low: float, high: float) -> float:
+def rule_lam(rule: dict, area: float, prompt_changed: bool) -> float:
+    """AutoLam's lam for one edit (the same formula as framework.config.AutoLam, without its import)."""
+    lam = rule["intercept"] + rule["slope"] * area + rule.get("prompt_change", 0.0) * prompt_changed
+    return min(rule["high"], max(rule["low"], lam))
+
+
+def rule_scores(table: Table, rule: dict) -> list[float]:
+    """Per edit (in the table's order): the objective at the studied lam nearest to the rule's lam."""
+    out = []
+    for values in table.values():
+        _, area, prompt_changed = next(iter(values.values()))
+        lam = rule_lam(rule, area, prompt_changed)
+        out.append(values[min(values, key=lambda v: abs(v - lam))][0])
+    return out
+
+
+def rule_score(table: Table, rule: dict) -> float:
     """Mean over edits of `rule_scores`."""
-    return statistics.fmean(rule_scores(table, lams, intercept, slope, low, high))
+    return statistics.fmean(rule_scores(table, rule))
 
 
-def fixed_scores(table) -> dict[float, float]:
+def fixed_scores(table: Table) -> dict[float, float]:
     """Each studied lam -> the mean objective over the table's edits."""
     lams = sorted({lam for v in table.values() for lam in v})
     return {lam: statistics.fmean(v[lam][0] for v in table.values()) for lam in lams}
 
 
-def rule_scores(table, lams: list[float], intercept: float, slope: float, low: float, high: float) -> list[float]:
-    """Per edit (in the table's order): the objective at the studied lam nearest to the rule's lam."""
-    out = []
-    for values in table.values():
-        area = next(iter(values.values()))[1]
-        lam = min(high, max(low, intercept + slope * area))
-        out.append(values[min(lams, key=lambda v: abs(v - lam))][0])
-    return out
+def best_rule(table: Table, grid: dict = GRID) -> tuple[float, dict]:
+    """The grid's rule of lowest mean objective; among rules within 1e-5 of it, the one with the highest floor."""
+    rules = [dict(zip(grid, c)) for c in itertools.product(*grid.values())]
+    fits = [(rule_score(table, r), r) for r in rules if r["low"] <= r["high"]]
+    best = min(score for score, _ in fits)
+    return min(((s, r) for s, r in fits if s <= best + 1e-5), key=lambda f: (-f[1]["low"], f[0]))
+
+
+def cross_seed_oracle(table: Table) -> tuple[list[float], list[tuple[tuple[str, int], float]]]:
+    """Per edit-seed (with another seed of the same edit in the table): the objective at the lam that was
+    best for that edit at its other seeds (their mean), and which (key, lam) was chosen. An upper bound on what a
+    per-edit lam rule can gain that is not fitted to seed noise."""
+    seeds: dict[str, list[int]] = {}
+    for edit, repeat in table:
+        seeds.setdefault(edit, []).append(repeat)
+    scores, chosen = [], []
+    for (edit, repeat), values in table.items():
+        others = [table[(edit, r)] for r in seeds[edit] if r != repeat]
+        if not others:
+            continue
+        lam = min(values, key=lambda v: statistics.fmean(o[v][0] for o in others))
+        scores.append(values[lam][0])
+        chosen.append(((edit, repeat), lam))
+    return scores, chosen
 
 
 def sweep_rows(folder: Path, prefix: str = "ito_lam") -> dict:
@@ -59,16 +105,38 @@ def sweep_rows(folder: Path, prefix: str = "ito_lam") -> dict:
         lam = run.name[len(prefix):]
         for result in sorted(run.glob("*/result.json")):
             r = json.loads(result.read_text())
-            rows.setdefault(f"{float(lam):g}", []).append({"id": result.parent.name, "repeat": 0,
-                                                          "mask_area": r["mask_area"], **r.get("metrics", {})})
+            rows.setdefault(f"{float(lam):g}", []).append({
+                "id": result.parent.name, "repeat": 0, "mask_area": r["mask_area"],
+                "prompt_changed": r["source_prompt"] != r["edit_prompt"], **r.get("metrics", {})})
     return rows
+
+
+def ci(ours: list[float], theirs: list[float]) -> str:
+    from framework.metrics.bootstrap import paired_difference_ci
+
+    return "{:+.4f} [{:+.4f}, {:+.4f}]".format(*paired_difference_ci(ours, theirs))
+
+
+def compare(label: str, rows: dict, objective: str, rule: dict, lam: float) -> None:
+    """Print the rule against the fixed lam on `rows`: the objective and, beside it, the background L1."""
+    table = per_edit(rows, objective)
+    ours = rule_scores(table, rule)
+    print(f"{label}: rule {statistics.fmean(ours):.4f}, fixed lam {lam:g} "
+          f"{statistics.fmean(v[lam][0] for v in table.values()):.4f}; rule - fixed: "
+          f"{ci(ours, [v[lam][0] for v in table.values()])}")
+    if objective != "gt/background_l1":
+        bg = per_edit(rows, "gt/background_l1")
+        if bg:
+            fixed_bg = [v[lam][0] for v in bg.values()]
+            print(f"{label}, background L1: rule - fixed: {ci(rule_scores(bg, rule), fixed_bg)}")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path)
     p.add_argument("--variant", default="default")
-    p.add_argument("--objective", default="gt/l1")
+    p.add_argument("--objective", default="gt/target_l1")
+    p.add_argument("--area-only", action="store_true", help="fit with prompt_change = 0 (the mask area alone)")
     p.add_argument("--test", type=Path, default=None, metavar="SWEEP_FOLDER",
                    help="also score the fitted rule and the best fixed lam on a fronts sweep's ITO runs (held-out "
                         "'test' edits: FOLDER/ito_lam<value>/), with a paired 95 %% bootstrap interval")
@@ -76,31 +144,25 @@ def main(argv=None):
     rows = json.loads(args.results.read_text())[args.variant]
     table = per_edit(rows, args.objective)
     fixed = fixed_scores(table)
-    lams = list(fixed)
     best_lam = min(fixed, key=fixed.get)
-    grid = itertools.product([0.6, 0.8, 1.0, 1.2], [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0], [0.0, 0.2, 0.4, 0.6],
-                             [0.6, 0.8, 1.0])
-    fits = [(rule_score(table, lams, *c), c) for c in grid if c[2] <= c[3]]
-    score, (intercept, slope, low, high) = min(fits)
-    print(f"{len(table)} edits x {len(lams)} lams; objective {args.objective} (lower is better)")
+    grid = dict(GRID, prompt_change=[0.0]) if args.area_only else GRID
+    score, rule = best_rule(table, grid)
+    print(f"{len(table)} edit-seeds x {len(fixed)} lams; objective {args.objective} (lower is better)")
     print("fixed lam: " + ", ".join(f"{lam:g}: {v:.4f}" for lam, v in fixed.items()))
     print(f"best fixed lam {best_lam:g}: {fixed[best_lam]:.4f}; best rule: {score:.4f} "
           f"({(score - fixed[best_lam]) / fixed[best_lam] * 100:+.1f} %)")
-    print(f"auto_lam: {{intercept: {intercept}, slope: {slope}, low: {low}, high: {high}}}")
-    from framework.metrics.bootstrap import paired_difference_ci
-
-    rule = (intercept, slope, low, high)
-    diff = paired_difference_ci(rule_scores(table, lams, *rule), [v[best_lam][0] for v in table.values()])
-    print("val, rule - best fixed lam: {:+.4f} [{:+.4f}, {:+.4f}] (paired 95 % bootstrap; fitted here)".format(*diff))
+    print("auto_lam: {" + ", ".join(f"{k}: {v:g}" for k, v in rule.items()) + "}")
+    compare("val (fitted here)", rows, args.objective, rule, best_lam)
+    oracle, chosen = cross_seed_oracle(table)
+    if oracle:
+        print(f"val, cross-seed oracle (each edit's best lam at its other seeds; the most any rule can gain): "
+              f"{statistics.fmean(oracle):.4f}; minus the best fixed lam: "
+              f"{ci(oracle, [table[key][best_lam][0] for key, _ in chosen])}")
     if args.test:
-        test = per_edit(sweep_rows(args.test), args.objective)
-        fixed_test = fixed_scores(test)
-        test_lams = list(fixed_test)
-        print(f"test: {len(test)} edits; fixed lam: " + ", ".join(f"{lam:g}: {v:.4f}" for lam, v in fixed_test.items()))
-        ours = rule_scores(test, test_lams, *rule)
-        diff = paired_difference_ci(ours, [v[best_lam][0] for v in test.values()])
-        print(f"test, the val rule: {statistics.fmean(ours):.4f}; minus the val-best fixed lam {best_lam:g}: "
-              "{:+.4f} [{:+.4f}, {:+.4f}]".format(*diff))
+        test_rows = sweep_rows(args.test)
+        fixed_test = fixed_scores(per_edit(test_rows, args.objective))
+        print("test: fixed lam: " + ", ".join(f"{lam:g}: {v:.4f}" for lam, v in fixed_test.items()))
+        compare("test, the val rule against the val-best fixed lam", test_rows, args.objective, rule, best_lam)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ Settings a variant combines (all are YAML settings of the method):
   optimizer    'adam' (fresh per step) | 'adam_kept' | 'nsgd' (framework.ito.NormalizedSGD)
   first_step   ito.first_step: 'optimize' | 'skip'
   reference    guidance.reference: 'inversion' (g_t = G inverted) | 'decode' (G's own decode latents)
+  guide_tu, guide_k, refine, guide_encode
+               how G is made: guidance.update_steps, inner_steps, refine (A.5), encode_ratio (None: the
+               edit's); the `g_*` variants, scored by G's own target and background L1 (`guide/*`)
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 LITERAL = dict(reduction="sum", granularity="latent", balance="none", loss_mask="binary", optimizer="adam",
-               first_step="optimize", reference="inversion", norm_weight=0.0, lr=0.1, inner_steps=1)
+               first_step="optimize", reference="inversion", norm_weight=0.0, lr=0.1, inner_steps=1,
+               guide_tu=15, guide_k=1, refine=False, guide_encode=None)
 SCALED = dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip")
 """The three scaling settings that make background L1 follow lam (docs/lam.md)."""
 NORM_DECODE = dict(SCALED, norm_weight=1.0, reference="decode")
@@ -64,6 +68,12 @@ VARIANTS = {
     "diag_decode_k2": dict(SCALED, reference="decode", inner_steps=2),
     "diag_norm_decode_sgd_k2": dict(NORM_DECODE, inner_steps=2, optimizer="sgd"),
     "diag_norm_decode_sgd_k4": dict(NORM_DECODE, inner_steps=4, optimizer="sgd"),
+    # a better guidance image (docs/lam.md, "What holds ITO back"): A.2's t_u = 20, k = 30; A.5's refinement;
+    # a partial noise encoding of G
+    "g_a2": dict(NORM_DECODE, inner_steps=2, guide_tu=20, guide_k=30),
+    "g_refine": dict(NORM_DECODE, inner_steps=2, refine=True),
+    "g_encode07": dict(NORM_DECODE, inner_steps=2, guide_encode=0.7),
+    "g_encode05": dict(NORM_DECODE, inner_steps=2, guide_encode=0.5),
     "literal": {},
     "mean_pixel": dict(reduction="mean", granularity="pixel"),
     "mean_pixel_skip": dict(reduction="mean", granularity="pixel", first_step="skip"),
@@ -97,7 +107,8 @@ def apply_variant(module, settings: dict) -> None:
     module.ito_cfg = replace(module.ito_cfg, balance=s["balance"], loss_mask=s["loss_mask"],
                              first_step=s["first_step"], keep_optimizer_state=s["optimizer"] == "adam_kept",
                              inner_steps=s["inner_steps"])
-    module.guidance_cfg = replace(module.guidance_cfg, reference=s["reference"])
+    module.guidance_cfg = replace(module.guidance_cfg, reference=s["reference"], update_steps=s["guide_tu"],
+                                  inner_steps=s["guide_k"], refine=s["refine"], encode_ratio=s["guide_encode"])
     optimizer = {"nsgd": NormalizedSGD, "sgd": torch.optim.SGD}.get(s["optimizer"], torch.optim.Adam)
     paper = (optimizer, s["lr"]) == (torch.optim.Adam, 0.1)
     module.optimizer_factory = None if paper else partial(optimizer, lr=s["lr"])
@@ -165,7 +176,7 @@ def score(result, request, metrics, guidance=None) -> dict[str, float]:
     """Metrics of one edit; `guidance`: G's image (the edit's own, or, at lam = 1, the one made for the same
     edit at a lam < 1). `guide/target_l1`, `guide/background_l1`: G itself scored against the true target
     and input by `metrics[0]`, the GroundTruthL1."""
-    values = {"mask_area": result.record["mask_area"]}
+    values = {"mask_area": result.record["mask_area"], "prompt_changed": request.changes_prompt}
     for metric in metrics:
         values.update(metric.update(result, request))
     if guidance is not None:
@@ -230,7 +241,8 @@ def main(argv=None):
     for variant in args.variants:
         apply_variant(module, VARIANTS[variant])
         module.variant_key = json.dumps({k: v for k, v in {**LITERAL, **VARIANTS[variant]}.items()
-                                         if k in ("optimizer", "lr", "loss_mask", "reference")}, sort_keys=True)
+                                         if k in ("optimizer", "lr", "loss_mask", "reference", "guide_tu", "guide_k",
+                                                 "refine", "guide_encode")}, sort_keys=True)
         start = time.perf_counter()
         rows = results.setdefault(variant, {})
         guidance_images: dict = {}  # (id, seed) -> G's image from this variant's lam < 1 edits, for lam = 1
@@ -253,7 +265,8 @@ def main(argv=None):
 
 
 def table(rows: dict) -> str:
-    keys = ("gt/background_l1", "gt/target_l1", "guide/edit_l1", "guide/input_l1", "toy/new_class")
+    keys = ("gt/background_l1", "gt/target_l1", "guide/edit_l1", "guide/input_l1", "guide/target_l1",
+            "guide/background_l1", "toy/new_class")
     lines = ["| lam | " + " | ".join(keys) + " | seed spread bg / guide |", "|---" * (len(keys) + 2) + "|"]
     for lam, per_edit in rows.items():
         cells = [f"{mean([e[k] for e in per_edit if k in e]):.4f}" for k in keys]

@@ -77,6 +77,11 @@ class EditRequest:
     extra: dict[str, Any]
     index: int = 0
 
+    @property
+    def changes_prompt(self) -> bool:
+        """Whether the edit prompt differs from the source prompt (a text edit, alone or with a spatial one)."""
+        return self.edit_prompt != self.source_prompt
+
     def to(self, device) -> "EditRequest":
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         return EditRequest(self.id, self.image.to(device), self.source_prompt, self.edit_prompt,

@@ -131,8 +131,8 @@ class EditEngine:
                 self.invert(state, self.guidance_level(state) if guided else 0)
         with self.stage("mask", state):  # 2. edit mask (Eq. 7), or the request's own
             self.estimate_mask(state)
-        if auto:  # lam from the mask's area (AutoLam; paper A.3: difficulty follows mask size)
-            state.lam = auto_lam(float(state.mask.mean()))
+        if auto:  # lam from the mask's area and the kind of edit (AutoLam; paper A.3: difficulty follows mask size)
+            state.lam = auto_lam(float(state.mask.mean()), request.changes_prompt)
             guided = self.guided(state.lam)
         if guided:  # 3. guidance image G and its trajectory g_t (Sec. 3.2)
             with self.stage("guidance", state):
@@ -145,7 +145,8 @@ class EditEngine:
         state.seconds["total"] = round(sum(state.seconds.values()), 4)
         record = self.record(state, guided)
         if auto:
-            record["lam_rule"] = {"rule": "auto", "mask_area": float(state.mask.mean()), **asdict(auto_lam)}
+            record["lam_rule"] = {"rule": "auto", "mask_area": float(state.mask.mean()),
+                                  "prompt_changed": request.changes_prompt, **asdict(auto_lam)}
         cpu = lambda d: {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
         return EditResult(request.id, edit_image.cpu(), request.image.cpu(), state.mask.cpu(),
                           None if state.soft is None else state.soft.cpu(),

@@ -87,7 +87,8 @@ class EditModule(pl.LightningModule):
                 guidance loss 1 - lam. 1 keeps the background most and skips the guidance image; lower values
                 follow the guidance image G more, background included; 0 lands on G (docs/lam.md has the
                 measured dial; experiments/paper_literal.yaml, where lam acts as a switch). 'auto': set per edit
-                from its mask area by `auto_lam` (recorded in result.json as lam and lam_rule).
+                from its mask area and whether its prompt changes, by `auto_lam` (recorded in result.json as lam
+                and lam_rule).
             sampling: DDIM steps, encode ratio, CFG scales, inversion prompt.
             mask: Edit-mask estimation (Eq. 7) settings.
             ito: t_u, k and optimiser-state policy of the final decode.
@@ -99,7 +100,8 @@ class EditModule(pl.LightningModule):
             metrics: Scores of each edit and of the run (framework.metrics: L1Distance, GroundTruthL1,
                 CSFID, FID, ClassifierAccuracy, PickScore, your own); written to results.md/.csv.
             auto_lam: The rule of `lam: auto` (also of requests with `lam: auto`): lam = clip(intercept +
-                slope * mask_area, low, high); None: AutoLam's defaults.
+                slope * mask_area + prompt_change * [prompt changes], low, high); None: AutoLam's defaults
+                (fitted on toy 'val' edits, docs/lam.md).
             inversion: Inversion plugin (framework.inversion: DDIMInversion, the default and the paper's;
                 NullTextInversion, NegativePromptInversion, DirectInversion; your own).
             mask_estimator: Mask plugin (framework.stages: NoiseDifferenceMask, Eq. 7 by `mask`, the default;

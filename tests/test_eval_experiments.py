@@ -153,9 +153,10 @@ def test_lam_sweep_with_auto(tmp_path, tiny_dirs):
     rows = {row["run"]: row for row in read_csv(out / "sweep.csv")}
     assert list(rows) == ["lam-0.6", "lam-auto"] and rows["lam-auto"]["lam"] == "auto"
     rule = AutoLam()  # the sweep's auto_lam is the documented default
-    for edit in ("text_500000", "pose_500001"):  # the 'val' seeds
+    for edit, text_edit in (("text_500000", True), ("pose_500001", False)):  # the 'val' seeds
         record = json.loads((out / "lam-auto" / edit / "result.json").read_text())
-        assert record["lam"] == pytest.approx(rule(record["lam_rule"]["mask_area"]))
+        assert record["lam_rule"]["prompt_changed"] is text_edit
+        assert record["lam"] == pytest.approx(rule(record["lam_rule"]["mask_area"], text_edit))
         assert json.loads((out / "lam-0.6" / edit / "result.json").read_text())["lam"] == 0.6
     assert (out / "plots" / "gt_background_l1_vs_lam.png").is_file()
     assert not list((out / "plots").glob("*_vs_t_u.png"))
@@ -212,12 +213,15 @@ def test_fronts_sweep_draws_one_line_per_method_with_bootstrap_intervals(tmp_pat
     args = [str(EVAL / "fronts.yaml"), "--output_dir", str(out), *toy_sets(tiny_dirs, tmp_path / "cache", 3)]
     sweep([*args, "--check"])  # all runs build
     sweep([*args, "--only", "ito_lam0.2", "--only", "ito_lam1.0", "--only", "diffedit_0.7", "--only", "sdedit_0.7",
-           "--", *SMALL])
+           "--only", "ito_auto", "--", *SMALL])
     table = (out / "fronts" / "fronts.md").read_text()
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    # lam: auto is a point of its own, at the mean of the lams its edits were given.
+    auto_lams = [json.loads(r.read_text())["lam"] for r in (out / "ito_auto").glob("*/result.json")]
+    assert len(auto_lams) == 3
     assert [(r[0].lstrip("| "), r[1], r[2]) for r in rows] == [
         ("DiffEdit", "encode_ratio", "0.7"), ("ITO t_u=3", "lam", "0.2"), ("ITO t_u=3", "lam", "1"),
-        ("SDEdit", "encode_ratio", "0.7")]
+        ("ITO t_u=3 lam: auto", "mean lam", f"{sum(auto_lams) / 3:g}"), ("SDEdit", "encode_ratio", "0.7")]
     # Each cell: the mean over the 3 edits of the run's results.csv, inside its bootstrap interval.
     edits = [r for r in read_csv(out / "ito_lam0.2" / "results.csv") if r["id"] != "mean"]
     mean = sum(float(r["gt/background_l1"]) for r in edits) / len(edits)

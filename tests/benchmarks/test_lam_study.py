@@ -53,15 +53,43 @@ def test_fig5_report_levels_steps_and_floors(scripts):
 
 def test_auto_lam_rules_scored_on_a_sweeps_held_out_runs(scripts, tmp_path):
     _, fit = scripts
-    for lam, objective in (("0.0", {"small": 0.5, "large": 0.1}), ("1.0", {"small": 0.2, "large": 0.4})):
-        for edit, area in (("small", 0.02), ("large", 0.3)):
+    # Three held-out edits at lam 0 and 1: a small and a large spatial-only edit, and a large text edit.
+    objective = {"0.0": {"small": 0.5, "large": 0.1, "text": 0.3}, "1.0": {"small": 0.2, "large": 0.4, "text": 0.1}}
+    for lam, values in objective.items():
+        for edit, area in (("small", 0.02), ("large", 0.3), ("text", 0.3)):
             folder = tmp_path / f"ito_lam{lam}" / edit
             folder.mkdir(parents=True)
-            (folder / "result.json").write_text(json.dumps({"mask_area": area,
-                                                            "metrics": {"gt/l1": objective[edit]}}))
+            prompts = ("a red circle", "a blue circle" if edit == "text" else "a red circle")
+            (folder / "result.json").write_text(json.dumps({
+                "mask_area": area, "source_prompt": prompts[0], "edit_prompt": prompts[1],
+                "metrics": {"gt/l1": values[edit]}}))
     table = fit.per_edit(fit.sweep_rows(tmp_path), "gt/l1")
-    assert set(table) == {("small", 0), ("large", 0)}
-    # lam = 1 - 2 * area: 0.96 for the small mask (nearest studied lam 1), 0.4 for the large (nearest 0).
-    scores = dict(zip(table, fit.rule_scores(table, [0.0, 1.0], 1.0, -2.0, 0.0, 1.0)))
-    assert scores == {("small", 0): 0.2, ("large", 0): 0.1}
-    assert fit.rule_score(table, [0.0, 1.0], 1.0, -2.0, 0.0, 1.0) == pytest.approx(0.15)
+    assert set(table) == {("small", 0), ("large", 0), ("text", 0)}
+    assert {k[0]: v[1.0][2] for k, v in table.items()} == {"small": False, "large": False, "text": True}
+    # lam = 1 - 2 * area: 0.96 for the small mask (nearest studied lam 1), 0.4 for the large ones (nearest 0).
+    area_only = dict(intercept=1.0, slope=-2.0, low=0.0, high=1.0)
+    assert dict(zip(table, fit.rule_scores(table, area_only))) == {("small", 0): 0.2, ("large", 0): 0.1,
+                                                                   ("text", 0): 0.3}
+    # + 0.6 when the prompt changes: the text edit gets lam 1.0 (0.1), the spatial ones are unchanged.
+    rule = dict(area_only, prompt_change=0.6)
+    assert fit.rule_score(table, rule) == pytest.approx((0.2 + 0.1 + 0.1) / 3)
+    # The grid search finds a rule at least that good, and among equals the one with the highest floor.
+    score, best = fit.best_rule(table)
+    assert score == pytest.approx(0.4 / 3) and best["low"] == 0.4
+    assert fit.rule_lam(best, 0.3, False) < 0.5 <= fit.rule_lam(best, 0.3, True)
+
+
+def test_cross_seed_oracle_picks_each_edits_lam_from_its_other_seed(scripts):
+    _, fit = scripts
+    # Edit "a" prefers lam 0 at both seeds (a reproducible preference); edit "b" prefers lam 0 at seed 0 and
+    # lam 1 at seed 1 (seed noise). Values as (objective, mask area, prompt changed).
+    table = {("a", 0): {0.0: (0.1, 0.2, False), 1.0: (0.3, 0.2, False)},
+             ("a", 1): {0.0: (0.2, 0.2, False), 1.0: (0.4, 0.2, False)},
+             ("b", 0): {0.0: (0.1, 0.1, False), 1.0: (0.2, 0.1, False)},
+             ("b", 1): {0.0: (0.5, 0.1, False), 1.0: (0.3, 0.1, False)},
+             ("c", 0): {0.0: (0.9, 0.1, False), 1.0: (0.0, 0.1, False)}}  # one seed: nothing to read it from
+    scores, chosen = fit.cross_seed_oracle(table)
+    # a keeps lam 0 at both seeds; b's seed 0 gets seed 1's choice (lam 1) and vice versa: the oracle pays
+    # for b's noise (0.2 and 0.5 instead of the in-seed minima 0.1 and 0.3).
+    assert dict(chosen) == {("a", 0): 0.0, ("a", 1): 0.0, ("b", 0): 1.0, ("b", 1): 0.0}
+    assert scores == [0.1, 0.2, 0.2, 0.5]

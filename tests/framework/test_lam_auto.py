@@ -20,9 +20,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rule_by_hand():
-    rule = AutoLam()  # lam = clip(1 - 2 * area, 0.3, 1)
-    assert [rule(a) for a in (0.0, 0.1, 0.2, 0.25, 0.35, 0.9)] == pytest.approx([1.0, 0.8, 0.6, 0.5, 0.3, 0.3])
-    custom = AutoLam(intercept=0.9, slope=-1.0, low=0.2, high=0.8)
+    rule = AutoLam()  # lam = clip(1 - 4 * area + 0.6 * [the prompt changes], 0.3, 1)
+    areas = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5)
+    assert [rule(a) for a in areas] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.3, 0.3])  # pose or scribble edits
+    assert [rule(a, prompt_changed=True) for a in areas] == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.6, 0.3])
+    custom = AutoLam(intercept=0.9, slope=-1.0, prompt_change=0.0, low=0.2, high=0.8)
     assert [custom(a) for a in (0.0, 0.25, 0.5, 0.8)] == pytest.approx([0.8, 0.65, 0.4, 0.2])
     with pytest.raises(ConfigError, match="0 <= low <= high <= 1"):
         AutoLam(low=0.7, high=0.5)
@@ -55,23 +57,24 @@ def test_lam_auto_end_to_end_records_the_rule(tmp_path, tiny_dirs):
         main(["fit", "--config", str(config), *FAST])
     records = {i: json.loads((out / i / "result.json").read_text()) for i in ("quarter", "empty", "fixed")}
     quarter, empty, fixed = records["quarter"], records["empty"], records["fixed"]
-    assert quarter["mask_area"] == 0.25 and quarter["lam"] == pytest.approx(0.5)  # 1 - 2 x 0.25
-    assert quarter["lam_rule"] == {"rule": "auto", "mask_area": 0.25, "intercept": 1.0, "slope": -2.0,
-                                   "low": 0.3, "high": 1.0}
+    # The prompt changes (red -> blue circle): lam = 1 - 4 x 0.25 + 0.6.
+    assert quarter["mask_area"] == 0.25 and quarter["lam"] == pytest.approx(0.6)
+    assert quarter["lam_rule"] == {"rule": "auto", "mask_area": 0.25, "prompt_changed": True, "intercept": 1.0,
+                                   "slope": -4.0, "prompt_change": 0.6, "low": 0.3, "high": 1.0}
     assert quarter["guidance_image"] is True and quarter["unet_evaluations"]["guidance"] == 18
     # An empty mask: lam = high = 1, so no guidance image is made (Sec. 3.2), and no UNet work for it.
     assert empty["lam"] == 1.0 and empty["guidance_image"] is False and "guidance" not in empty["unet_evaluations"]
     # A request's own number wins over the module's auto.
     assert fixed["lam"] == 0.8 and "lam_rule" not in fixed and fixed["guidance_image"] is True
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["parameters"]["lam"] == "auto" and summary["parameters"]["auto_lam"]["slope"] == -2.0
+    assert summary["parameters"]["lam"] == "auto" and summary["parameters"]["auto_lam"]["slope"] == -4.0
 
 
 def test_request_lam_auto_with_custom_constants(tmp_path, tiny_dirs):
     manifest = masked_manifest(tmp_path, {"quarter": (32, "auto"), "small": (8, "auto")})
     assert [s.lam for s in load_manifest(manifest)] == ["auto", "auto"]
     module = EditModule(StableDiffusion(str(tiny_dirs["sd"])), lam=0.6, output_dir=str(tmp_path / "o"),
-                        auto_lam=AutoLam(intercept=0.9, slope=-1.0, low=0.2, high=0.8))
+                        auto_lam=AutoLam(intercept=0.9, slope=-1.0, prompt_change=0.0, low=0.2, high=0.8))
     module.sampling.steps, module.mask_cfg.seeds, module.ito_cfg.update_steps = 4, 1, 2
     module.guidance_cfg.update_steps = 2
     module.setup("fit")
