@@ -174,9 +174,20 @@ class EditModule(pl.LightningModule):
         stays). Each result.json stores it; a later run into the same output_dir resumes only edits
         made with the same one."""
         if getattr(self, "_settings", None) is None:
-            params = {k: v for k, v in self.resolved_parameters().items() if k != "memory"}
-            self._settings = settings_digest(params, self.backbone, *self.conditioners)
+            self._settings = settings_digest(self.deciding_parameters(), self.backbone, *self.conditioners)
         return self._settings
+
+    def deciding_parameters(self) -> dict[str, Any]:
+        """`resolved_parameters` less what cannot change this method's edits: the memory options, and the
+        settings of stages its decoder does not run (a DiffEdit run resumes after ITO's defaults change)."""
+        unused = {"memory"}
+        if not self.decoder.uses_ito:
+            unused |= {"ito", "losses", "optimizer", "lam", "auto_lam"}
+        if not self.decoder.uses_guidance:
+            unused |= {"guidance"}
+        if isinstance(self.mask_estimator, NoMask):
+            unused |= {"mask"}
+        return {k: v for k, v in self.resolved_parameters().items() if k not in unused}
 
     def _load_metrics(self) -> None:
         for metric in self.metrics:

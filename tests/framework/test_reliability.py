@@ -49,6 +49,29 @@ def test_rerun_skips_finished_edits_and_overwrite_redoes_them(tmp_path, tiny_dir
     assert (out / "pose" / "edit.png").stat().st_mtime_ns != stamp
 
 
+def test_the_settings_digest_ignores_the_settings_of_stages_a_method_does_not_run(tiny_dirs):
+    from framework.baselines import DiffEdit, SDEdit
+    from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
+    from framework.models import StableDiffusion
+    from framework.module import EditModule
+
+    def digest(cls, **settings):
+        return cls(StableDiffusion(str(tiny_dirs["sd"])), **settings).settings_digest()
+
+    # DiffEdit runs no ITO and makes no guidance image: their settings (and lam) do not decide its edits,
+    # so a DiffEdit run resumes after ITO's defaults change; its own encode ratio and mask do decide them.
+    base = digest(DiffEdit)
+    assert digest(DiffEdit, ito=ITOConfig(update_steps=3, inner_steps=1), lam=0.2,
+                  guidance=GuidanceConfig(update_steps=4)) == base
+    assert digest(DiffEdit, sampling=SamplingConfig(encode_ratio=0.7)) != base
+    assert digest(DiffEdit, mask=MaskConfig(threshold=0.3)) != base
+    # SDEdit has no mask either; the full method is decided by all of them.
+    assert digest(SDEdit, mask=MaskConfig(threshold=0.3)) == digest(SDEdit)
+    full = digest(EditModule)
+    assert digest(EditModule, ito=ITOConfig(inner_steps=1)) != full and digest(EditModule, lam=0.2) != full
+    assert digest(EditModule, guidance=GuidanceConfig(update_steps=4)) != full
+
+
 def test_a_rerun_with_other_settings_or_inputs_refuses_to_count_the_old_edits(tmp_path, tiny_dirs, manifest, capsys):
     out = tmp_path / "out"
     config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out)
