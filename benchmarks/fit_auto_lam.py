@@ -111,6 +111,29 @@ def sweep_rows(folder: Path, prefix: str = "ito_lam") -> dict:
     return rows
 
 
+def run_scores(folder: Path, key: str) -> dict[str, float]:
+    """A sweep run's per-edit values of `key` (FOLDER/<edit>/result.json's metrics)."""
+    out = {}
+    for result in sorted(folder.glob("*/result.json")):
+        metrics = json.loads(result.read_text()).get("metrics", {})
+        if key in metrics:
+            out[result.parent.name] = metrics[key]
+    return out
+
+
+def compare_run(folder: Path, lam: float, keys=("gt/target_l1", "gt/background_l1", "toy/new_class")) -> None:
+    """The sweep's lam: auto run (FOLDER/ito_auto), as run, against its fixed-lam run on the same edits."""
+    lams = [json.loads(r.read_text())["lam"] for r in (folder / "ito_auto").glob("*/result.json")]
+    print(f"test, lam: auto as run ({len(lams)} edits, mean lam {statistics.fmean(lams):.2f}) against lam {lam:g}:")
+    for key in keys:
+        ours, theirs = run_scores(folder / "ito_auto", key), run_scores(folder / f"ito_lam{lam:.1f}", key)
+        common = sorted(set(ours) & set(theirs))
+        if common:
+            print(f"  {key}: {statistics.fmean(ours[i] for i in common):.4f} against "
+                  f"{statistics.fmean(theirs[i] for i in common):.4f}, difference "
+                  f"{ci([ours[i] for i in common], [theirs[i] for i in common])}")
+
+
 def ci(ours: list[float], theirs: list[float]) -> str:
     from framework.metrics.bootstrap import paired_difference_ci
 
@@ -163,6 +186,9 @@ def main(argv=None):
         fixed_test = fixed_scores(per_edit(test_rows, args.objective))
         print("test: fixed lam: " + ", ".join(f"{lam:g}: {v:.4f}" for lam, v in fixed_test.items()))
         compare("test, the val rule against the val-best fixed lam", test_rows, args.objective, rule, best_lam)
+        if (args.test / "ito_auto").is_dir():  # the sweep ran the default rule itself: its edits as made
+            for lam in sorted({best_lam, min(fixed_test, key=fixed_test.get)}):
+                compare_run(args.test, lam)
 
 
 if __name__ == "__main__":

@@ -49,13 +49,14 @@ def read_point(folder: Path) -> Optional[Point]:
     cls = str(params.get("method", "")).rsplit(".", 1)[-1]
     knob = KNOBS.get(cls, "lam")
     value = params.get("lam") if knob == "lam" else params.get("sampling", {}).get("encode_ratio")
-    method = f"ITO t_u={params.get('ito', {}).get('update_steps')}" if cls == "EditModule" else cls
+    t_u = params.get("ito", {}).get("update_steps")
+    method = f"ITO t_u={t_u}" if cls == "EditModule" else cls
     if value == "auto":  # lam per edit: a point of its own beside the fixed-lam front, at the edits' mean lam
         lams = [json.loads(r.read_text()).get("lam") for r in folder.glob("*/result.json")]
         lams = [v for v in lams if isinstance(v, (int, float))]
         if not lams:
             return None
-        method, knob, value = f"{method} lam: auto", "mean lam", sum(lams) / len(lams)
+        method, value = f"ITO t_u={t_u} auto", round(sum(lams) / len(lams), 2)
     if not isinstance(value, (int, float)):
         return None
     point = Point(folder.name, method, knob, float(value))
