@@ -210,7 +210,9 @@ def toy_request(size: int, seed: int = 0):
 
 # ------------------------------------------------------------------------------------ our stages
 class OurStages:
-    """The engine's stages at the paper's settings, on one backbone + conditioners, one stage per call."""
+    """The engine's stages at the paper's steps, t_u, k and CFG scales, on one backbone + conditioners, one stage
+    per call. The losses and ITO options are the project's defaults (docs/lam.md), not the printed paper's: they
+    change no UNet work, which is what these benchmarks time."""
 
     def __init__(self, backbone, conditioners, device, steps: int = STEPS, unet_chunk_size=None):
         self.backbone = backbone
