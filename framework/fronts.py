@@ -7,7 +7,7 @@ A method's knob trades one metric for another (ITO: lam, DiffEdit: encode ratio,
 strength), so one run per method says little; its front says where it stands. Each run of a sweep
 folder is one point: its mean over edits of two metrics, with 95 % bootstrap intervals over the
 edits (framework.metrics.bootstrap; the same resampled edits for every run). Runs are grouped
-into methods by the class they ran (ITO also by t_u), ordered by their knob. Writes
+into methods by the class they ran (ITO also by t_u and G's own encode ratio), ordered by their knob. Writes
 `fronts/<x>_vs_<y>.png` and `fronts/fronts.md` (the table, and where fronts are compared).
 """
 
@@ -51,6 +51,9 @@ def read_point(folder: Path) -> Optional[Point]:
     value = params.get("lam") if knob == "lam" else params.get("sampling", {}).get("encode_ratio")
     t_u = params.get("ito", {}).get("update_steps")
     method = f"ITO t_u={t_u}" if cls == "EditModule" else cls
+    g_encode = params.get("guidance", {}).get("encode_ratio")
+    if cls == "EditModule" and g_encode is not None:  # G encoded to its own noise level: another line
+        method += f" G {g_encode:g}"
     if value == "auto":  # lam per edit: a point of its own beside the fixed-lam front, at the edits' mean lam
         lams = [json.loads(r.read_text()).get("lam") for r in folder.glob("*/result.json")]
         lams = [v for v in lams if isinstance(v, (int, float))]

@@ -234,6 +234,28 @@ def test_fronts_sweep_draws_one_line_per_method_with_bootstrap_intervals(tmp_pat
         assert (out / "fronts" / png).stat().st_size > 1000
 
 
+def test_a_front_point_is_named_by_its_method_t_u_and_gs_own_encode_ratio(tmp_path):
+    from framework.fronts import read_point
+
+    def run(name, lam, encode_ratio=None, lams=()):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"parameters": {
+            "method": "framework.module.EditModule", "lam": lam, "ito": {"update_steps": 15},
+            "guidance": {"encode_ratio": encode_ratio}}}))
+        (folder / "results.csv").write_text("id,gt/background_l1\na,0.03\nb,0.05\nmean,0.04\n")
+        for n, value in enumerate(lams):
+            (folder / f"e{n}").mkdir()
+            (folder / f"e{n}" / "result.json").write_text(json.dumps({"lam": value}))
+        return read_point(folder)
+
+    plain, g07, auto = run("a", 0.6), run("b", 0.6, 0.7), run("c", "auto", lams=(0.6, 1.0, 0.3))
+    assert (plain.method, plain.knob, plain.value) == ("ITO t_u=15", "lam", 0.6)
+    assert plain.metrics == {"gt/background_l1": {"a": 0.03, "b": 0.05}}  # the mean row is not an edit
+    assert g07.method == "ITO t_u=15 G 0.7"  # another line: G made from another noise level
+    assert (auto.method, auto.value) == ("ITO t_u=15 auto", pytest.approx(0.63))
+
+
 def test_piebench_scores_every_method(tmp_path, tiny_dirs, pie, tiny_dino, squeezenet, tiny_clip_folder):  # noqa: F811
     import numpy as np
     import torch
