@@ -205,7 +205,8 @@ def check_steps(sampling: SamplingConfig, ito: Optional[ITOConfig], guidance: Op
 
 @dataclass
 class AutoLam:
-    """`lam: auto`: lambda per edit from its mask and what it changes,
+    """`lam: auto`: lambda per edit from its mask area and whether the edit changes the prompt.
+
     lam = clip(intercept + slope * area + prompt_change * [the prompt changes], low, high).
 
     `area` is the fraction of the (latent-resolution) edit mask that is edit region, in [0, 1].
