@@ -45,18 +45,16 @@ def per_edit(rows: dict, key: str) -> Table:
     return {k: v for k, v in table.items() if set(v) == lams}
 
 
-def rule_lam(rule: dict, area: float, prompt_changed: bool) -> float:
-    """AutoLam's lam for one edit (the same formula as framework.config.AutoLam, without its import)."""
-    lam = rule["intercept"] + rule["slope"] * area + rule.get("prompt_change", 0.0) * prompt_changed
-    return min(rule["high"], max(rule["low"], lam))
-
-
 def rule_scores(table: Table, rule: dict) -> list[float]:
-    """Per edit (in the table's order): the objective at the studied lam nearest to the rule's lam."""
+    """Per edit (in the table's order): the objective at the studied lam nearest to the lam that
+    framework.config.AutoLam(**rule) gives it."""
+    from framework.config import AutoLam
+
+    auto_lam = AutoLam(**rule)
     out = []
     for values in table.values():
         _, area, prompt_changed = next(iter(values.values()))
-        lam = rule_lam(rule, area, prompt_changed)
+        lam = auto_lam(area, prompt_changed)
         out.append(values[min(values, key=lambda v: abs(v - lam))][0])
     return out
 
@@ -103,30 +101,26 @@ def sweep_rows(folder: Path, prefix: str = "ito_lam") -> dict:
     rows: dict = {}
     for run in sorted(folder.glob(f"{prefix}*")):
         lam = run.name[len(prefix):]
-        for result in sorted(run.glob("*/result.json")):
-            r = json.loads(result.read_text())
+        for edit, r in run_records(run).items():
             rows.setdefault(f"{float(lam):g}", []).append({
-                "id": result.parent.name, "repeat": 0, "mask_area": r["mask_area"],
+                "id": edit, "repeat": 0, "mask_area": r["mask_area"],
                 "prompt_changed": r["source_prompt"] != r["edit_prompt"], **r.get("metrics", {})})
     return rows
 
 
-def run_scores(folder: Path, key: str) -> dict[str, float]:
-    """A sweep run's per-edit values of `key` (FOLDER/<edit>/result.json's metrics)."""
-    out = {}
-    for result in sorted(folder.glob("*/result.json")):
-        metrics = json.loads(result.read_text()).get("metrics", {})
-        if key in metrics:
-            out[result.parent.name] = metrics[key]
-    return out
+def run_records(run: Path) -> dict[str, dict]:
+    """A sweep run's edits: edit id -> its result.json."""
+    return {r.parent.name: json.loads(r.read_text()) for r in sorted(run.glob("*/result.json"))}
 
 
 def compare_run(folder: Path, lam: float, keys=("gt/target_l1", "gt/background_l1", "toy/new_class")) -> None:
     """The sweep's lam: auto run (FOLDER/ito_auto), as run, against its fixed-lam run on the same edits."""
-    lams = [json.loads(r.read_text())["lam"] for r in (folder / "ito_auto").glob("*/result.json")]
-    print(f"test, lam: auto as run ({len(lams)} edits, mean lam {statistics.fmean(lams):.2f}) against lam {lam:g}:")
+    auto, fixed = run_records(folder / "ito_auto"), run_records(folder / f"ito_lam{lam:.1f}")
+    mean_lam = statistics.fmean(r["lam"] for r in auto.values())
+    print(f"test, lam: auto as run ({len(auto)} edits, mean lam {mean_lam:.2f}) against lam {lam:g}:")
     for key in keys:
-        ours, theirs = run_scores(folder / "ito_auto", key), run_scores(folder / f"ito_lam{lam:.1f}", key)
+        ours, theirs = ({i: r["metrics"][key] for i, r in run.items() if key in r.get("metrics", {})}
+                        for run in (auto, fixed))
         common = sorted(set(ours) & set(theirs))
         if common:
             print(f"  {key}: {statistics.fmean(ours[i] for i in common):.4f} against "

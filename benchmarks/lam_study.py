@@ -51,9 +51,10 @@ LITERAL = dict(reduction="sum", granularity="latent", balance="none", loss_mask=
 SCALED = dict(reduction="mean", granularity="pixel", balance="gradient", first_step="skip")
 """The three scaling settings that make background L1 follow lam (docs/lam.md)."""
 NORM_DECODE = dict(SCALED, norm_weight=1.0, reference="decode")
+DEFAULT = dict(NORM_DECODE, inner_steps=2)
+"""The default: Adam (fresh per step), k = 2, norm term, g_t from G's own decode."""
 VARIANTS = {
-    # the default: Adam (fresh per step), k = 2, norm term, g_t from G's own decode
-    "default": dict(NORM_DECODE, inner_steps=2),
+    "default": DEFAULT,
     # the default before the norm term, the decode reference and k = 2 (docs/lam.md)
     "scaled_k1": SCALED,
     "default_norm": dict(SCALED, norm_weight=1.0),
@@ -70,10 +71,10 @@ VARIANTS = {
     "diag_norm_decode_sgd_k4": dict(NORM_DECODE, inner_steps=4, optimizer="sgd"),
     # a better guidance image (docs/lam.md, "What holds ITO back"): A.2's t_u = 20, k = 30; A.5's refinement;
     # a partial noise encoding of G
-    "g_a2": dict(NORM_DECODE, inner_steps=2, guide_tu=20, guide_k=30),
-    "g_refine": dict(NORM_DECODE, inner_steps=2, refine=True),
-    "g_encode07": dict(NORM_DECODE, inner_steps=2, guide_encode=0.7),
-    "g_encode05": dict(NORM_DECODE, inner_steps=2, guide_encode=0.5),
+    "g_a2": dict(DEFAULT, guide_tu=20, guide_k=30),
+    "g_refine": dict(DEFAULT, refine=True),
+    "g_encode07": dict(DEFAULT, guide_encode=0.7),
+    "g_encode05": dict(DEFAULT, guide_encode=0.5),
     "literal": {},
     "mean_pixel": dict(reduction="mean", granularity="pixel"),
     "mean_pixel_skip": dict(reduction="mean", granularity="pixel", first_step="skip"),

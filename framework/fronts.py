@@ -59,7 +59,7 @@ def read_point(folder: Path) -> Optional[Point]:
         lams = [v for v in lams if isinstance(v, (int, float))]
         if not lams:
             return None
-        method, value = f"ITO t_u={t_u} auto", round(sum(lams) / len(lams), 2)
+        method, value = f"{method} auto", round(sum(lams) / len(lams), 2)
     if not isinstance(value, (int, float)):
         return None
     point = Point(folder.name, method, knob, float(value))

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from framework.config import AutoLam
 from tests.conftest import ROOT
 
 
@@ -67,7 +68,7 @@ def test_auto_lam_rules_scored_on_a_sweeps_held_out_runs(scripts, tmp_path):
     assert set(table) == {("small", 0), ("large", 0), ("text", 0)}
     assert {k[0]: v[1.0][2] for k, v in table.items()} == {"small": False, "large": False, "text": True}
     # lam = 1 - 2 * area: 0.96 for the small mask (nearest studied lam 1), 0.4 for the large ones (nearest 0).
-    area_only = dict(intercept=1.0, slope=-2.0, low=0.0, high=1.0)
+    area_only = dict(intercept=1.0, slope=-2.0, prompt_change=0.0, low=0.0, high=1.0)
     assert dict(zip(table, fit.rule_scores(table, area_only))) == {("small", 0): 0.2, ("large", 0): 0.1,
                                                                    ("text", 0): 0.3}
     # + 0.6 when the prompt changes: the text edit gets lam 1.0 (0.1), the spatial ones are unchanged.
@@ -76,7 +77,7 @@ def test_auto_lam_rules_scored_on_a_sweeps_held_out_runs(scripts, tmp_path):
     # The grid search finds a rule at least that good, and among equals the one with the highest floor.
     score, best = fit.best_rule(table)
     assert score == pytest.approx(0.4 / 3) and best["low"] == 0.4
-    assert fit.rule_lam(best, 0.3, False) < 0.5 <= fit.rule_lam(best, 0.3, True)
+    assert AutoLam(**best)(0.3, False) < 0.5 <= AutoLam(**best)(0.3, True)
 
 
 def test_cross_seed_oracle_picks_each_edits_lam_from_its_other_seed(scripts):
