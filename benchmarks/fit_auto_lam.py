@@ -179,9 +179,13 @@ def main(argv=None):
         test_rows = sweep_rows(args.test)
         fixed_test = fixed_scores(per_edit(test_rows, args.objective))
         print("test: fixed lam: " + ", ".join(f"{lam:g}: {v:.4f}" for lam, v in fixed_test.items()))
-        compare("test, the val rule against the val-best fixed lam", test_rows, args.objective, rule, best_lam)
+        if best_lam in fixed_test:
+            compare("test, the val rule against the val-best fixed lam", test_rows, args.objective, rule, best_lam)
+        else:
+            print(f"test: the sweep has no run at the val-best lam {best_lam:g}; add it with "
+                  f"`python -m framework.sweep FRONTS.yaml --only ito_lam{best_lam:.1f}`")
         if (args.test / "ito_auto").is_dir():  # the sweep ran the default rule itself: its edits as made
-            for lam in sorted({best_lam, min(fixed_test, key=fixed_test.get)}):
+            for lam in sorted({best_lam, min(fixed_test, key=fixed_test.get)} & set(fixed_test)):
                 compare_run(args.test, lam)
 
 

@@ -94,3 +94,20 @@ def test_cross_seed_oracle_picks_each_edits_lam_from_its_other_seed(scripts):
     # for b's noise (0.2 and 0.5 instead of the in-seed minima 0.1 and 0.3).
     assert dict(chosen) == {("a", 0): 0.0, ("a", 1): 0.0, ("b", 0): 1.0, ("b", 1): 0.0}
     assert scores == [0.1, 0.2, 0.2, 0.5]
+
+
+def test_fit_names_the_missing_run_when_the_test_sweep_lacks_the_val_best_lam(scripts, tmp_path, capsys):
+    _, fit = scripts
+    # 'val': lam 0.8 is best for both edits; the 'test' sweep ran only lam 0 and 1.
+    val = {lam: [{"id": e, "repeat": 0, "mask_area": 0.1, "prompt_changed": False, "gt/target_l1": score}
+                 for e in ("a", "b")] for lam, score in (("0", 0.3), ("0.8", 0.1), ("1", 0.2))}
+    (tmp_path / "val.json").write_text(json.dumps({"default": val}))
+    for lam in ("0.0", "1.0"):
+        folder = tmp_path / "sweep" / f"ito_lam{lam}" / "a"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({"mask_area": 0.1, "source_prompt": "x", "edit_prompt": "x",
+                                                        "metrics": {"gt/target_l1": 0.2}}))
+    fit.main([str(tmp_path / "val.json"), "--test", str(tmp_path / "sweep")])
+    out = capsys.readouterr().out
+    assert "best fixed lam 0.8: 0.1000" in out
+    assert "no run at the val-best lam 0.8" in out and "--only ito_lam0.8" in out
