@@ -32,12 +32,18 @@ class SamplingConfig:
     """Prompt used to invert the input; None = the request's source prompt."""
     negative_prompt: str = ""
     """Prompt of the unconditional half of classifier-free guidance."""
+    guidance_rescale: float = 0.0
+    """phi of guidance rescale (Lin et al. 2024): each CFG noise prediction is brought back towards the
+    standard deviation of its conditional half, eps <- phi * eps * std(cond) / std(eps) + (1 - phi) * eps,
+    which curbs the colour drift of high CFG scales; 0 = plain CFG (the paper)."""
 
     def __post_init__(self):
         _check(self.steps >= 1, f"sampling.steps must be >= 1, got {self.steps}.")
         _check(0 < self.encode_ratio <= 1, f"sampling.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
         _check(self.guidance_scale >= 0 and self.inversion_guidance_scale >= 0,
                "sampling.guidance_scale and inversion_guidance_scale must be >= 0.")
+        _check(0 <= self.guidance_rescale <= 1,
+               f"sampling.guidance_rescale must be in [0, 1], got {self.guidance_rescale}.")
 
 
 @dataclass
@@ -141,6 +147,20 @@ class ITOConfig:
     """'skip' (default): no ITO at the final decode's first step, where y_t is exactly x_t, so the
     preservation gradient is zero and the guidance alone would move the whole latent, background
     included, by a full step whatever lam. 'optimize' (the paper): ITO from the first step."""
+    lam_end: Optional[float] = None
+    """lam at the last ITO step (step t_u - 1): lam then moves linearly from the edit's lam at the first ITO
+    step to lam_end, e.g. guidance early and preservation late with t_u = steps and lam_end = 1; None: the
+    edit's lam at every step (the paper)."""
+    blend: str = "none"
+    """Latent blending outside the mask (DiffEdit's way) in the steps ITO does not reach: 'after': from step
+    t_u on, y_t <- m y_t + (1 - m) x_t before each step and y_0 <- m y_0 + (1 - m) x_0 at the end, so the
+    background ends on the input's own inversion; 'none' (the paper): the steps after t_u decode freely."""
+    feather: float = 0.0
+    """Sigma, in latent pixels, of the blend's soft edge: m becomes m * blur(m), so the blend reaches into the
+    edit region's border and never past it (no seam, the background outside m untouched); 0: the hard mask."""
+    outside_guidance_scale: Optional[float] = None
+    """CFG scale outside the mask in the steps after t_u (inside it stays sampling.guidance_scale): 1 decodes
+    the background under the condition alone, where CFG drifts it from the inversion; None: one scale."""
 
     def __post_init__(self):
         _check(self.update_steps >= 0, f"update_steps (t_u) must be >= 0, got {self.update_steps}.")
@@ -150,6 +170,11 @@ class ITOConfig:
                f"ito.loss_mask must be 'binary' or 'soft', got '{self.loss_mask}'.")
         _check(self.first_step in ("optimize", "skip"),
                f"ito.first_step must be 'optimize' or 'skip', got '{self.first_step}'.")
+        _check(self.lam_end is None or 0 <= self.lam_end <= 1, f"ito.lam_end must be in [0, 1], got {self.lam_end}.")
+        _check(self.blend in ("none", "after"), f"ito.blend must be 'none' or 'after', got '{self.blend}'.")
+        _check(self.feather >= 0, f"ito.feather must be >= 0, got {self.feather}.")
+        _check(self.outside_guidance_scale is None or self.outside_guidance_scale >= 0,
+               f"ito.outside_guidance_scale must be >= 0 or null, got {self.outside_guidance_scale}.")
 
 
 @dataclass

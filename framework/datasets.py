@@ -186,9 +186,10 @@ def toy_request(root: Path, seed: int, kind: str, size: int) -> Optional[dict[st
 
 
 def toy_requests(edits: int, kinds: tuple[str, ...], split: str, offset: int, size: int,
-                 cache: Path, true_mask: bool = False) -> list[RequestSpec]:
+                 cache: Path, true_mask: bool = False, seed_shift: int = 0) -> list[RequestSpec]:
     """`edits` toy edits, kinds in turn, from consecutive seeds of the split's held-out range; with
-    `true_mask`, each request's mask is its true edit region (so no mask is estimated)."""
+    `true_mask`, each request's mask is its true edit region (so no mask is estimated); `seed_shift` is
+    added to each request's edit seed (the scene stays)."""
     from framework.toyworld import EDIT_KINDS
 
     if split not in TOY_SPLITS:
@@ -211,6 +212,8 @@ def toy_requests(edits: int, kinds: tuple[str, ...], split: str, offset: int, si
         if row is not None:
             if true_mask:
                 row = {**row, "mask": row["true_mask"]}
+            if seed_shift:
+                row = {**row, "seed": int(row.get("seed") or 0) + seed_shift}
             specs.append(parse_row(row, len(specs), root, f"toy-world edits in '{root}'"))
     return specs
 
@@ -228,7 +231,7 @@ class ToyEditDataModule(EditDataModule):
 
     def __init__(self, edits: int = 200, kinds: Optional[list[str]] = None, split: str = "test", offset: int = 0,
                  size: int = 64, cache_dir: Optional[str] = None, resolution: Optional[int] = None,
-                 limit: Optional[int] = None, num_workers: int = 0, true_mask: bool = False):
+                 limit: Optional[int] = None, num_workers: int = 0, true_mask: bool = False, seed_shift: int = 0):
         """
         Args:
             edits: Number of edits.
@@ -244,18 +247,21 @@ class ToyEditDataModule(EditDataModule):
             true_mask: Give every request its true edit region as its mask (a user mask: the Eq. 7
                 estimate is skipped). A diagnostic: it separates what the estimated mask costs a
                 method from what the method itself does (`experiments/eval/toy_table1_true_mask.yaml`).
+            seed_shift: Added to every edit's seed (its noise draws: mask, guidance image), the scenes
+                unchanged: a second run with another shift measures the seed-to-seed spread (the seed floor).
         """
         from framework.tiny import cache_dir as default_cache
         from framework.toyworld import EDIT_KINDS
 
         self.edits = edits if limit is None else min(edits, limit)  # only what will be edited is generated
         self.kinds, self.split, self.offset, self.size = tuple(kinds or EDIT_KINDS), split, offset, size
-        self.true_mask = true_mask
+        self.true_mask, self.seed_shift = true_mask, seed_shift
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache() / "toyworld-edits"
         super().__init__(manifest=f"toyworld:{split}", resolution=resolution, limit=limit, num_workers=num_workers)
 
     def load_specs(self, annotators: Optional[str], allow_pickle: bool) -> list[RequestSpec]:
-        return toy_requests(self.edits, self.kinds, self.split, self.offset, self.size, self.cache_dir, self.true_mask)
+        return toy_requests(self.edits, self.kinds, self.split, self.offset, self.size, self.cache_dir, self.true_mask,
+                            self.seed_shift)
 
 
 # ------------------------------------------------------------------------------ PIE-Bench

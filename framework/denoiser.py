@@ -46,6 +46,14 @@ class Conditioning:
         return (first[0] if isinstance(first, tuple) else first).shape[0]
 
 
+def rescale_guidance(eps: torch.Tensor, eps_cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2024, Eq. 16): the CFG prediction brought towards the per-sample std of
+    the conditional one, mixed by phi; large CFG scales inflate the prediction's std, which shifts colours."""
+    dims = tuple(range(1, eps.ndim))
+    rescaled = eps * (eps_cond.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True).clamp_min(1e-12))
+    return phi * rescaled + (1 - phi) * eps
+
+
 class Denoiser:
     """Noise prediction for batches of latents under batches of conditions, counting UNet evaluations.
 
@@ -62,6 +70,7 @@ class Denoiser:
         self.samples = Counter()  # stage -> UNet sample-evaluations
         self.calls = Counter()  # stage -> UNet calls
         self.stage = "other"
+        self.guidance_rescale = 0.0  # sampling.guidance_rescale (phi); 0 = plain CFG
 
     @property
     def text_index(self) -> int:
@@ -108,10 +117,11 @@ class Denoiser:
              guidance_scale: float) -> torch.Tensor:
         unet_dtype = next(self.unet.parameters()).dtype  # ModelMixin.dtype walks every submodule per call
         x = latents.to(unet_dtype) if not torch.is_autocast_enabled(latents.device.type) else latents
-        if guidance_scale == 1.0 or uncond is None:
+        if uncond is None or (not torch.is_tensor(guidance_scale) and guidance_scale == 1.0):
             return self._chunked(x, t, cond).float()
         eps_uncond, eps_cond = self._chunked(torch.cat([x, x]), t, Conditioning.cat([uncond, cond])).float().chunk(2)
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)  # a scale may be a map (1, 1, h, w)
+        return rescale_guidance(eps, eps_cond, self.guidance_rescale) if self.guidance_rescale else eps
 
     def reset_counts(self) -> None:
         self.samples.clear()

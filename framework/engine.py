@@ -114,6 +114,7 @@ class EditEngine:
         self.guidance_cfg = guidance or GuidanceConfig()
         self.denoiser = Denoiser(backbone.unet, self.conditioners, backbone.scheduler.config.num_train_timesteps,
                                  unet_chunk_size)
+        self.denoiser.guidance_rescale = self.sampling.guidance_rescale
         self.emit: Emit = emit or (lambda *args, **kwargs: None)
         self.request_id: Optional[str] = None
 
@@ -188,6 +189,8 @@ class EditEngine:
     # ---------------------------------------------------------------------- what stages call
     def guided(self, lam: float) -> bool:
         """Whether an edit at this lam makes a guidance image: the decoder uses one and its loss has weight."""
+        if self.decoder.uses_ito and self.ito_cfg.lam_end is not None:  # a schedule reaches lam_end too
+            lam = min(lam, self.ito_cfg.lam_end)
         return self.decoder.uses_guidance and lam < 1 and any(
             loss.role_weight(lam) != 0 for loss in self.losses if loss.role == "guidance")
 
@@ -231,11 +234,15 @@ class EditEngine:
         return state.soft if self.ito_cfg.loss_mask == "soft" and state.soft is not None else state.mask
 
     def ito_hook(self, optimizer: LatentOptimizer, update_steps: int, x_traj: dict, g_traj: Optional[dict],
-                 mask: torch.Tensor, stage: str = "final", first: int = 0):
-        """before_step of a decode: k optimiser steps on y_t at each of the first t_u steps (Eq. 6), from `first`."""
+                 mask: torch.Tensor, stage: str = "final", first: int = 0,
+                 lam_at: Optional[Callable[[int], float]] = None):
+        """before_step of a decode: k optimiser steps on y_t at each of the first t_u steps (Eq. 6), from `first`;
+        `lam_at(i)` gives step i's lam when lam follows a schedule (ito.lam_end)."""
         def before_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
             if i >= update_steps or i < first:
                 return y_t
+            if lam_at is not None:
+                optimizer.lam = lam_at(i)
             y_t = optimizer(y_t, x_t=x_traj[t], g_t=None if g_traj is None else g_traj[t], mask=mask, t=t)
             self.emit(stage, "ito", i, t, y_t, loss=optimizer.last_loss)
             return y_t

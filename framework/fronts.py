@@ -41,16 +41,38 @@ class Point:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+def ito_variant(params: dict) -> str:
+    """What sets an ITO run's line apart besides t_u (the background levers of docs/background.md)."""
+    ito, parts = params.get("ito", {}), []
+    if ito.get("blend", "none") != "none":
+        parts.append("blend" + (f" f{ito['feather']:g}" if ito.get("feather") else ""))
+    if ito.get("lam_end") is not None:
+        parts.append(f"lam->{ito['lam_end']:g}")
+    if ito.get("outside_guidance_scale") is not None:
+        parts.append(f"cfg out {ito['outside_guidance_scale']:g}")
+    if params.get("sampling", {}).get("guidance_rescale"):
+        parts.append(f"rescale {params['sampling']['guidance_rescale']:g}")
+    inversion = str(params.get("stages", {}).get("inversion", {}).get("class", "")).rsplit(".", 1)[-1]
+    if inversion and inversion != "DDIMInversion":
+        parts.append(inversion.replace("Inversion", "").lower() or inversion)
+    return "".join(f" {p}" for p in parts)
+
+
 def read_point(folder: Path) -> Optional[Point]:
     """A run folder's point (None without summary.json and results.csv)."""
     if not (folder / "summary.json").is_file() or not (folder / "results.csv").is_file():
         return None
     params = json.loads((folder / "summary.json").read_text()).get("parameters", {})
     cls = str(params.get("method", "")).rsplit(".", 1)[-1]
+    decoder = params.get("stages", {}).get("decoder", {})
     knob = KNOBS.get(cls, "lam")
     value = params.get("lam") if knob == "lam" else params.get("sampling", {}).get("encode_ratio")
     t_u = params.get("ito", {}).get("update_steps")
     method = f"ITO t_u={t_u}" if cls == "EditModule" else cls
+    if str(decoder.get("class", "")).endswith("PromptToPrompt"):  # its knob: the steps with injected maps
+        cls, method, knob, value = "PromptToPrompt", "prompt-to-prompt", "cross_replace", decoder.get("cross_replace")
+    elif cls == "EditModule":
+        method += ito_variant(params)
     g_encode = params.get("guidance", {}).get("encode_ratio")
     if cls == "EditModule" and g_encode is not None:  # G encoded to its own noise level: another line
         method += f" G {g_encode:g}"

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from framework.ddim import ddim_decode, ddim_invert, noise_encode, seeded_noise
 from framework.errors import ConfigError, EditError
 from framework.mask_cache import MaskCache, mask_key
-from framework.masks import binary_mask, estimate_soft_mask, mask_image_size, mask_schedule
+from framework.masks import binary_mask, estimate_soft_mask, gaussian_blur, mask_image_size, mask_schedule
 
 if TYPE_CHECKING:
     from framework.engine import EditEngine, EditState
@@ -188,21 +188,63 @@ class Decoder:
 
 class ITODecode(Decoder):
     """The method (Eq. 6): decode from x_{t_E} under C_EDIT; at each of the first t_u steps, k optimiser
-    steps on y_t with lam * L_pres + (1 - lam) * L_guid. Settings from `model.ito`."""
+    steps on y_t with lam * L_pres + (1 - lam) * L_guid. Settings from `model.ito`: lam may follow a schedule
+    over the ITO steps (`lam_end`); the steps after t_u may blend the background back onto the inversion
+    (`blend`, `feather`) and use another CFG scale outside the mask (`outside_guidance_scale`)."""
 
     uses_guidance = True
     uses_ito = True
 
     def decode(self, engine: "EditEngine", state: "EditState") -> torch.Tensor:
-        inverted = state.inverted
-        optimizer = engine.optimizer(state.lam, engine.ito_cfg.inner_steps)
-        start = inverted.trajectory[state.schedule.decode_timesteps(state.n_final)[0]]
-        first = 1 if engine.ito_cfg.first_step == "skip" else 0  # y_t = x_t at step 0: nothing to preserve yet
-        hook = engine.ito_hook(optimizer, engine.ito_cfg.update_steps, inverted.trajectory, state.g_traj,
-                               engine.loss_mask(state), first=first)
-        return ddim_decode(start, engine.eps(state.sides.edit, engine.sampling.guidance_scale, inverted),
-                           state.schedule, state.n_final, hook, engine.step_callback("final"),
-                           engine.corrections(inverted))
+        cfg, inverted = engine.ito_cfg, state.inverted
+        x_traj, t_u = inverted.trajectory, cfg.update_steps
+        optimizer = engine.optimizer(state.lam, cfg.inner_steps)
+        start = x_traj[state.schedule.decode_timesteps(state.n_final)[0]]
+        first = 1 if cfg.first_step == "skip" else 0  # y_t = x_t at step 0: nothing to preserve yet
+        lam_at = None if cfg.lam_end is None else linear_lam(state.lam, cfg.lam_end, first, t_u - 1)
+        ito = engine.ito_hook(optimizer, t_u, x_traj, state.g_traj, engine.loss_mask(state), first=first,
+                              lam_at=lam_at)
+        keep = feathered(state.mask, cfg.feather)  # (1, 1, h, w): 1 = edit, 0 = the input's own latents
+        blend = cfg.blend == "after"
+
+        def before_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
+            y_t = ito(i, t, y_t)
+            return blend_outside(y_t, x_traj[t], keep) if blend and i >= t_u else y_t
+
+        eps = engine.eps(state.sides.edit, engine.sampling.guidance_scale, inverted)
+        if cfg.outside_guidance_scale is not None:
+            eps = self.outside_guidance(engine, state, keep, eps)
+        y0 = ddim_decode(start, eps, state.schedule, state.n_final, before_step, engine.step_callback("final"),
+                         engine.corrections(inverted))
+        return blend_outside(y0, state.x0, keep) if blend else y0
+
+    @staticmethod
+    def outside_guidance(engine: "EditEngine", state: "EditState", keep: torch.Tensor, eps):
+        """eps with CFG scale ito.outside_guidance_scale outside the mask in the steps after t_u (one UNet batch:
+        the scale is a map)."""
+        inside = engine.sampling.guidance_scale
+        scale = keep * inside + (1 - keep) * engine.ito_cfg.outside_guidance_scale  # (1, 1, h, w)
+        after = set(state.schedule.decode_timesteps(state.n_final)[engine.ito_cfg.update_steps:])
+        mapped = engine.eps(state.sides.edit, scale, state.inverted)
+        return lambda x, t: mapped(x, t) if t in after else eps(x, t)
+
+
+def linear_lam(lam: float, lam_end: float, first: int, last: int):
+    """lam_at(i): lam at step `first`, lam_end at step `last`, linear between (ito.lam_end)."""
+    span = max(1, last - first)
+    return lambda i: lam + (lam_end - lam) * min(1.0, max(0.0, (i - first) / span))
+
+
+def feathered(mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """m * blur(m, sigma) for a binary mask (1, 1, h, w): a soft edge inside the edit region only, 0 outside it."""
+    if sigma <= 0:
+        return mask
+    return mask * gaussian_blur(mask[0, 0], sigma)[None, None]
+
+
+def blend_outside(y: torch.Tensor, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """keep * y + (1 - keep) * x: the decode inside the mask, the input's latents outside (DiffEdit's blend)."""
+    return keep * y + (1 - keep) * x.to(y.dtype)
 
 
 class MaskBlendDecode(Decoder):

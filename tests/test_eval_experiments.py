@@ -45,7 +45,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_every_eval_config_is_shipped():
     assert {p.stem for p in EVAL.glob("*.yaml")} == {"toy_table1", "imagenet_table1", "lam_sweep", "tu_k_sweep",
                                                  "toy_diagnosis", "toy_table1_true_mask", "fronts", "inversions",
-                                                 "piebench", "cost"}
+                                                 "piebench", "cost", "background_study"}
 
 
 def test_toy_table1_true_mask_gives_every_method_the_true_edit_region(tmp_path, tiny_dirs):
@@ -237,12 +237,12 @@ def test_fronts_sweep_draws_one_line_per_method_with_bootstrap_intervals(tmp_pat
 def test_a_front_point_is_named_by_its_method_t_u_and_gs_own_encode_ratio(tmp_path):
     from framework.fronts import read_point
 
-    def run(name, lam, encode_ratio=None, lams=()):
+    def run(name, lam, encode_ratio=None, lams=(), ito=None, stages=None):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "summary.json").write_text(json.dumps({"parameters": {
-            "method": "framework.module.EditModule", "lam": lam, "ito": {"update_steps": 15},
-            "guidance": {"encode_ratio": encode_ratio}}}))
+            "method": "framework.module.EditModule", "lam": lam, "ito": {"update_steps": 15, **(ito or {})},
+            "guidance": {"encode_ratio": encode_ratio}, "stages": stages or {}}}))
         (folder / "results.csv").write_text("id,gt/background_l1\na,0.03\nb,0.05\nmean,0.04\n")
         for n, value in enumerate(lams):
             (folder / f"e{n}").mkdir()
@@ -254,6 +254,11 @@ def test_a_front_point_is_named_by_its_method_t_u_and_gs_own_encode_ratio(tmp_pa
     assert plain.metrics == {"gt/background_l1": {"a": 0.03, "b": 0.05}}  # the mean row is not an edit
     assert g07.method == "ITO t_u=15 G 0.7"  # another line: G made from another noise level
     assert (auto.method, auto.value) == ("ITO t_u=15 auto", pytest.approx(0.63))
+    blend = run("d", 0.6, ito={"blend": "after", "feather": 0.0, "lam_end": 1.0})
+    assert blend.method == "ITO t_u=15 blend lam->1"  # the background levers name their own line
+    p2p = run("e", 0.6, stages={"decoder": {"class": "framework.prompt_to_prompt.PromptToPrompt", "cross_replace": 0.5},
+                                "inversion": {"class": "framework.inversion.DirectInversion"}})
+    assert (p2p.method, p2p.knob, p2p.value) == ("prompt-to-prompt", "cross_replace", 0.5)
 
 
 def test_piebench_scores_every_method(tmp_path, tiny_dirs, pie, tiny_dino, squeezenet, tiny_clip_folder):  # noqa: F811

@@ -102,6 +102,11 @@ def test_paper_literal_overlay_is_the_paper_as_printed():
                                                                  {"granularity": "latent", "norm_weight": 0.0}]
     assert overlay["ito"]["balance"] == "none" and overlay["ito"]["first_step"] == "optimize"
     assert overlay["guidance"]["reference"] == "inversion"
+    # the background levers off: the steps after t_u decode freely under one CFG scale, from DDIM's inversion
+    assert (overlay["ito"]["blend"], overlay["ito"]["lam_end"], overlay["ito"]["outside_guidance_scale"]) == (
+        "none", None, None)
+    assert overlay["sampling"]["guidance_rescale"] == 0.0
+    assert overlay["inversion"]["class_path"] == "framework.inversion.DDIMInversion"
 
 
 PAPER_SETTINGS = [p for p in EXPERIMENTS if p.stem != "quickstart"]

@@ -49,14 +49,14 @@ from framework.metrics.piebench import (
                                     self_similarity,
                                     with_frame,
 )
-from framework.metrics.pixel import GroundTruthL1, GuidanceL1, L1Distance, load_like
+from framework.metrics.pixel import BackgroundShift, GroundTruthL1, GuidanceL1, L1Distance, load_like
 from framework.metrics.preference import PickScore, pick_probability, resolve_processor
 from framework.metrics.region import MaskRegionAccuracy, region_scores
 
 __all__ = [
     "BackgroundLPIPS", "BackgroundPreservation", "CLIPSimilarity", "StructureDistance", "self_similarity",
     "with_frame", "CSFID", "FID", "IMAGE_SUFFIXES", "ClassifierAccuracy", "EditMetric", "FeatureExtractor",
-    "GroundTruthL1", "GuidanceL1", "InceptionFeatures", "L1Distance", "MaskRegionAccuracy", "MetricError",
+    "BackgroundShift", "GroundTruthL1", "GuidanceL1", "InceptionFeatures", "L1Distance", "MaskRegionAccuracy", "MetricError",
     "PickScore", "bootstrap_ci", "bootstrap_means", "build_class_statistics", "class_label", "paired_difference_ci",
     "region_scores",
     "diagonal_frechet_distance", "frechet_distance", "gaussian_stats", "image_features", "load_class_statistics",

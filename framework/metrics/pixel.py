@@ -80,6 +80,40 @@ class GroundTruthL1(EditMetric):
         return self.record(values)
 
 
+class BackgroundShift(EditMetric):
+    """What a viewer sees of the background, for requests with a `true_mask`: `bg/l1`, mean |edit - input|
+    outside the true mask grown by `margin` pixels (the edit's own border aside), and `bg/shift_r`,
+    `bg/shift_g`, `bg/shift_b`, the signed mean change per channel there: a colour cast reads as one sign.
+    """
+
+    def __init__(self, margin: int = 4, resolution: Optional[int] = None):
+        """
+        Args:
+            margin: Pixels the true mask is grown by (a square of side 2 margin + 1) before the background
+                is read; 4 is one latent pixel of the toy model's /4 VAE.
+            resolution: As GroundTruthL1's.
+        """
+        super().__init__()
+        self.margin, self.resolution = margin, resolution
+
+    @torch.no_grad()
+    def update(self, result: EditResult, request) -> dict[str, float]:
+        extra = request.extra or {}
+        if "true_mask" not in extra:
+            return {}
+        edit = result.edit.float()
+        inside = load_like(extra["true_mask"], tuple(edit.shape[-2:]), self.resolution)[:, :1] > 0.5
+        side = 2 * self.margin + 1
+        grown = torch.nn.functional.max_pool2d(inside.float(), side, stride=1, padding=self.margin) > 0
+        outside = ~grown[0, 0]  # (h, w)
+        if not outside.any():
+            return {}
+        change = (edit - result.input.float())[0][:, outside]  # (3, pixels)
+        values = {"bg/l1": float(change.abs().mean())}
+        values.update({f"bg/shift_{c}": float(v) for c, v in zip("rgb", change.mean(dim=1))})
+        return self.record(values)
+
+
 class GuidanceL1(EditMetric):
     """How close the edit came to its guidance image G (paper Fig. 5: lam = 0 is "very close to G").
 

@@ -404,14 +404,15 @@ def score_edit_folder(folder: str | Path, root: str | Path = ".") -> dict[str, d
     For every `<folder>/<id>/result.json` whose request named a `target` and `true_mask` (toy-world
     requests do), with the evaluation's `GroundTruthL1`: `edit_to_target` and `input_to_target` (mean
     L1 inside the true mask: what should change, and how far the input was from it), `background`
-    (mean L1 of edit - input outside it: what should not change). Images are [0, 1]; the ratio
+    (mean L1 of edit - input outside it: what should not change), `background_grown` and `shift` (BackgroundShift:
+    L1 outside the true mask grown by 4 px, and the signed mean RGB change there). Images are [0, 1]; the ratio
     edit/input below 1 means the edit moved towards the true answer. Relative target and mask paths
     are read from `root` (the directory the run was started in).
     """
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from ..metrics import GroundTruthL1
+    from ..metrics import BackgroundShift, GroundTruthL1
     from ..outputs import read_edit
 
     scores = {}
@@ -424,7 +425,9 @@ def score_edit_folder(folder: str | Path, root: str | Path = ".") -> dict[str, d
         result = read_edit(path.parent, record)
         edit = GroundTruthL1().update(result, request)
         unedited = GroundTruthL1().update(replace(result, edit=result.input), request)
+        seen = BackgroundShift().update(result, request)
         scores[path.parent.name] = {"edit_to_target": edit["gt/target_l1"],
                                     "input_to_target": unedited["gt/target_l1"],
-                                    "background": edit["gt/background_l1"]}
+                                    "background": edit["gt/background_l1"], "background_grown": seen["bg/l1"],
+                                    "shift": tuple(seen[f"bg/shift_{c}"] for c in "rgb")}
     return scores
