@@ -158,6 +158,9 @@ class ITOConfig:
     feather: float = 0.0
     """Sigma, in latent pixels, of the blend's soft edge: m becomes m * blur(m), so the blend reaches into the
     edit region's border and never past it (no seam, the background outside m untouched); 0: the hard mask."""
+    blend_margin: int = 0
+    """Latent pixels the mask is grown by before the blend (a square of side 2 margin + 1): the decode may then
+    finish changes the mask missed at its border, at the cost of that ring of background; 0: the mask as is."""
     outside_guidance_scale: Optional[float] = None
     """CFG scale outside the mask in the steps after t_u (inside it stays sampling.guidance_scale): 1 decodes
     the background under the condition alone, where CFG drifts it from the inversion; None: one scale."""
@@ -173,6 +176,7 @@ class ITOConfig:
         _check(self.lam_end is None or 0 <= self.lam_end <= 1, f"ito.lam_end must be in [0, 1], got {self.lam_end}.")
         _check(self.blend in ("none", "after"), f"ito.blend must be 'none' or 'after', got '{self.blend}'.")
         _check(self.feather >= 0, f"ito.feather must be >= 0, got {self.feather}.")
+        _check(self.blend_margin >= 0, f"ito.blend_margin must be >= 0, got {self.blend_margin}.")
         _check(self.outside_guidance_scale is None or self.outside_guidance_scale >= 0,
                f"ito.outside_guidance_scale must be >= 0 or null, got {self.outside_guidance_scale}.")
 

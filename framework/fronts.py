@@ -45,7 +45,8 @@ def ito_variant(params: dict) -> str:
     """What sets an ITO run's line apart besides t_u (the background levers of docs/background.md)."""
     ito, parts = params.get("ito", {}), []
     if ito.get("blend", "none") != "none":
-        parts.append("blend" + (f" f{ito['feather']:g}" if ito.get("feather") else ""))
+        parts.append("blend" + (f" f{ito['feather']:g}" if ito.get("feather") else "")
+                     + (f" +{ito['blend_margin']}" if ito.get("blend_margin") else ""))
     if ito.get("lam_end") is not None:
         parts.append(f"lam->{ito['lam_end']:g}")
     if ito.get("outside_guidance_scale") is not None:

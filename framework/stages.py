@@ -204,7 +204,7 @@ class ITODecode(Decoder):
         lam_at = None if cfg.lam_end is None else linear_lam(state.lam, cfg.lam_end, first, t_u - 1)
         ito = engine.ito_hook(optimizer, t_u, x_traj, state.g_traj, engine.loss_mask(state), first=first,
                               lam_at=lam_at)
-        keep = feathered(state.mask, cfg.feather)  # (1, 1, h, w): 1 = edit, 0 = the input's own latents
+        keep = feathered(grown(state.mask, cfg.blend_margin), cfg.feather)  # (1, 1, h, w): 0 = the input's latents
         blend = cfg.blend == "after"
 
         def before_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
@@ -233,6 +233,11 @@ def linear_lam(lam: float, lam_end: float, first: int, last: int):
     """lam_at(i): lam at step `first`, lam_end at step `last`, linear between (ito.lam_end)."""
     span = max(1, last - first)
     return lambda i: lam + (lam_end - lam) * min(1.0, max(0.0, (i - first) / span))
+
+
+def grown(mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """A binary mask (1, 1, h, w) dilated by `margin` pixels (a square of side 2 margin + 1)."""
+    return F.max_pool2d(mask, 2 * margin + 1, stride=1, padding=margin) if margin > 0 else mask
 
 
 def feathered(mask: torch.Tensor, sigma: float) -> torch.Tensor:
