@@ -153,8 +153,12 @@ class ITOConfig:
     edit's lam at every step (the paper)."""
     blend: str = "none"
     """Latent blending outside the mask (DiffEdit's way) in the steps ITO does not reach: 'after': from step
-    t_u on, y_t <- m y_t + (1 - m) x_t before each step and y_0 <- m y_0 + (1 - m) x_0 at the end, so the
-    background ends on the input's own inversion; 'none' (the paper): the steps after t_u decode freely."""
+    t_u on, y_t <- y_t + w (1 - m) (x_t - y_t) before each step and the same with x_0 at the end, so the
+    background is pulled back onto the input's own inversion; 'none' (the paper): the steps after t_u decode
+    freely."""
+    blend_weight: Optional[float] = None
+    """w of the blend: None: the edit's lam at its last ITO step, so lam stays the dial (1: the background ends
+    on the input as DiffEdit's; 0: no blend, the edit lands on G); a number in [0, 1]: that weight always."""
     feather: float = 0.0
     """Sigma, in latent pixels, of the blend's soft edge: m becomes m * blur(m), so the blend reaches into the
     edit region's border and never past it (no seam, the background outside m untouched); 0: the hard mask."""
@@ -177,6 +181,8 @@ class ITOConfig:
         _check(self.blend in ("none", "after"), f"ito.blend must be 'none' or 'after', got '{self.blend}'.")
         _check(self.feather >= 0, f"ito.feather must be >= 0, got {self.feather}.")
         _check(self.blend_margin >= 0, f"ito.blend_margin must be >= 0, got {self.blend_margin}.")
+        _check(self.blend_weight is None or 0 <= self.blend_weight <= 1,
+               f"ito.blend_weight must be in [0, 1] or null, got {self.blend_weight}.")
         _check(self.outside_guidance_scale is None or self.outside_guidance_scale >= 0,
                f"ito.outside_guidance_scale must be >= 0 or null, got {self.outside_guidance_scale}.")
 

@@ -46,7 +46,8 @@ def ito_variant(params: dict) -> str:
     ito, parts = params.get("ito", {}), []
     if ito.get("blend", "none") != "none":
         parts.append("blend" + (f" f{ito['feather']:g}" if ito.get("feather") else "")
-                     + (f" +{ito['blend_margin']}" if ito.get("blend_margin") else ""))
+                     + (f" +{ito['blend_margin']}" if ito.get("blend_margin") else "")
+                     + (f" w{ito['blend_weight']:g}" if ito.get("blend_weight") is not None else ""))
     if ito.get("lam_end") is not None:
         parts.append(f"lam->{ito['lam_end']:g}")
     if ito.get("outside_guidance_scale") is not None:

@@ -206,6 +206,11 @@ class ITODecode(Decoder):
                               lam_at=lam_at)
         keep = feathered(grown(state.mask, cfg.blend_margin), cfg.feather)  # (1, 1, h, w): 0 = the input's latents
         blend = cfg.blend == "after"
+        if blend:  # the blend's weight: lam where ITO left off, unless set (outside the mask: w x_t + (1 - w) y_t)
+            weight = cfg.blend_weight
+            if weight is None:
+                weight = state.lam if lam_at is None else lam_at(t_u - 1)
+            keep = 1 - weight * (1 - keep)
 
         def before_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
             y_t = ito(i, t, y_t)
@@ -213,7 +218,7 @@ class ITODecode(Decoder):
 
         eps = engine.eps(state.sides.edit, engine.sampling.guidance_scale, inverted)
         if cfg.outside_guidance_scale is not None:
-            eps = self.outside_guidance(engine, state, keep, eps)
+            eps = self.outside_guidance(engine, state, feathered(state.mask, cfg.feather), eps)
         y0 = ddim_decode(start, eps, state.schedule, state.n_final, before_step, engine.step_callback("final"),
                          engine.corrections(inverted))
         return blend_outside(y0, state.x0, keep) if blend else y0

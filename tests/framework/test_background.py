@@ -57,7 +57,7 @@ def test_blend_outside_keeps_the_inside_and_takes_the_input_outside():
 def test_blend_with_no_ito_steps_is_diffedit(state):
     """t_u = 0 and blend 'after': every step blends outside the mask onto the inversion, as DiffEdit does."""
     engine, s = state
-    with_ito(engine, update_steps=0, blend="after")
+    with_ito(engine, update_steps=0, blend="after", blend_weight=1.0)
     assert torch.equal(ITODecode().decode(engine, s), MaskBlendDecode().decode(engine, s))
 
 
@@ -69,13 +69,27 @@ def test_blend_after_t_u_ends_on_the_input_outside_the_mask_and_leaves_the_ito_s
     free = ITODecode().decode(with_ito(engine, update_steps=3), s)
     free_ito = {k: v for k, v in seen.items() if k[0] == "ito"}
     seen.clear()
-    y0 = ITODecode().decode(with_ito(engine, blend="after"), s)
+    y0 = ITODecode().decode(with_ito(engine, blend="after", blend_weight=1.0), s)
     outside = (s.mask == 0).expand_as(y0)
     assert torch.equal(y0[outside], s.x0[outside])  # y_0 <- m y_0 + (1 - m) x_0
     assert float((free - s.x0)[outside].abs().mean()) > 1e-3  # without it the background drifts
     # the ITO steps before t_u are the same decode: the blend acts only after them
     assert all(torch.equal(free_ito[k], seen[k]) for k in free_ito)
     assert not torch.equal(y0[~outside], free[~outside])  # inside, the decode runs on (the UNet sees the blend)
+
+
+def test_the_blend_follows_lam_unless_its_weight_is_set(state):
+    """blend_weight None: w = lam, so lam 0 blends nothing (the edit may land on G) and lam 1 blends fully."""
+    engine, s = state
+    s.g_traj = {t: x + 0.5 * torch.randn_like(x) for t, x in s.x_traj.items()}
+    decode = lambda lam, **ito: (setattr(s, "lam", lam), ITODecode().decode(with_ito(engine, **ito), s))[1]  # noqa
+    assert torch.equal(decode(0.0, update_steps=3, blend="after"), decode(0.0, blend="none"))
+    assert torch.equal(decode(1.0, blend="after"), decode(1.0, blend_weight=1.0))
+    free, full = decode(0.6, blend="none"), decode(0.6, blend="after", blend_weight=1.0)
+    half = decode(0.6, blend_weight=None)
+    outside = (s.mask == 0).expand_as(half)
+    gap = lambda y: float((y - s.x0)[outside].abs().mean())  # noqa: E731
+    assert gap(full) == 0 < gap(half) < gap(free)
 
 
 def test_lam_schedule_ending_at_one_brings_the_background_back_onto_the_inversion(state):
