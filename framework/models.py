@@ -257,7 +257,7 @@ class StableDiffusion(nn.Module):
     def __init__(self, pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
                  revision: Optional[str] = None, variant: Optional[str] = None,
                  allow_pickle: bool = False, attention_slicing: Union[int, Literal["auto", "max"], None] = None,
-                 vae_tiling: bool = False, vae_tile_size: Optional[int] = None):
+                 vae_tiling: bool = False, vae_tile_size: Optional[int] = None, vae: Optional[str] = None):
         """
         Args:
             pretrained: Hub id or local folder of a diffusers SD 1.x checkpoint, or
@@ -273,6 +273,9 @@ class StableDiffusion(nn.Module):
                 (diffusers' VAE tiling): bounded VAE memory for large images; each tile is normalised
                 on its own, so the result differs from untiled near seams. Smaller images are unaffected.
             vae_tile_size: Tile side in pixels (a multiple of 8); None = the VAE's sample_size (512 for SD 1.5).
+            vae: Hub id or folder of an AutoencoderKL that replaces the checkpoint's own (a folder with a `vae/`
+                subfolder works too), e.g. a decoder fine-tune such as `stabilityai/sd-vae-ft-mse`; its latent
+                space must be the checkpoint's. None: the checkpoint's VAE.
         """
         super().__init__()
         self.pretrained = pretrained
@@ -287,6 +290,11 @@ class StableDiffusion(nn.Module):
         self.vae_tile_size = vae_tile_size
         _check_sd_folder(pretrained)  # first: a missing unet/ is an incomplete folder, like a missing vae/
         self._source = resolve_pretrained(pretrained, "Stable Diffusion", "unet", revision)
+        self.vae_source = vae
+        if vae is not None and not vae.startswith(BUILTIN_PREFIX) and not _looks_like_hub_id(vae) \
+                and not Path(vae).expanduser().is_dir():
+            raise ConfigError(f"backbone vae '{vae}' is neither a folder nor a hub id: give the folder of an "
+                              "AutoencoderKL (its config.json and weights) or null for the checkpoint's own VAE.")
         self.vae = self.unet = self.text_encoder = None
         self.tokenizer = self.scheduler = None
 
@@ -307,6 +315,8 @@ class StableDiffusion(nn.Module):
         common = dict(revision=self.revision, allow_pickle=self.allow_pickle)
         self.unet = load_component(UNet2DConditionModel, source, "UNet", "unet", variant=self.variant, **common)
         self.vae = load_component(AutoencoderKL, source, "VAE", "vae", variant=self.variant, **common)
+        if self.vae_source is not None:
+            self.vae = self._replacement_vae(AutoencoderKL, common)
         self.text_encoder = load_component(CLIPTextModel, source, "text encoder", "text_encoder",
                                            variant=self.variant, **common)
         self.tokenizer = load_component(CLIPTokenizer, source, "tokenizer", "tokenizer", revision=self.revision)
@@ -315,6 +325,21 @@ class StableDiffusion(nn.Module):
             module.requires_grad_(False).eval()
         self.configure_memory()
         return self
+
+    def _replacement_vae(self, cls, common: dict):
+        """The `vae` setting's AutoencoderKL, checked against the checkpoint's latent space."""
+        source = self.vae_source
+        if source.startswith(BUILTIN_PREFIX):
+            source = str(builtin_folder(source, "vae"))
+        subfolder = "vae" if Path(source, "vae", "config.json").is_file() else None
+        vae = load_component(cls, source, "VAE", subfolder, **common)
+        own, theirs = self.vae.config, vae.config
+        if (own.latent_channels, own.block_out_channels) != (theirs.latent_channels, theirs.block_out_channels):
+            raise ConfigError(f"backbone vae '{self.vae_source}' has {theirs.latent_channels} latent channels at "
+                              f"/{2 ** (len(theirs.block_out_channels) - 1)}, the checkpoint's VAE "
+                              f"{own.latent_channels} at /{2 ** (len(own.block_out_channels) - 1)}: it belongs to "
+                              "another model; give a VAE of this checkpoint's latent space or null.")
+        return vae
 
     def configure_memory(self, *extra: nn.Module) -> None:
         """Apply the memory options: attention slicing to the UNet and to every diffusers model inside

@@ -1,13 +1,14 @@
 """What a run's background error is made of (docs/background.md), on the toy world's ground truth.
 
     python experiments/studies/background_floor.py outputs/eval/background_study/blend_s0 [more runs ...]
+    python experiments/studies/background_floor.py --vae outputs/toymodel/vae-decoder-background RUN ...
 
 A one-off study script (its numbers live in docs/background.md). For each run folder it splits the mean
 |edit - input| outside the true edit region into the part on pixels the estimated mask left out (what the
 decode must keep) and the part on true background the mask took in (mask over-reach: the edit may change
 it), and sets beside it the toy VAE's own floor on the same edits: |VAE(input) - input| outside the true
 region, the error no decode from the input's latents can go below. It also prints the VAE's colour error
-on flat grey images (the toy world's four background levels), the tint the issue names.
+on flat grey images across the toy world's background greys (70-200), the tint the issue names.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def split_run(sd: StableDiffusion, folder: Path) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in totals.items() if v} | {"edits": len(totals["background"])}
 
 
-def flat_grey_tint(sd: StableDiffusion, levels=(20, 110, 180, 240), size: int = 64) -> dict[int, list[float]]:
+def flat_grey_tint(sd: StableDiffusion, levels=(80, 110, 140, 170, 200), size: int = 64) -> dict[int, list[float]]:
     """Signed mean RGB error (0-1) of the VAE's round trip of a flat image at each grey level."""
     out = {}
     for level in levels:
@@ -69,10 +70,25 @@ def flat_grey_tint(sd: StableDiffusion, levels=(20, 110, 180, 240), size: int = 
     return out
 
 
+def scene_psnr(sd: StableDiffusion, count: int = 32) -> float:
+    """Mean PSNR of the VAE's round trip of held-out toy scenes (seeds 0..count-1, never trained on)."""
+    from framework.toyworld import render, sample_scene
+
+    values = []
+    for seed in range(count):
+        image = np.asarray(render(sample_scene(seed, 64), 64)[0], dtype=np.float64) / 255
+        mse = np.mean((vae_roundtrip(sd, image) - image) ** 2)
+        values.append(10 * np.log10(1 / max(mse, 1e-12)))
+    return float(np.mean(values))
+
+
 def main(folders: list[str]) -> None:
     torch.set_grad_enabled(False)
-    sd = StableDiffusion("builtin:toyworld").load()
+    vae = folders[folders.index("--vae") + 1] if "--vae" in folders else None
+    folders = [f for f in folders if f not in ("--vae", vae)]
+    sd = StableDiffusion("builtin:toyworld", vae=vae).load()
     print("flat grey round trip, signed mean RGB error:", flat_grey_tint(sd))
+    print("held-out scene round trip PSNR (dB):", round(scene_psnr(sd), 2))
     for folder in folders:
         print(Path(folder).name, {k: round(v, 4) for k, v in split_run(sd, Path(folder)).items()})
 
