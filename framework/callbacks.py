@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +16,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger  # a plain class: wandb itself is imported on first use
 
-from framework.errors import EditError
+from framework.errors import EditError, warn
 from framework.outputs import EditResult, mask_overlay, save_json, save_png, to_pil
 
 STAGE_SECONDS = ("encode", "inversion", "mask", "guidance", "final", "decode", "total")
@@ -189,7 +188,7 @@ class RunGuard(Callback):
             summary["stopped"] = f"{type(exception).__name__}: {exception}"  # why it is shorter than its manifest
             save_json(summary, path)
         except Exception as err:  # noqa: BLE001 - never hide the exception that stopped the run
-            warnings.warn(f"could not write the summary of the stopped run: {err}", stacklevel=2)
+            warn(f"could not write the summary of the stopped run: {err}")
 
 
 class LatentPreview(Callback):

@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from framework.callbacks import RunGuard, StopRequested, WandbEditLogger
-from framework.cli_messages import check_yaml_files, config_files, explain, settings_help
+from framework.cli_messages import WarningLines, check_yaml_files, config_files, explain, settings_help
 from framework.data import EditDataModule
 from framework.errors import ConfigError, edit_error_in
 from framework.module import EditModule
@@ -151,9 +151,14 @@ class EditCLI(LightningCLI):
                             help="Torch intra-op threads of a CPU run. null: OMP_NUM_THREADS if set, else the "
                                  "cores not already busy (framework.threads; 1 on a saturated machine).")
 
+    warning_lines: Optional[WarningLines] = None  # set by `main`: where the run's warnings go
+
     def _prepare_run(self) -> None:
         """Before the Trainer starts (and a W&B run is created): load the weights, which checks every
         conditioner against the UNet, then the checks that need the tokenizer."""
+        output_dir = getattr(self.model, "output_dir", None)
+        if self.warning_lines is not None and output_dir is not None:
+            self.warning_lines.open_log(output_dir)
         if hasattr(self.model, "load_weights"):
             self.model.load_weights()
             after_load(self.model, self.datamodule)
@@ -225,24 +230,39 @@ def main(args=None) -> None:
     quiet_libraries()
     argv = list(sys.argv[1:] if args is None else args)
     EditArgumentParser.command_line = argv
+    with WarningLines() as lines:
+        EditCLI.warning_lines = lines
+        try:
+            _run(argv, args, lines)
+        finally:
+            EditCLI.warning_lines = None
+            _finish_wandb()
+
+
+def _run(argv: list[str], args, lines: WarningLines) -> None:
+    """The command itself; the project's errors and stops become one line (also in the run's log)."""
     try:
         check_yaml_files(config_files(argv))
         _group_help(argv)
         EditCLI(args=args)
     except Exception as err:  # noqa: BLE001 - re-raised unless it is one of ours
         if isinstance(err, SIGTERMException):  # Lightning's own stop, after an edit finished
-            print("stopped: SIGTERM received after an edit; run the same command again to resume.", file=sys.stderr)
+            _say("stopped: SIGTERM received after an edit; run the same command again to resume.", lines)
             raise SystemExit(StopRequested.exit_code) from None
         edit_error = edit_error_in(err)
         if edit_error is None:
             raise
         if isinstance(edit_error, StopRequested):
-            print(f"stopped: {edit_error}", file=sys.stderr)
+            _say(f"stopped: {edit_error}", lines)
             raise SystemExit(StopRequested.exit_code) from None
-        print(f"error: {edit_error}", file=sys.stderr)
+        _say(f"error: {edit_error}", lines)
         raise SystemExit(2) from None
-    finally:
-        _finish_wandb()
+
+
+def _say(text: str, lines: WarningLines) -> None:
+    print(text, file=sys.stderr)
+    if lines.log_path is not None:  # the run got far enough to have a log: it ends with why it stopped
+        lines.record(text)
 
 
 def _group_help(argv: list[str]) -> None:

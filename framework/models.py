@@ -367,7 +367,16 @@ class StableDiffusion(nn.Module):
         limit = self.tokenizer.model_max_length
         if len(ids) <= limit:
             return None
-        return self.tokenizer.decode(ids[1:limit - 1], skip_special_tokens=True)
+        kept = ids[1:limit - 1]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        # CLIP's tokens are bytes: the cut can split a character of several bytes (Japanese, accents, emoji),
+        # which decodes to U+FFFD; drop the tokens of that partial character (at most 3 bytes).
+        for _ in range(3):
+            if not text.endswith("\ufffd") or "\ufffd" in prompt or not kept:
+                break
+            kept = kept[:-1]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return text
 
     def train(self, mode: bool = True) -> "StableDiffusion":
         """The backbone is frozen: it stays in eval mode whatever the Trainer asks."""

@@ -8,7 +8,6 @@ earlier run finished, scores and writes each edit, and writes the run's summary 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, replace
 from typing import Any, Callable, Iterable, Literal, Optional, Union
 
@@ -22,7 +21,7 @@ from framework.config import (
 )
 from framework.data import EditRequest
 from framework.engine import EditEngine, EditState, NonFiniteLatents, Sides
-from framework.errors import ConfigError, EditError
+from framework.errors import ConfigError, EditError, warn
 from framework.inversion import DDIMInversion, Inversion
 from framework.ito import OptimizerFactory, default_optimizer
 from framework.mask_cache import plain_fields, request_digest, settings_digest
@@ -306,7 +305,7 @@ class EditModule(pl.LightningModule):
         except torch.cuda.OutOfMemoryError as err:
             raise EditError(f"Edit '{request.id}': {OOM_HINT} ({err})") from None
         except NonFiniteLatents as err:
-            warnings.warn(str(err) + " Skipping this edit; the others continue.", stacklevel=2)
+            warn(str(err) + " Skipping this edit; the others continue.")
             save_json({"id": request.id, "error": str(err)}, self.output_dir / request.id / "error.json")
             self.records.append({"id": request.id, "error": str(err)})
             return {}

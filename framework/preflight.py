@@ -7,18 +7,18 @@ what needs the tokenizer or the whole configuration is checked here.
 from __future__ import annotations
 
 import os
-import sys
-import warnings
 from typing import Any
 
+from framework.errors import EditWarning, note, warn
 
-class PromptTruncated(UserWarning):
+
+class PromptTruncated(EditWarning):
     """A prompt is longer than the text encoder reads; the edit uses its beginning only."""
 
 
 def _notice(text: str) -> None:
-    if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
-        print(f"note: {text}", file=sys.stderr)
+    if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:  # every process checks every request
+        note(text)
 
 
 def warn_long_prompts(backbone: Any, specs: list) -> dict[str, dict[str, str]]:
@@ -37,9 +37,9 @@ def warn_long_prompts(backbone: Any, specs: list) -> dict[str, dict[str, str]]:
             cut[spec.id] = used
             limit = backbone.tokenizer.model_max_length
             fields = " and ".join(used)
-            warnings.warn(f"Request '{spec.id}': its {fields} is longer than the text encoder's {limit} tokens; "
-                          f"only its first tokens are used (up to '...{next(iter(used.values()))[-40:]}'). "
-                          f"result.json records the text used under prompts_used.", PromptTruncated, stacklevel=2)
+            warn(f"Request '{spec.id}': its {fields} is longer than the text encoder's {limit} tokens; "
+                 f"only its first tokens are used (up to '...{next(iter(used.values()))[-40:]}'). "
+                 f"result.json records the text used under prompts_used.", PromptTruncated)
     return cut
 
 
