@@ -49,4 +49,4 @@ def warn(message: str, category: type[EditWarning] = EditWarning) -> None:
 
 def note(message: str) -> None:
     """Emit a note: `warn` with the EditNote category."""
-    warn(message, EditNote)
+    warnings.warn(message, EditNote, stacklevel=2)
