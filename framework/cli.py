@@ -121,6 +121,21 @@ class EditSaveConfig(SaveConfigCallback):
     """Writes config.yaml (Lightning's behaviour) and logs the resolved config and the settings digest to
     every W&B logger of the run, so runs can be compared and filtered on the dashboard."""
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.loggers or self.already_saved:
+            return super().setup(trainer, pl_module, stage)
+        # No logger (`--trainer.logger false`): Lightning's log dir falls back to the working directory, where a
+        # run must write nothing; the config goes with the run's edits instead.
+        folder = getattr(pl_module, "output_dir", None)
+        if folder is not None and trainer.is_global_zero:
+            self.parser.save(self.config, str(Path(folder) / self.config_filename), skip_none=False, overwrite=True,
+                             multifile=self.multifile)
+        self.save_to_log_dir = False
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            self.save_to_log_dir = True
+
     def save_config(self, trainer, pl_module, stage: str) -> None:
         from framework.callbacks import wandb_loggers
 

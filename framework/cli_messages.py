@@ -21,6 +21,7 @@ from typing import Optional
 
 import yaml
 
+from framework.data import yaml_problem
 from framework.errors import ConfigError, EditNote, EditWarning
 
 _KEY = re.compile(r'Parser key "([^"]+)":')
@@ -111,16 +112,8 @@ def check_yaml_files(files: list[Path]) -> None:
             continue  # jsonargparse names a missing file itself
         try:
             yaml.safe_load(path.read_text())
-        except yaml.MarkedYAMLError as err:
-            mark = err.problem_mark or err.context_mark
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            context = ""
-            if err.context and err.problem:
-                start = f" started at line {err.context_mark.line + 1}" if err.context_mark else ""
-                context = f" ({err.context}{start})"
-            raise ConfigError(f"{where}: not valid YAML: {err.problem or err.context}{context}.") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}.") from None
+            raise ConfigError(yaml_problem(path, err)) from None
 
 
 # ------------------------------------------------------------------------- names and places

@@ -289,6 +289,23 @@ def check_family(pretrained: str, what: str, revision: Optional[str] = None, sub
                              f"point `pretrained` at one of those.")
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pth", ".pt")
+
+
+def check_variant(pretrained: str, variant: Optional[str], what: str, parts: tuple[str, ...] = ("",)) -> None:
+    """In a local folder, `variant` (e.g. 'fp16') must name weights that exist: diffusers' own error for a missing
+    variant reads like a missing checkpoint, while the fix is to drop the setting."""
+    folder = Path(pretrained).expanduser()
+    if not variant or pretrained.startswith(BUILTIN_PREFIX) or not folder.is_dir():
+        return
+    for part in parts:
+        files = [p.name for p in (folder / part).glob("*") if p.name.endswith(_WEIGHT_SUFFIXES)]
+        if files and not any(f".{variant}." in name or f".{variant}-" in name for name in files):
+            raise ModelLoadError(
+                f"{what}: '{folder / part}' has no '{variant}' variant of its weights (it has {', '.join(sorted(files))}); "
+                f"drop `variant: {variant}` (or set it to null) to load these.")
+
+
 _SD_PARTS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
              "tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
 
@@ -370,6 +387,7 @@ class StableDiffusion(nn.Module):
         self.vae_tile_size = vae_tile_size
         check_family(pretrained, "Stable Diffusion", revision, "unet")  # first: an SD3 folder has no unet/ at all
         _check_sd_folder(pretrained)  # then: a missing unet/ is an incomplete folder, like a missing vae/
+        check_variant(pretrained, variant, "Stable Diffusion", ("unet", "vae", "text_encoder"))
         self._source = resolve_pretrained(pretrained, "Stable Diffusion", "unet", revision)
         self.vae = self.unet = self.text_encoder = None
         self.tokenizer = self.scheduler = None

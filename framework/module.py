@@ -176,10 +176,17 @@ class EditModule(pl.LightningModule):
             self._settings = settings_digest(self.deciding_parameters(), self.backbone, *self.conditioners)
         return self._settings
 
+    def weights_digest(self) -> str:
+        """A digest of the weights alone (part of `settings_digest`): a resumed run tells a checkpoint changed at
+        the same path from other settings by it."""
+        return settings_digest({}, self.backbone, *self.conditioners)
+
     def deciding_parameters(self) -> dict[str, Any]:
         """`resolved_parameters` less what cannot change this method's edits: the memory options, and the
         settings of stages its decoder does not run (a DiffEdit run resumes after ITO's defaults change)."""
-        unused = {"memory"}
+        # The seed: each edit's own (the request's, else model.seed) is in its record and checked on resume
+        # (`finished_record`), so a model.seed that no request uses leaves the digest as it is.
+        unused = {"memory", "seed"}
         if not self.decoder.uses_ito:
             unused |= {"ito", "losses", "optimizer", "lam", "auto_lam"}
         if not self.decoder.uses_guidance:
@@ -229,6 +236,7 @@ class EditModule(pl.LightningModule):
         engine.guidance_generator, engine.decoder = self.guidance_generator, self.decoder
         result = engine.edit(request, setting, seed, self.auto_lam)
         result.record.update({"method": self.method_name(), "settings": self.settings_digest(),
+                              "weights": self.weights_digest(),
                               "inputs": request_digest(request), **self._prompts_used(request),
                               **({"extra": request.extra} if request.extra else {})})
         return result
@@ -282,7 +290,9 @@ class EditModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------ Lightning steps
     def _finished(self, request: EditRequest) -> Optional[dict[str, Any]]:
-        return finished_record(self.output_dir, request, self.settings_digest(), self.overwrite)
+        seed = self.seed if request.seed is None else request.seed
+        return finished_record(self.output_dir, request, self.settings_digest(), self.overwrite, seed=seed,
+                               weights=self.weights_digest())
 
     def _run(self, request: Optional[EditRequest]) -> dict[str, Any]:
         if request is None:  # padding of a shard: this process has no edit at this step

@@ -34,8 +34,13 @@ def writable_folder(path: str) -> Path:
     return folder
 
 
-def finished_record(output_dir: Path, request, settings: str, overwrite: bool) -> Optional[dict[str, Any]]:
-    """The record of an edit already written by an earlier run (result.json is written last), or None."""
+def finished_record(output_dir: Path, request, settings: str, overwrite: bool, seed: Optional[int] = None,
+                    weights: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """The record of an edit already written by an earlier run (result.json is written last), or None.
+
+    `seed`: the seed this run would edit the request with (checked apart from `settings`, which leaves out
+    model.seed: it changes no edit whose request has its own); `weights`: the digest of this run's weights, to
+    say so when a checkpoint changed at the same path since."""
     path = output_dir / request.id / "result.json"
     if overwrite or not path.is_file():
         return None
@@ -53,6 +58,15 @@ def finished_record(output_dir: Path, request, settings: str, overwrite: bool) -
         raise EditError(f"{path.parent} holds an edit of other inputs (image, condition maps or prompts) under "
                         f"the id '{request.id}'; give this run its own model.output_dir, or set "
                         "model.overwrite: true to edit them again")
+    if record["settings"] != settings and weights is not None and record.get("weights") not in (None, weights):
+        raise EditError(f"{path.parent} holds an edit made with other settings than this run's: the model weights "
+                        "changed since (a checkpoint at the same path was retrained or replaced), so it is not this "
+                        "run's edit; give this run its own model.output_dir, or set model.overwrite: true to edit "
+                        "again with the new weights")
+    if record["settings"] == settings and seed is not None and record.get("seed", seed) != seed:
+        raise EditError(f"{path.parent} holds an edit made with other settings than this run's (seed "
+                        f"{record.get('seed')} there, {seed} here: model.seed, or the request's own `seed`); give "
+                        "this run its own model.output_dir, or set model.overwrite: true to edit again")
     if record["settings"] != settings:
         raise EditError(f"{path.parent} holds an edit made with other settings than this run's (model weights, "
                         "method, lam, sampling, mask, ITO, losses, seed or precision), which a resumed run would "
