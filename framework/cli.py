@@ -22,6 +22,7 @@ from framework.data import EditDataModule
 from framework.errors import ConfigError, edit_error_in
 from framework.module import EditModule
 from framework.preflight import after_load
+from framework.records import OutputLock
 from framework.threads import apply_cpu_threads
 
 # Field docstrings of the settings dataclasses become their --help text (LitGPT style).
@@ -167,11 +168,15 @@ class EditCLI(LightningCLI):
                                  "cores not already busy (framework.threads; 1 on a saturated machine).")
 
     warning_lines: Optional[WarningLines] = None  # set by `main`: where the run's warnings go
+    output_lock: Optional[OutputLock] = None  # held by the run's first process until `main` ends
 
     def _prepare_run(self) -> None:
-        """Before the Trainer starts (and a W&B run is created): load the weights, which checks every
-        conditioner against the UNet, then the checks that need the tokenizer."""
+        """Before the Trainer starts (and a W&B run is created): lock the output folder against a second run, load
+        the weights, which checks every conditioner against the UNet, then the checks that need the tokenizer."""
         output_dir = getattr(self.model, "output_dir", None)
+        rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+        if output_dir is not None and rank == 0 and EditCLI.output_lock is None:  # other ranks are this same run
+            EditCLI.output_lock = OutputLock(output_dir).acquire()
         if self.warning_lines is not None and output_dir is not None:
             self.warning_lines.open_log(output_dir)
         if hasattr(self.model, "load_weights"):
@@ -251,6 +256,9 @@ def main(args=None) -> None:
             _run(argv, args, lines)
         finally:
             EditCLI.warning_lines = None
+            if EditCLI.output_lock is not None:
+                EditCLI.output_lock.release()
+                EditCLI.output_lock = None
             _finish_wandb()
 
 

@@ -28,7 +28,7 @@ from framework.mask_cache import plain_fields, request_digest, settings_digest
 from framework.metrics import EditMetric
 from framework.models import StableDiffusion
 from framework.outputs import EditResult, read_edit, save_json, write_edit
-from framework.records import finished_record, write_summary, writable_folder
+from framework.records import finished_record, write_failure, write_summary, writable_folder
 from framework.stages import (
     Decoder, NoMask, GuidanceGenerator, ITODecode, MaskEstimator, NoiseDifferenceMask, NoiseEncodedGuidance,
 )
@@ -326,7 +326,11 @@ class EditModule(pl.LightningModule):
             result.record["metrics"] = scores
         if scores and not self.trainer.predicting:
             self.log_dict({k: float(v) for k, v in scores.items()}, batch_size=1, on_step=True, on_epoch=False)
-        write_edit(result, self.output_dir / request.id)
+        try:
+            write_edit(result, self.output_dir / request.id)
+        except OSError as err:
+            raise EditError(write_failure(err, f"Edit '{request.id}': its files could not be written to "
+                                               f"{self.output_dir / request.id}")) from err
         self.records.append(result.record)
         if not self.trainer.predicting:  # Lightning does not log during predict
             self.log_dict({"edit/seconds": result.record["seconds"]["total"], "mask/area": result.record["mask_area"],

@@ -8,8 +8,11 @@ the totals; with several processes, rank 0 merges theirs.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +35,53 @@ def writable_folder(path: str) -> Path:
         raise ConfigError(f"output_dir '{folder}' is not writable ({err.strerror or err}); choose another "
                           f"with --model.output_dir.") from err
     return folder
+
+
+class OutputLock:
+    """An exclusive lock on an output folder (`<folder>/.lock`, an OS file lock): two runs writing one folder at once
+    would edit the same requests twice and overwrite each other's summary. The OS releases it when the process ends,
+    however it ends (kill -9 included), so no stale lock outlives its run."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._file = None
+
+    def acquire(self) -> "OutputLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: the folder stays unlocked, as before
+            return self
+        handle = open(self.folder / ".lock", "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise EditError(f"output_dir '{self.folder}' is in use by another run ({holder}): wait for it to end, or "
+                            f"give this run its own --model.output_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            import fcntl
+
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def write_failure(err: OSError, what: str, kept: str = "this edit is not counted as finished") -> str:
+    """One line for a file that could not be written: what, why, and the fix (a full disk, a quota, permissions)."""
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = ("free disk space (or give --model.output_dir on another disk)" if full else
+           "check that the folder is writable (or give another --model.output_dir)")
+    return f"{what} ({err.strerror or err}); finished edits are kept and {kept}: {fix}, then run the same command again."
 
 
 def finished_record(output_dir: Path, request, settings: str, overwrite: bool, seed: Optional[int] = None,
@@ -113,5 +163,9 @@ def write_summary(module) -> None:
         if not trainer.predicting:  # the run's scores also reach the loggers, as run/<key>
             for logger in module.loggers:
                 logger.log_metrics({f"run/{k}": float(v) for k, v in content["metrics"].items()})
-    save_json(content, output_dir / "summary.json")
-    write_report(output_dir, records)
+    try:
+        save_json(content, output_dir / "summary.json")
+        write_report(output_dir, records)
+    except OSError as err:
+        raise EditError(write_failure(err, f"summary.json or the report could not be written to {output_dir}",
+                                      "a rerun resumes them and writes the summary")) from err
