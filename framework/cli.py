@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from framework.callbacks import RunGuard, StopRequested, WandbEditLogger
 from framework.cli_messages import WarningLines, check_yaml_files, config_files, explain, settings_help
 from framework.data import EditDataModule
-from framework.errors import ConfigError, edit_error_in
+from framework.errors import ConfigError, edit_error_in, note
 from framework.module import EditModule
 from framework.preflight import after_load
 from framework.records import OutputLock
@@ -213,8 +213,8 @@ class EditCLI(LightningCLI):
         if _uses_wandb(logger):
             if not os.environ.get("WANDB_MODE") and not _wandb_key_available():
                 os.environ["WANDB_MODE"] = "offline"
-                print("W&B: no API key found, logging offline (sync later with `wandb sync`). "
-                      "Set WANDB_API_KEY to log online, WANDB_MODE=disabled to turn it off.", file=sys.stderr)
+                note("W&B: no API key found, logging offline (sync later with `wandb sync`). "
+                     "Set WANDB_API_KEY to log online, WANDB_MODE=disabled to turn it off.")
             for item in logger if isinstance(logger, list) else [logger]:
                 save_dir = getattr(item, "init_args", None) and item.init_args.get("save_dir")
                 if save_dir:

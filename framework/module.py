@@ -21,7 +21,7 @@ from framework.config import (
 )
 from framework.data import EditRequest
 from framework.engine import EditEngine, EditState, NonFiniteLatents, Sides
-from framework.errors import ConfigError, EditError, warn
+from framework.errors import ConfigError, EditError, note, warn
 from framework.inversion import DDIMInversion, Inversion
 from framework.ito import OptimizerFactory, default_optimizer
 from framework.mask_cache import plain_fields, request_digest, settings_digest
@@ -306,6 +306,9 @@ class EditModule(pl.LightningModule):
                     scores.update(metric.resume(result, request, done.get("metrics", {})))
                 if scores:
                     done["metrics"] = scores
+            if not any(r.get("resumed") for r in self.records):  # said once per run, at its first resumed edit
+                note(f"resuming: edits finished earlier in {self.output_dir} with this run's settings and inputs "
+                     f"(first: '{request.id}') are kept, not edited again; --model.overwrite true edits them again.")
             self.records.append(dict(done, resumed=True))
             return {}
         for stale in (self.output_dir / request.id).glob(".*"):  # temporaries of an interrupted write

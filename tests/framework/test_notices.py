@@ -116,3 +116,26 @@ def test_a_malformed_manifest_is_one_line_with_its_line_and_column(tmp_path, tin
         main(["fit", "--config", str(write_config(tmp_path / "e.yaml", tiny_dirs, bad, tmp_path / "out"))])
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: manifest {bad}:4:18: not valid YAML"), lines
+
+
+def test_a_runs_warnings_are_one_line_each_in_the_clis_form_and_in_its_log(tmp_path, tiny_dirs, manifest, capsys):
+    from tests.conftest import ROOT
+
+    rgba = np.asarray(Image.open(manifest.parent / "input.png").convert("RGBA")).copy()
+    rgba[..., 3] = 128
+    Image.fromarray(rgba, "RGBA").save(manifest.parent / "glass.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(manifest.parent / "black.png")
+    rows = [{"id": "glass", "image": "glass.png", "source_prompt": "a red circle", "mask": "black.png",
+             "edit_prompt": "a " + "黄色い" * 40}]  # cut by the tokenizer, inside a character
+    (manifest.parent / "w.yaml").write_text(yaml.safe_dump({"requests": rows}, allow_unicode=True))
+    out = tmp_path / "out"
+    main(["fit", "--config", str(write_config(tmp_path / "e.yaml", tiny_dirs, manifest.parent / "w.yaml", out)),
+          *FAST])
+    lines = capsys.readouterr().err.splitlines()
+    ours = [line for line in lines if "'glass'" in line]
+    assert len(ours) == 3, lines  # the alpha note, the truncated prompt, the empty given mask
+    assert {line.split(":", 1)[0] for line in ours} == {"note", "warning"}
+    assert not [line for line in lines if line.lstrip().startswith(str(ROOT)) or "warnings.warn" in line]
+    assert "\ufffd" not in "\n".join(lines) and "黄色い'" in next(line for line in ours if "longer than" in line)
+    log = (out / "run.log").read_text(encoding="utf-8")
+    assert all(line in log for line in ours)

@@ -35,12 +35,16 @@ def _summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def test_rerun_skips_finished_edits_and_overwrite_redoes_them(tmp_path, tiny_dirs, manifest):
+def test_rerun_skips_finished_edits_and_overwrite_redoes_them(tmp_path, tiny_dirs, manifest, capsys):
     out = tmp_path / "out"
     config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out)
     main(["fit", "--config", str(config), *FAST])
     stamp = (out / "pose" / "edit.png").stat().st_mtime_ns
+    capsys.readouterr()
     main(["fit", "--config", str(config), *FAST])
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: resuming")]
+    assert len(notes) == 1 and "(first: 'text')" in notes[0]  # one line per run, not one per edit
+    assert notes[0] in (out / "run.log").read_text()
     summary = _summary(out)
     assert summary["totals"]["resumed"] == 2 and summary["totals"]["edits"] == 2
     assert (out / "pose" / "edit.png").stat().st_mtime_ns == stamp
