@@ -181,12 +181,19 @@ class EditModule(pl.LightningModule):
         the same path from other settings by it."""
         return settings_digest({}, self.backbone, *self.conditioners)
 
+    def _requests_seed_themselves(self) -> bool:
+        """Whether every request of the run's data carries its own seed (False when the data is not known)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        specs = [s for s in getattr(datamodule, "specs", None) or [] if s is not None]
+        return bool(specs) and all(getattr(s, "seed", None) is not None for s in specs)
+
     def deciding_parameters(self) -> dict[str, Any]:
         """`resolved_parameters` less what cannot change this method's edits: the memory options, and the
         settings of stages its decoder does not run (a DiffEdit run resumes after ITO's defaults change)."""
-        # The seed: each edit's own (the request's, else model.seed) is in its record and checked on resume
-        # (`finished_record`), so a model.seed that no request uses leaves the digest as it is.
-        unused = {"memory", "seed"}
+        # model.seed changes no edit when every request of the run carries its own seed: then it is left out, so
+        # `--model.seed` there does not make a rerun into the same folder "other settings". (Each edit's own seed
+        # is in its record and checked on resume either way: `finished_record`.)
+        unused = {"memory", "seed"} if self._requests_seed_themselves() else {"memory"}
         if not self.decoder.uses_ito:
             unused |= {"ito", "losses", "optimizer", "lam", "auto_lam"}
         if not self.decoder.uses_guidance:

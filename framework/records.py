@@ -40,10 +40,11 @@ def writable_folder(path: str) -> Path:
 class OutputLock:
     """An exclusive lock on an output folder (`<folder>/.lock`, an OS file lock): two runs writing one folder at once
     would edit the same requests twice and overwrite each other's summary. The OS releases it when the process ends,
-    however it ends (kill -9 included), so no stale lock outlives its run."""
+    however it ends (kill -9 included), so a `.lock` file left behind never blocks a rerun; a run that ends
+    normally removes it."""
 
     def __init__(self, folder: Path):
-        self.folder = Path(folder)
+        self.path = Path(folder) / ".lock"
         self._file = None
 
     def acquire(self) -> "OutputLock":
@@ -51,15 +52,21 @@ class OutputLock:
             import fcntl
         except ImportError:  # no flock on this platform: the folder stays unlocked, as before
             return self
-        handle = open(self.folder / ".lock", "a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+        while True:
+            handle = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise EditError(f"output_dir '{self.path.parent}' is in use by another run ({holder}): wait for it "
+                                f"to end, or give this run its own --model.output_dir") from None
+            # The holder before us may have removed the file between our open and our lock: a lock on a removed
+            # file guards nothing, so lock the file that is there now.
+            if self.path.exists() and os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino:
+                break
             handle.close()
-            raise EditError(f"output_dir '{self.folder}' is in use by another run ({holder}): wait for it to end, or "
-                            f"give this run its own --model.output_dir") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -71,6 +78,7 @@ class OutputLock:
         if self._file is not None:
             import fcntl
 
+            self.path.unlink(missing_ok=True)  # while still held: a run waiting on it re-opens (see acquire)
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None

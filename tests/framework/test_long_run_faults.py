@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 
 import pytest
 from PIL import Image
@@ -60,7 +61,8 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_the_lock_ends_with_its
     other.release()
     main(["fit", "--config", str(config), *FAST])
     assert EditCLI.output_lock is None
-    OutputLock(out).acquire().release()  # free again after the run: nothing to clean up
+    assert not (out / ".lock").exists()  # released and removed with the run
+    OutputLock(out).acquire().release()
 
 
 def test_a_checkpoint_changed_between_a_run_and_its_resume_is_named(tmp_path, tiny_dirs, manifest, capsys):
@@ -83,9 +85,11 @@ def test_a_checkpoint_changed_between_a_run_and_its_resume_is_named(tmp_path, ti
     assert "the model weights changed since (a checkpoint at the same path was retrained or replaced)" in err
 
 
-def test_output_lock_refuses_a_second_holder_until_released(tmp_path):
+def test_output_lock_refuses_a_second_holder_until_released_and_a_left_file_blocks_nothing(tmp_path):
     first = OutputLock(tmp_path).acquire()
+    assert f"pid {os.getpid()} on " in (tmp_path / ".lock").read_text()
     with pytest.raises(EditError, match="is in use by another run"):
         OutputLock(tmp_path).acquire()
     first.release()
+    (tmp_path / ".lock").write_text("pid 1 on elsewhere")  # left by a run killed with -9: no OS lock on it
     OutputLock(tmp_path).acquire().release()

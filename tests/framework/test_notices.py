@@ -100,12 +100,18 @@ def test_model_seed_on_requests_with_their_own_seeds_resumes_and_no_logger_write
     totals = json.loads((out / "summary.json").read_text())["totals"]
     assert (totals["edits"], totals["resumed"]) == (2, 2)
     assert "note: model.seed 5 has no effect" in capsys.readouterr().err
-    # A request without a seed of its own is edited with model.seed: another one is another edit.
+    # A request's own seed changed in the manifest: another edit, named as such.
+    rows[0]["seed"] = 6
+    seeded.write_text(yaml.safe_dump({"requests": rows}))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), *FAST, "--trainer.logger", "false"])
+    assert "(seed 4 there, 6 here" in capsys.readouterr().err
+    # A request without a seed of its own is edited with model.seed: then model.seed is a setting like any other.
     rows[0].pop("seed")
     seeded.write_text(yaml.safe_dump({"requests": rows}))
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(config), *FAST, "--trainer.logger", "false", "--model.seed", "5"])
-    assert "(seed 4 there, 5 here" in capsys.readouterr().err
+    assert "other settings" in capsys.readouterr().err
     assert os.listdir(cwd) == []
 
 
