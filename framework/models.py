@@ -302,7 +302,8 @@ def check_variant(pretrained: str, variant: Optional[str], what: str, parts: tup
         files = [p.name for p in (folder / part).glob("*") if p.name.endswith(_WEIGHT_SUFFIXES)]
         if files and not any(f".{variant}." in name or f".{variant}-" in name for name in files):
             raise ModelLoadError(
-                f"{what}: '{folder / part}' has no '{variant}' variant of its weights (it has {', '.join(sorted(files))}); "
+                f"{what}: '{folder / part}' has no '{variant}' variant of its weights (it has "
+                f"{', '.join(sorted(files))}); "
                 f"drop `variant: {variant}` (or set it to null) to load these.")
 
 

@@ -89,7 +89,8 @@ def write_failure(err: OSError, what: str, kept: str = "this edit is not counted
     full = err.errno in (errno.ENOSPC, errno.EDQUOT)
     fix = ("free disk space (or give --model.output_dir on another disk)" if full else
            "check that the folder is writable (or give another --model.output_dir)")
-    return f"{what} ({err.strerror or err}); finished edits are kept and {kept}: {fix}, then run the same command again."
+    return (f"{what} ({err.strerror or err}); finished edits are kept and {kept}: {fix}, then run the same command "
+            f"again.")
 
 
 def finished_record(output_dir: Path, request, settings: str, overwrite: bool, seed: Optional[int] = None,

@@ -246,7 +246,8 @@ def test_invalid_yaml_is_one_line_with_its_line_and_column(tmp_path):
     with pytest.raises(ManifestError, match="not valid YAML") as err:
         load_manifest(_yaml(tmp_path / "m.yaml", "- image: [a.png\n  source_prompt: x\n"))
     message = str(err.value)
-    assert f"{tmp_path / 'm.yaml'}:2:16: not valid YAML: expected ',' or ']'" in message and "\n" not in message, message
+    assert f"{tmp_path / 'm.yaml'}:2:16: not valid YAML: expected ',' or ']'" in message, message
+    assert "\n" not in message
 
 
 def test_invalid_jsonl_names_the_line(tmp_path):

@@ -97,15 +97,17 @@ def test_sdxl_and_sd3_folders_are_refused_naming_their_family(sdxl_dirs, sd3_dir
         assert "this project runs SD 1.x" in message and "incomplete" not in message and "\n" not in message
 
 
-def test_the_cli_refuses_an_sdxl_checkpoint_with_its_controlnet_in_one_line(tmp_path, sdxl_dirs, manifest, capsys,
-                                                                           no_weights):
-    config = write_config(tmp_path / "xl.yaml", {**sdxl_dirs, "scribble": sdxl_dirs["pose"]}, manifest,
-                          tmp_path / "out")
+@pytest.mark.parametrize("family", ["SDXL", "SD3"])
+def test_the_cli_refuses_a_checkpoint_of_another_family_in_one_line(tmp_path, sdxl_dirs, sd3_dir, tiny_dirs, manifest,
+                                                                   capsys, no_weights, family):
+    # SDXL with its own SDXL ControlNet (the pair that used to load and fail mid-edit); SD3 with an SD 1.x one.
+    dirs = sdxl_dirs if family == "SDXL" else {"sd": sd3_dir, "pose": tiny_dirs["pose"]}
+    config = write_config(tmp_path / "other.yaml", dirs, manifest, tmp_path / "out")
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), *FAST])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) <= 2 and lines[-1].startswith("error: ") and "is SDXL" in lines[-1], lines
+    assert len(lines) <= 2 and lines[-1].startswith("error: ") and f"is {family} (" in lines[-1], lines
     assert not (tmp_path / "out" / "text").exists()
 
 

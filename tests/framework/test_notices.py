@@ -35,7 +35,8 @@ def test_a_request_far_from_the_models_size_gets_one_note_with_the_size_and_the_
     assert "'s24' at 24x24 px" in text and "'s144' at 144x144 px" in text and "--data.resolution 64" in text
     assert "data.resolution unset" in text
     # data.resolution decides the size used: 512 is far from 64 even for a 64 px input, 100 is not.
-    with pytest.warns(EditNote, match=r"data.resolution 512\): 's24' at 512x512 px, 's40' at 512x512 px, 's64' at 512x512 px and 2 more"):
+    shown = r"data.resolution 512\): 's24' at 512x512 px, 's40' at 512x512 px, 's64' at 512x512 px and 2 more"
+    with pytest.warns(EditNote, match=shown):
         assert "s64" in size_notice(backbone, specs, resolution=512)
     assert size_notice(backbone, specs, resolution=100) == []
 

@@ -266,7 +266,8 @@ def test_non_finite_latents_stop_that_edit_and_the_rest_continue(tmp_path, tiny_
         main(["fit", "--config", str(config), *FAST])
     finally:
         sys.path.remove(str(tmp_path))
-    assert any(line.startswith("warning: ") and "NaN/inf latents" in line for line in capsys.readouterr().err.splitlines())
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("warning: ") and "NaN/inf latents" in line for line in err)
     assert "NaN/inf" in json.loads((out / "text" / "error.json").read_text())["error"]
     assert (out / "pose" / "edit.png").exists()
     totals = _summary(out)["totals"]
