@@ -86,7 +86,7 @@ class OutputLock:
 
 def write_failure(err: OSError, what: str, kept: str = "this edit is not counted as finished") -> str:
     """One line for a file that could not be written: what, why, and the fix (a full disk, a quota, permissions)."""
-    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # EDQUOT: a quota; not on Windows
     fix = ("free disk space (or give --model.output_dir on another disk)" if full else
            "check that the folder is writable (or give another --model.output_dir)")
     return (f"{what} ({err.strerror or err}); finished edits are kept and {kept}: {fix}, then run the same command "
