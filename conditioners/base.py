@@ -121,7 +121,7 @@ class LayoutConditioner(Conditioner):
         """
         super().__init__()
         from framework.errors import ConfigError
-        from framework.models import resolve_pretrained
+        from framework.models import check_family, check_variant, resolve_pretrained
 
         if not 0 <= start <= end <= 1:
             raise ConfigError(f"{self.kind} '{modality}': need 0 <= start <= end <= 1, got start={start}, end={end}.")
@@ -131,6 +131,8 @@ class LayoutConditioner(Conditioner):
         self.start, self.end = start, end
         self.revision, self.variant, self.allow_pickle = revision, variant, allow_pickle
         self._source = resolve_pretrained(pretrained, f"{self.kind} '{modality}'", None, revision)
+        check_family(pretrained, f"{self.kind} '{modality}'", revision)  # from its config, before any weights load
+        check_variant(pretrained, variant, f"{self.kind} '{modality}'")
 
     def _folder(self, builtin_kind: str) -> str:
         from framework.models import BUILTIN_PREFIX, builtin_folder

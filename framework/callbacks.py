@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +16,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger  # a plain class: wandb itself is imported on first use
 
-from framework.errors import EditError
+from framework.errors import EditError, warn
 from framework.outputs import EditResult, mask_overlay, save_json, save_png, to_pil
 
 STAGE_SECONDS = ("encode", "inversion", "mask", "guidance", "final", "decode", "total")
@@ -148,14 +147,52 @@ class StopRequested(EditError):
     exit_code = 143  # 128 + SIGTERM, what a scheduler expects of a process it terminated
 
 
+# The layers at whose start a stop request is checked: a UNet / ControlNet / VAE block, a transformer block or an
+# attention. One UNet call on a large image is itself minutes on a CPU (1024 px through the toy model), and the mask
+# stage makes dozens of calls between two DDIM steps; a layer is at most seconds.
+_STOP_POINTS = ("Block2D", "Block", "Attention", "Transformer2DModel")
+
+
 class RunGuard(Callback):
-    """A run that stops early stays usable: on SIGTERM it stops within one DDIM step (the edit in flight is
-    dropped, the finished ones are kept), and when a run stops for any reason summary.json, index.html and
-    the contact sheet are written for the edits it made, so they never describe an older run.
+    """A run that stops early stays usable: on SIGTERM it stops within seconds, at the next layer of any network
+    (the edit in flight is dropped, the finished ones are kept), and when a run stops for any reason summary.json,
+    index.html and the contact sheet are written for the edits it made, so they never describe an older run.
 
     Lightning's own SIGTERM handler sets `trainer.received_sigterm` and stops only after the current batch,
     which here is a whole edit (minutes on a large image: longer than a scheduler's grace period).
     """
+
+    def __init__(self) -> None:
+        self._hooks: list = []
+
+    def _watch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Check for a stop request at the start of every block and attention layer of the run's networks."""
+        self._unwatch()
+        networks = [getattr(pl_module.backbone, name, None) for name in ("unet", "vae")] if hasattr(
+            pl_module, "backbone") else []
+        networks += list(getattr(pl_module, "conditioners", []))
+        check = lambda module, args: self._check(trainer, pl_module, during=True)  # noqa: E731
+        for network in networks:
+            if isinstance(network, torch.nn.Module):
+                self._hooks += [m.register_forward_pre_hook(check) for m in network.modules()
+                                if type(m).__name__.endswith(_STOP_POINTS)]
+
+    def _unwatch(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._watch(trainer, pl_module)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._watch(trainer, pl_module)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._watch(trainer, pl_module)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._unwatch()  # the module may be used outside a run afterwards (a notebook, the demo)
 
     def _check(self, trainer: Trainer, pl_module: LightningModule, during: bool) -> None:
         if not getattr(trainer, "received_sigterm", False):
@@ -189,7 +226,7 @@ class RunGuard(Callback):
             summary["stopped"] = f"{type(exception).__name__}: {exception}"  # why it is shorter than its manifest
             save_json(summary, path)
         except Exception as err:  # noqa: BLE001 - never hide the exception that stopped the run
-            warnings.warn(f"could not write the summary of the stopped run: {err}", stacklevel=2)
+            warn(f"could not write the summary of the stopped run: {err}")
 
 
 class LatentPreview(Callback):

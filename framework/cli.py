@@ -17,11 +17,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from framework.callbacks import RunGuard, StopRequested, WandbEditLogger
-from framework.cli_messages import check_yaml_files, config_files, explain, settings_help
+from framework.cli_messages import WarningLines, check_yaml_files, config_files, explain, settings_help
 from framework.data import EditDataModule
-from framework.errors import ConfigError, edit_error_in
+from framework.errors import ConfigError, edit_error_in, note
 from framework.module import EditModule
 from framework.preflight import after_load
+from framework.records import OutputLock
 from framework.threads import apply_cpu_threads
 
 # Field docstrings of the settings dataclasses become their --help text (LitGPT style).
@@ -121,6 +122,21 @@ class EditSaveConfig(SaveConfigCallback):
     """Writes config.yaml (Lightning's behaviour) and logs the resolved config and the settings digest to
     every W&B logger of the run, so runs can be compared and filtered on the dashboard."""
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.loggers or self.already_saved:
+            return super().setup(trainer, pl_module, stage)
+        # No logger (`--trainer.logger false`): Lightning's log dir falls back to the working directory, where a
+        # run must write nothing; the config goes with the run's edits instead.
+        folder = getattr(pl_module, "output_dir", None)
+        if folder is not None and trainer.is_global_zero:
+            self.parser.save(self.config, str(Path(folder) / self.config_filename), skip_none=False, overwrite=True,
+                             multifile=self.multifile)
+        self.save_to_log_dir = False
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            self.save_to_log_dir = True
+
     def save_config(self, trainer, pl_module, stage: str) -> None:
         from framework.callbacks import wandb_loggers
 
@@ -151,9 +167,18 @@ class EditCLI(LightningCLI):
                             help="Torch intra-op threads of a CPU run. null: OMP_NUM_THREADS if set, else the "
                                  "cores not already busy (framework.threads; 1 on a saturated machine).")
 
+    warning_lines: Optional[WarningLines] = None  # set by `main`: where the run's warnings go
+    output_lock: Optional[OutputLock] = None  # held by the run's first process until `main` ends
+
     def _prepare_run(self) -> None:
-        """Before the Trainer starts (and a W&B run is created): load the weights, which checks every
-        conditioner against the UNet, then the checks that need the tokenizer."""
+        """Before the Trainer starts (and a W&B run is created): lock the output folder against a second run, load
+        the weights, which checks every conditioner against the UNet, then the checks that need the tokenizer."""
+        output_dir = getattr(self.model, "output_dir", None)
+        rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+        if output_dir is not None and rank == 0 and EditCLI.output_lock is None:  # other ranks are this same run
+            EditCLI.output_lock = OutputLock(output_dir).acquire()
+        if self.warning_lines is not None and output_dir is not None:
+            self.warning_lines.open_log(output_dir)
         if hasattr(self.model, "load_weights"):
             self.model.load_weights()
             after_load(self.model, self.datamodule)
@@ -188,8 +213,8 @@ class EditCLI(LightningCLI):
         if _uses_wandb(logger):
             if not os.environ.get("WANDB_MODE") and not _wandb_key_available():
                 os.environ["WANDB_MODE"] = "offline"
-                print("W&B: no API key found, logging offline (sync later with `wandb sync`). "
-                      "Set WANDB_API_KEY to log online, WANDB_MODE=disabled to turn it off.", file=sys.stderr)
+                note("W&B: no API key found, logging offline (sync later with `wandb sync`). "
+                     "Set WANDB_API_KEY to log online, WANDB_MODE=disabled to turn it off.")
             for item in logger if isinstance(logger, list) else [logger]:
                 save_dir = getattr(item, "init_args", None) and item.init_args.get("save_dir")
                 if save_dir:
@@ -225,24 +250,42 @@ def main(args=None) -> None:
     quiet_libraries()
     argv = list(sys.argv[1:] if args is None else args)
     EditArgumentParser.command_line = argv
+    with WarningLines() as lines:
+        EditCLI.warning_lines = lines
+        try:
+            _run(argv, args, lines)
+        finally:
+            EditCLI.warning_lines = None
+            if EditCLI.output_lock is not None:
+                EditCLI.output_lock.release()
+                EditCLI.output_lock = None
+            _finish_wandb()
+
+
+def _run(argv: list[str], args, lines: WarningLines) -> None:
+    """The command itself; the project's errors and stops become one line (also in the run's log)."""
     try:
         check_yaml_files(config_files(argv))
         _group_help(argv)
         EditCLI(args=args)
     except Exception as err:  # noqa: BLE001 - re-raised unless it is one of ours
         if isinstance(err, SIGTERMException):  # Lightning's own stop, after an edit finished
-            print("stopped: SIGTERM received after an edit; run the same command again to resume.", file=sys.stderr)
+            _say("stopped: SIGTERM received after an edit; run the same command again to resume.", lines)
             raise SystemExit(StopRequested.exit_code) from None
         edit_error = edit_error_in(err)
         if edit_error is None:
             raise
         if isinstance(edit_error, StopRequested):
-            print(f"stopped: {edit_error}", file=sys.stderr)
+            _say(f"stopped: {edit_error}", lines)
             raise SystemExit(StopRequested.exit_code) from None
-        print(f"error: {edit_error}", file=sys.stderr)
+        _say(f"error: {edit_error}", lines)
         raise SystemExit(2) from None
-    finally:
-        _finish_wandb()
+
+
+def _say(text: str, lines: WarningLines) -> None:
+    print(text, file=sys.stderr)
+    if lines.log_path is not None:  # the run got far enough to have a log: it ends with why it stopped
+        lines.record(text)
 
 
 def _group_help(argv: list[str]) -> None:

@@ -12,13 +12,17 @@ import difflib
 import importlib
 import inspect
 import re
+import sys
+import time
 import typing
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from framework.errors import ConfigError
+from framework.data import yaml_problem
+from framework.errors import ConfigError, EditNote, EditWarning
 
 _KEY = re.compile(r'Parser key "([^"]+)":')
 _CLASS = re.compile(r"Problem with given class_path '([^']+)':")
@@ -31,6 +35,62 @@ _EXPECTED = re.compile(r"Expected a (.+)")
 _GIVEN = re.compile(r"Given value: (.+)")
 _STRUCTURE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
               "Expected a path but")
+
+
+# ------------------------------------------------------------------------------ warnings
+class WarningLines:
+    """While the CLI runs: each of the project's warnings (EditWarning) is one `warning: ...` (or `note: ...`) line
+    on stderr, without Python's file path and source echo, and is appended to the run's log, `<output_dir>/run.log`,
+    once the output folder is known (`open_log`); lines from before that are kept and written then. Other code's
+    warnings pass on to the handler that was there before, unchanged."""
+
+    def __init__(self) -> None:
+        self.log_path: Optional[Path] = None
+        self.pending: list[str] = []
+        self._catch = warnings.catch_warnings()
+        self._previous = warnings.showwarning
+
+    def __enter__(self) -> "WarningLines":
+        self._catch.__enter__()  # restores the filters and the handler on exit (the CLI may run in a test process)
+        self._previous = warnings.showwarning
+        warnings.showwarning = self.show
+        # Each is said once per request or run already; Python's once-per-source-line registry would hide the
+        # same line from a second run in one process.
+        warnings.simplefilter("always", EditWarning)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._catch.__exit__(*exc)
+
+    def show(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if not issubclass(category, EditWarning):
+            self._previous(message, category, filename, lineno, file, line)
+            return
+        text = f"{'note' if issubclass(category, EditNote) else 'warning'}: {' '.join(str(message).split())}"
+        sys.stderr.write(text + "\n")
+        self.record(text)
+
+    def record(self, text: str) -> None:
+        """Append one line (time-stamped) to the run's log, or keep it until the log is opened."""
+        stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
+        if self.log_path is None:
+            self.pending.append(stamped)
+        else:
+            self._write([stamped])
+
+    def _write(self, lines: list[str]) -> None:
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as log:
+                log.writelines(line + "\n" for line in lines)
+        except OSError:
+            pass  # a log that cannot be written must not stop the edits; the lines are on stderr already
+
+    def open_log(self, folder: Path) -> None:
+        """Start writing to `<folder>/run.log` (appending: a resumed run's lines follow the earlier run's)."""
+        self.log_path = Path(folder) / "run.log"
+        pending, self.pending = self.pending, []
+        if pending:
+            self._write(pending)
 
 
 # ------------------------------------------------------------------------------ YAML files
@@ -52,16 +112,8 @@ def check_yaml_files(files: list[Path]) -> None:
             continue  # jsonargparse names a missing file itself
         try:
             yaml.safe_load(path.read_text())
-        except yaml.MarkedYAMLError as err:
-            mark = err.problem_mark or err.context_mark
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            context = ""
-            if err.context and err.problem:
-                start = f" started at line {err.context_mark.line + 1}" if err.context_mark else ""
-                context = f" ({err.context}{start})"
-            raise ConfigError(f"{where}: not valid YAML: {err.problem or err.context}{context}.") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}.") from None
+            raise ConfigError(yaml_problem(path, err)) from None
 
 
 # ------------------------------------------------------------------------- names and places

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from framework.captioning import Captioner
 from framework.config import check_lam_setting
-from framework.errors import ManifestError
+from framework.errors import ManifestError, note
 from framework.preprocess import MapSpec, existing_file as _path, parse_map_spec
 
 FIELDS = {
@@ -90,6 +90,19 @@ class EditRequest:
                            self.extra, self.index)
 
 
+def yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    """One line for a YAML parse error: 'file:line:column: not valid YAML: problem (context started at line N).'"""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return f"{path}: not valid YAML: {' '.join(str(err).split())}."
+    mark = err.problem_mark or err.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    context = ""
+    if err.context and err.problem:
+        start = f" started at line {err.context_mark.line + 1}" if err.context_mark else ""
+        context = f" ({err.context}{start})"
+    return f"{where}: not valid YAML: {err.problem or err.context}{context}."
+
+
 def _read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise ManifestError(f"manifest '{path}' does not exist; give the path of a .yaml or .jsonl manifest.")
@@ -101,14 +114,14 @@ def _read_rows(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ManifestError(f"{path}:{n}: not valid JSON ({err}).") from err
+                    raise ManifestError(f"manifest {path}:{n}:{err.colno}: not valid JSON ({err.msg}).") from err
         return rows
     if path.suffix not in (".yaml", ".yml"):
         raise ManifestError(f"manifest '{path}': use a .yaml/.yml or .jsonl file.")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ManifestError(f"manifest '{path}' is not valid YAML: {err}") from err
+        raise ManifestError(f"manifest {yaml_problem(path, err)}") from err
     rows = data.get("requests") if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise ManifestError(f"manifest '{path}': expected a list of requests (or a 'requests:' list).")
@@ -186,20 +199,32 @@ def load_manifest(path: str | Path, annotators: Optional[str | Path] = None,
     return specs
 
 
-def open_image(path: Path, mode: str = "RGB") -> Image.Image:
-    """Open an image with EXIF orientation applied, as RGB (or L); 16-bit and alpha handled."""
+ALPHA_BACKGROUND = (255, 255, 255)  # what shows through transparent pixels: white, as a browser shows them
+
+
+def open_image(path: Path, mode: str = "RGB", what: str = "image", request: Optional[str] = None) -> Image.Image:
+    """Open an image with EXIF orientation applied, as RGB (or L); 16-bit and alpha handled.
+
+    `what` names the file in errors ('image', 'mask', 'pose map' ...); with `request` (its id), errors name the
+    request and an input with transparency gets a note saying what it was composited onto."""
+    of = f"request '{request}': " if request is not None else ""
     try:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ManifestError(f"image '{path}' cannot be read ({err}); re-save it as PNG or JPEG.") from err
+        raise ManifestError(f"{of}{what} '{path}' cannot be read ({err}); re-save it as PNG or JPEG.") from err
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(np.round(arr / 257), 0, 255).astype(np.uint8))  # 16-bit -> 8-bit
     if img.mode in ("RGBA", "LA", "P"):
         img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        alpha = np.asarray(img.getchannel("A"))
+        if request is not None and alpha.min() < 255:
+            note(f"request '{request}': {what} '{path}' is transparent in {np.mean(alpha < 255):.0%} of its pixels "
+                 f"(mean alpha {alpha.mean() / 255:.2f}); composited onto white, which lightens it. Save it without "
+                 f"an alpha channel, on the background you want, to edit it as you see it.")
+        background = Image.new("RGBA", img.size, (*ALPHA_BACKGROUND, 255))
         img = Image.alpha_composite(background, img)
     return img.convert(mode)
 
@@ -268,11 +293,11 @@ def load_aligned(path: Path | MapSpec, size: tuple[int, int], image_size: tuple[
 def check_request(spec: RequestSpec, resolution: Optional[int]) -> None:
     """Open every file of a request (decoding each in full) and check sizes and aspects, without loading
     any model: what `load_request` would refuse, found before the run starts."""
-    img = open_image(spec.image)
+    img = open_image(spec.image, request=spec.id)
     _, cropped = target_size(img.width, img.height, resolution)
     if min(cropped) < 8:
-        raise ManifestError(f"image '{spec.image}' is {img.width}x{img.height}: sides under 8 pixels; "
-                            f"set a resolution.")
+        raise ManifestError(f"request '{spec.id}': image '{spec.image}' is {img.width}x{img.height}: sides under 8 "
+                            f"pixels; set a resolution.")
     files = [(f"{side} {k} map", p) for side, maps in (("source", spec.source), ("edit", spec.edit))
              for k, p in maps.items()]
     files += [("mask", spec.mask)] if spec.mask else []
@@ -280,9 +305,10 @@ def check_request(spec: RequestSpec, resolution: Optional[int]) -> None:
         if isinstance(path, MapSpec):  # made when the request is loaded; its photo must be readable now
             photo = getattr(path, "image", None)
             if photo is not None:
-                _check_aspect(open_image(photo).size, img.size, what, path)
+                _check_aspect(open_image(photo, what=f"{what} photo", request=spec.id).size, img.size, what, path)
             continue
-        _check_aspect(open_image(path, "L" if what == "mask" else "RGB").size, img.size, what, path)
+        opened = open_image(path, "L" if what == "mask" else "RGB", what=what, request=spec.id)
+        _check_aspect(opened.size, img.size, what, path)
 
 
 def has_edit_condition(spec: RequestSpec) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from framework.errors import ConfigError
+from framework.errors import ConfigError, warn
 
 _VERSION = 1
 # Sampling settings the mask does not read (it decodes from its own strength, under C_0 and C_EDIT).
@@ -113,17 +113,47 @@ class MaskCache:
         return self.folder / f"{key}.pt"
 
     def get(self, key: str) -> torch.Tensor | None:
-        """The stored soft map (h, w), or None when it is absent or unreadable."""
+        """The stored soft map (h, w), or None when it is absent or damaged (said in one warning line; the caller
+        recomputes it and `put` replaces the entry)."""
         path = self.path(key)
         if not path.is_file():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)["soft"]
-        except Exception:  # a truncated or foreign file: recompute and overwrite it
-            return None
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            soft = entry["soft"]
+            problem = _damage(soft, entry.get("sha256"))
+        except Exception as err:  # noqa: BLE001 - a truncated, emptied or foreign file: whatever torch raises
+            problem = f"unreadable ({type(err).__name__})"
+        if problem is None:
+            return soft
+        warn(f"mask cache entry '{path}' is {problem}: recomputing the mask and replacing the entry.")
+        return None
 
     def put(self, key: str, soft: torch.Tensor) -> None:
+        """Store a soft map, written to a temporary file and renamed, so a reader never sees half of one; a disk
+        that cannot take it costs the cache, not the edit."""
         path = self.path(key)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({"soft": soft.detach().float().cpu()}, tmp)
-        os.replace(tmp, path)
+        soft = soft.detach().float().cpu().contiguous()
+        try:
+            torch.save({"soft": soft, "sha256": _checksum(soft)}, tmp)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            warn(f"mask cache entry '{path}' could not be written ({err.strerror or err}); the edit goes on "
+                 "without caching its mask.")
+
+
+def _checksum(soft: torch.Tensor) -> str:
+    return hashlib.sha256(soft.numpy().tobytes()).hexdigest()
+
+
+def _damage(soft: Any, checksum: str | None) -> str | None:
+    """What is wrong with a stored soft map, or None. Entries written before the checksum have none to compare."""
+    if not isinstance(soft, torch.Tensor) or soft.ndim != 2 or soft.dtype != torch.float32:
+        return "not a soft mask (h, w)"
+    if checksum is not None and _checksum(soft.contiguous()) != checksum:
+        return "damaged (its values do not match its checksum)"
+    if not torch.isfinite(soft).all():
+        return "damaged (non-finite values)"
+    return None

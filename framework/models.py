@@ -206,6 +206,107 @@ def _toyworld_part(kind: str, modality: Optional[str]) -> Path:
     return folder
 
 
+# ------------------------------------------------------------------------------ model families
+RUNS = "SD 1.x"  # what the backbone runs today, for messages
+# diffusers class names (a pipeline's, in model_index.json; a model's, in config.json) -> the family, for the
+# families the backbone cannot run yet. Checked by prefix, so img2img, inpaint and ControlNet pipelines count too.
+_OTHER_FAMILIES = (
+    ("StableDiffusionXL", "SDXL"), ("StableDiffusion3", "SD3"), ("SD3", "SD3"), ("Flux", "FLUX"),
+    ("StableCascade", "Stable Cascade"), ("Wuerstchen", "Wuerstchen"), ("Kandinsky", "Kandinsky"),
+    ("PixArt", "PixArt"), ("Sana", "Sana"), ("HunyuanDiT", "Hunyuan-DiT"), ("AuraFlow", "AuraFlow"),
+    ("Lumina", "Lumina"), ("CogView", "CogView"), ("IF", "DeepFloyd IF"), ("StableDiffusionUpscale", "SD x4 upscaler"),
+    ("StableDiffusionLatentUpscale", "SD latent upscaler"), ("QwenImage", "Qwen-Image"),
+    ("HiDream", "HiDream"), ("Chroma", "Chroma"), ("StableVideoDiffusion", "Stable Video Diffusion"),
+)
+
+
+def class_family(class_name: Optional[str]) -> Optional[str]:
+    """The family a diffusers class name belongs to when the backbone cannot run it; None when it can (or when
+    the name says nothing: an SD 1.x/2.x pipeline, UNet or ControlNet)."""
+    name = class_name or ""
+    for prefix, family in _OTHER_FAMILIES:
+        if name.startswith(prefix) and (prefix != "IF" or name[2:3].isupper()):  # IFPipeline, not e.g. "IFoo"
+            return family
+    return None
+
+
+def config_family(config: dict) -> Optional[str]:
+    """`class_family` of a model's config.json, or 'SDXL' for a UNet / ControlNet with SDXL's time embeddings or an
+    SDXL T2I-Adapter."""
+    if config.get("addition_embed_type") == "text_time" or config.get("adapter_type") == "full_adapter_xl":
+        return "SDXL"
+    return class_family(config.get("_class_name"))
+
+
+def _read_json(path: Optional[str]) -> Optional[dict]:
+    import json
+
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None  # an unreadable index is the loader's to report, with its own message
+    return data if isinstance(data, dict) else None
+
+
+def checkpoint_file(pretrained: str, filename: str, revision: Optional[str] = None) -> Optional[str]:
+    """The local path of `filename` in a local folder or in the Hugging Face cache of a hub id, or None; nothing
+    is downloaded."""
+    if pretrained.startswith(BUILTIN_PREFIX):
+        return None
+    folder = Path(pretrained).expanduser()
+    if folder.is_dir():
+        return str(folder / filename) if (folder / filename).is_file() else None
+    if not _looks_like_hub_id(pretrained):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(pretrained, filename, revision=revision)
+    return found if isinstance(found, str) else None
+
+
+def check_family(pretrained: str, what: str, revision: Optional[str] = None, subfolder: Optional[str] = None) -> None:
+    """Refuse, in one line and before any weights load, a checkpoint of a family the backbone cannot run yet.
+
+    Read from the pipeline's model_index.json (its `_class_name`) and the UNet's or model's config.json."""
+    index = _read_json(checkpoint_file(pretrained, "model_index.json", revision))
+    config_name = f"{subfolder}/config.json" if subfolder else "config.json"
+    config = _read_json(checkpoint_file(pretrained, config_name, revision))
+    found, source = None, None
+    if index is not None:
+        found, source = class_family(index.get("_class_name")), f"{index.get('_class_name')} in its model_index.json"
+        if found is None and "transformer" in index and "unet" not in index:
+            found, source = "a transformer (DiT) model", "a `transformer` and no `unet` in its model_index.json"
+    if found is None and config is not None:
+        found = config_family(config)
+        source = (f"{config.get('_class_name')} in its {config_name}" if class_family(config.get("_class_name"))
+                  else f"adapter_type 'full_adapter_xl' in its {config_name}" if "adapter_type" in config
+                  else f"addition_embed_type 'text_time' in its {config_name}")
+    if found is not None:
+        raise ModelLoadError(f"{what}: '{pretrained}' is {found} ({source}); this project runs {RUNS} "
+                             f"checkpoints (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5 and its ControlNets): "
+                             f"point `pretrained` at one of those.")
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pth", ".pt")
+
+
+def check_variant(pretrained: str, variant: Optional[str], what: str, parts: tuple[str, ...] = ("",)) -> None:
+    """In a local folder, `variant` (e.g. 'fp16') must name weights that exist: diffusers' own error for a missing
+    variant reads like a missing checkpoint, while the fix is to drop the setting."""
+    folder = Path(pretrained).expanduser()
+    if not variant or pretrained.startswith(BUILTIN_PREFIX) or not folder.is_dir():
+        return
+    for part in parts:
+        files = [p.name for p in (folder / part).glob("*") if p.name.endswith(_WEIGHT_SUFFIXES)]
+        if files and not any(f".{variant}." in name or f".{variant}-" in name for name in files):
+            raise ModelLoadError(
+                f"{what}: '{folder / part}' has no '{variant}' variant of its weights (it has "
+                f"{', '.join(sorted(files))}); "
+                f"drop `variant: {variant}` (or set it to null) to load these.")
+
+
 _SD_PARTS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
              "tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
 
@@ -288,7 +389,9 @@ class StableDiffusion(nn.Module):
             raise ConfigError(f"vae_tile_size must be a multiple of 8 pixels (>= 8), got {vae_tile_size}; "
                               f"use e.g. 512, or null for the VAE's own sample size.")
         self.vae_tile_size = vae_tile_size
-        _check_sd_folder(pretrained)  # first: a missing unet/ is an incomplete folder, like a missing vae/
+        check_family(pretrained, "Stable Diffusion", revision, "unet")  # first: an SD3 folder has no unet/ at all
+        _check_sd_folder(pretrained)  # then: a missing unet/ is an incomplete folder, like a missing vae/
+        check_variant(pretrained, variant, "Stable Diffusion", ("unet", "vae", "text_encoder"))
         self._source = resolve_pretrained(pretrained, "Stable Diffusion", "unet", revision)
         self.vae_source = vae
         if vae is not None and not vae.startswith(BUILTIN_PREFIX) and not _looks_like_hub_id(vae) \
@@ -392,7 +495,16 @@ class StableDiffusion(nn.Module):
         limit = self.tokenizer.model_max_length
         if len(ids) <= limit:
             return None
-        return self.tokenizer.decode(ids[1:limit - 1], skip_special_tokens=True)
+        kept = ids[1:limit - 1]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        # CLIP's tokens are bytes: the cut can split a character of several bytes (Japanese, accents, emoji),
+        # which decodes to U+FFFD; drop the tokens of that partial character (at most 3 bytes).
+        for _ in range(3):
+            if not text.endswith("\ufffd") or "\ufffd" in prompt or not kept:
+                break
+            kept = kept[:-1]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return text
 
     def train(self, mode: bool = True) -> "StableDiffusion":
         """The backbone is frozen: it stays in eval mode whatever the Trainer asks."""

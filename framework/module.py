@@ -8,7 +8,6 @@ earlier run finished, scores and writes each edit, and writes the run's summary 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, replace
 from typing import Any, Callable, Iterable, Literal, Optional, Union
 
@@ -22,14 +21,14 @@ from framework.config import (
 )
 from framework.data import EditRequest
 from framework.engine import EditEngine, EditState, NonFiniteLatents, Sides
-from framework.errors import ConfigError, EditError
+from framework.errors import ConfigError, EditError, note, warn
 from framework.inversion import DDIMInversion, Inversion
 from framework.ito import OptimizerFactory, default_optimizer
 from framework.mask_cache import plain_fields, request_digest, settings_digest
 from framework.metrics import EditMetric
 from framework.models import StableDiffusion
 from framework.outputs import EditResult, read_edit, save_json, write_edit
-from framework.records import finished_record, write_summary, writable_folder
+from framework.records import finished_record, write_failure, write_summary, writable_folder
 from framework.stages import (
     Decoder, NoMask, GuidanceGenerator, ITODecode, MaskEstimator, NoiseDifferenceMask, NoiseEncodedGuidance,
 )
@@ -177,10 +176,24 @@ class EditModule(pl.LightningModule):
             self._settings = settings_digest(self.deciding_parameters(), self.backbone, *self.conditioners)
         return self._settings
 
+    def weights_digest(self) -> str:
+        """A digest of the weights alone (part of `settings_digest`): a resumed run tells a checkpoint changed at
+        the same path from other settings by it."""
+        return settings_digest({}, self.backbone, *self.conditioners)
+
+    def _requests_seed_themselves(self) -> bool:
+        """Whether every request of the run's data carries its own seed (False when the data is not known)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        specs = [s for s in getattr(datamodule, "specs", None) or [] if s is not None]
+        return bool(specs) and all(getattr(s, "seed", None) is not None for s in specs)
+
     def deciding_parameters(self) -> dict[str, Any]:
         """`resolved_parameters` less what cannot change this method's edits: the memory options, and the
         settings of stages its decoder does not run (a DiffEdit run resumes after ITO's defaults change)."""
-        unused = {"memory"}
+        # model.seed changes no edit when every request of the run carries its own seed: then it is left out, so
+        # `--model.seed` there does not make a rerun into the same folder "other settings". (Each edit's own seed
+        # is in its record and checked on resume either way: `finished_record`.)
+        unused = {"memory", "seed"} if self._requests_seed_themselves() else {"memory"}
         if not self.decoder.uses_ito:
             unused |= {"ito", "losses", "optimizer", "lam", "auto_lam"}
         if not self.decoder.uses_guidance:
@@ -230,6 +243,7 @@ class EditModule(pl.LightningModule):
         engine.guidance_generator, engine.decoder = self.guidance_generator, self.decoder
         result = engine.edit(request, setting, seed, self.auto_lam)
         result.record.update({"method": self.method_name(), "settings": self.settings_digest(),
+                              "weights": self.weights_digest(),
                               "inputs": request_digest(request), **self._prompts_used(request),
                               **({"extra": request.extra} if request.extra else {})})
         return result
@@ -283,7 +297,9 @@ class EditModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------ Lightning steps
     def _finished(self, request: EditRequest) -> Optional[dict[str, Any]]:
-        return finished_record(self.output_dir, request, self.settings_digest(), self.overwrite)
+        seed = self.seed if request.seed is None else request.seed
+        return finished_record(self.output_dir, request, self.settings_digest(), self.overwrite, seed=seed,
+                               weights=self.weights_digest())
 
     def _run(self, request: Optional[EditRequest]) -> dict[str, Any]:
         if request is None:  # padding of a shard: this process has no edit at this step
@@ -297,6 +313,9 @@ class EditModule(pl.LightningModule):
                     scores.update(metric.resume(result, request, done.get("metrics", {})))
                 if scores:
                     done["metrics"] = scores
+            if not any(r.get("resumed") for r in self.records):  # said once per run, at its first resumed edit
+                note(f"resuming: edits finished earlier in {self.output_dir} with this run's settings and inputs "
+                     f"(first: '{request.id}') are kept, not edited again; --model.overwrite true edits them again.")
             self.records.append(dict(done, resumed=True))
             return {}
         for stale in (self.output_dir / request.id).glob(".*"):  # temporaries of an interrupted write
@@ -306,7 +325,7 @@ class EditModule(pl.LightningModule):
         except torch.cuda.OutOfMemoryError as err:
             raise EditError(f"Edit '{request.id}': {OOM_HINT} ({err})") from None
         except NonFiniteLatents as err:
-            warnings.warn(str(err) + " Skipping this edit; the others continue.", stacklevel=2)
+            warn(str(err) + " Skipping this edit; the others continue.")
             save_json({"id": request.id, "error": str(err)}, self.output_dir / request.id / "error.json")
             self.records.append({"id": request.id, "error": str(err)})
             return {}
@@ -317,7 +336,11 @@ class EditModule(pl.LightningModule):
             result.record["metrics"] = scores
         if scores and not self.trainer.predicting:
             self.log_dict({k: float(v) for k, v in scores.items()}, batch_size=1, on_step=True, on_epoch=False)
-        write_edit(result, self.output_dir / request.id)
+        try:
+            write_edit(result, self.output_dir / request.id)
+        except OSError as err:
+            raise EditError(write_failure(err, f"Edit '{request.id}': its files could not be written to "
+                                               f"{self.output_dir / request.id}")) from err
         self.records.append(result.record)
         if not self.trainer.predicting:  # Lightning does not log during predict
             self.log_dict({"edit/seconds": result.record["seconds"]["total"], "mask/area": result.record["mask_area"],

@@ -123,6 +123,9 @@ def write_edit(result: EditResult, folder: Path) -> dict[str, str]:
         panels.append(("guidance", files["guidance.png"]))
     panels.append(("edit", files["edit.png"]))
     files["strip.png"] = strip(panels, height=max(128, min(size[0], 256)))
+    # result.json marks the edit finished (a rerun resumes it): drop an older one before replacing the images, so a
+    # write that fails half-way (a full disk) never leaves new images under an old edit's record.
+    (folder / "result.json").unlink(missing_ok=True)
     for name, image in files.items():
         save_png(image, folder / name)
     record = dict(result.record, files=sorted(files) + ["result.json"])

@@ -8,8 +8,11 @@ the totals; with several processes, rank 0 merges theirs.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,8 +37,69 @@ def writable_folder(path: str) -> Path:
     return folder
 
 
-def finished_record(output_dir: Path, request, settings: str, overwrite: bool) -> Optional[dict[str, Any]]:
-    """The record of an edit already written by an earlier run (result.json is written last), or None."""
+class OutputLock:
+    """An exclusive lock on an output folder (`<folder>/.lock`, an OS file lock): two runs writing one folder at once
+    would edit the same requests twice and overwrite each other's summary. The OS releases it when the process ends,
+    however it ends (kill -9 included), so a `.lock` file left behind never blocks a rerun; a run that ends
+    normally removes it."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self._file = None
+
+    def acquire(self) -> "OutputLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: the folder stays unlocked, as before
+            return self
+        while True:
+            handle = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise EditError(f"output_dir '{self.path.parent}' is in use by another run ({holder}): wait for it "
+                                f"to end, or give this run its own --model.output_dir") from None
+            # The holder before us may have removed the file between our open and our lock: a lock on a removed
+            # file guards nothing, so lock the file that is there now.
+            if self.path.exists() and os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino:
+                break
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            import fcntl
+
+            self.path.unlink(missing_ok=True)  # while still held: a run waiting on it re-opens (see acquire)
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def write_failure(err: OSError, what: str, kept: str = "this edit is not counted as finished") -> str:
+    """One line for a file that could not be written: what, why, and the fix (a full disk, a quota, permissions)."""
+    full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # EDQUOT: a quota; not on Windows
+    fix = ("free disk space (or give --model.output_dir on another disk)" if full else
+           "check that the folder is writable (or give another --model.output_dir)")
+    return (f"{what} ({err.strerror or err}); finished edits are kept and {kept}: {fix}, then run the same command "
+            f"again.")
+
+
+def finished_record(output_dir: Path, request, settings: str, overwrite: bool, seed: Optional[int] = None,
+                    weights: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """The record of an edit already written by an earlier run (result.json is written last), or None.
+
+    `seed`: the seed this run would edit the request with (checked apart from `settings`, which leaves out
+    model.seed: it changes no edit whose request has its own); `weights`: the digest of this run's weights, to
+    say so when a checkpoint changed at the same path since."""
     path = output_dir / request.id / "result.json"
     if overwrite or not path.is_file():
         return None
@@ -53,6 +117,15 @@ def finished_record(output_dir: Path, request, settings: str, overwrite: bool) -
         raise EditError(f"{path.parent} holds an edit of other inputs (image, condition maps or prompts) under "
                         f"the id '{request.id}'; give this run its own model.output_dir, or set "
                         "model.overwrite: true to edit them again")
+    if record["settings"] != settings and weights is not None and record.get("weights") not in (None, weights):
+        raise EditError(f"{path.parent} holds an edit made with other settings than this run's: the model weights "
+                        "changed since (a checkpoint at the same path was retrained or replaced), so it is not this "
+                        "run's edit; give this run its own model.output_dir, or set model.overwrite: true to edit "
+                        "again with the new weights")
+    if record["settings"] == settings and seed is not None and record.get("seed", seed) != seed:
+        raise EditError(f"{path.parent} holds an edit made with other settings than this run's (seed "
+                        f"{record.get('seed')} there, {seed} here: model.seed, or the request's own `seed`); give "
+                        "this run its own model.output_dir, or set model.overwrite: true to edit again")
     if record["settings"] != settings:
         raise EditError(f"{path.parent} holds an edit made with other settings than this run's (model weights, "
                         "method, lam, sampling, mask, ITO, losses, seed or precision), which a resumed run would "
@@ -99,5 +172,9 @@ def write_summary(module) -> None:
         if not trainer.predicting:  # the run's scores also reach the loggers, as run/<key>
             for logger in module.loggers:
                 logger.log_metrics({f"run/{k}": float(v) for k, v in content["metrics"].items()})
-    save_json(content, output_dir / "summary.json")
-    write_report(output_dir, records)
+    try:
+        save_json(content, output_dir / "summary.json")
+        write_report(output_dir, records)
+    except OSError as err:
+        raise EditError(write_failure(err, f"summary.json or the report could not be written to {output_dir}",
+                                      "a rerun resumes them and writes the summary")) from err

@@ -12,7 +12,6 @@ today's YAML keys (`model.mask.threshold`, `model.ito.update_steps` ...) keep th
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from framework.ddim import ddim_decode, ddim_invert, noise_encode, seeded_noise
-from framework.errors import ConfigError, EditError
+from framework.errors import ConfigError, EditError, warn
 from framework.mask_cache import MaskCache, mask_key
 from framework.masks import binary_mask, estimate_soft_mask, gaussian_blur, mask_image_size, mask_schedule
 
@@ -52,7 +51,7 @@ def warn_degenerate(mask: torch.Tensor, request_id: str, given: bool = False, ru
 
     area = float(mask.mean())
     if area in (0.0, 1.0):
-        warnings.warn(f"Edit '{request_id}': {mask_area_hint(area, given, rule)}", stacklevel=3)
+        warn(f"Edit '{request_id}': {mask_area_hint(area, given, rule)}")
 
 
 class GivenMask(MaskEstimator):

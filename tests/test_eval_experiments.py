@@ -182,14 +182,16 @@ def test_a_refused_rerun_keeps_the_folders_run_config_and_check_writes_nothing(t
     sweep([*args, "--", *SMALL])
     config = out / "controlnet_sdedit" / "run.yaml"
     before, edits = config.read_text(), sorted(p.name for p in (out / "controlnet_sdedit").iterdir())
-    sweep([*args, "--set", "model.seed=7", "--check"])
+    change = "model.sampling.guidance_scale=5.0"  # a setting that changes pixels (the toy edits carry their own
+    sweep([*args, "--set", change, "--check"])  # seeds, so model.seed would change none and is not in the digest)
     assert config.read_text() == before and sorted(p.name for p in config.parent.iterdir()) == edits
-    with pytest.raises(SystemExit):  # the folder's edit was made with seed 0
-        sweep([*args, "--set", "model.seed=7", "--", *SMALL])
+    with pytest.raises(SystemExit):  # the folder's edit was made with CFG 7.5
+        sweep([*args, "--set", change, "--", *SMALL])
     err = capsys.readouterr().err
     assert "other settings" in err and "run.failed.yaml" in err
     assert config.read_text() == before
-    assert yaml.safe_load((config.parent / "run.failed.yaml").read_text())["model"]["init_args"]["seed"] == 7
+    failed = yaml.safe_load((config.parent / "run.failed.yaml").read_text())["model"]["init_args"]
+    assert failed["sampling"]["guidance_scale"] == 5.0
 
 
 def test_toy_diagnosis_changes_one_choice_per_run(tmp_path, tiny_dirs):

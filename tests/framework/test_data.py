@@ -242,15 +242,17 @@ def test_wrong_suffix(tmp_path, name):
     assert name in str(err.value)
 
 
-def test_invalid_yaml(tmp_path):
+def test_invalid_yaml_is_one_line_with_its_line_and_column(tmp_path):
     with pytest.raises(ManifestError, match="not valid YAML") as err:
         load_manifest(_yaml(tmp_path / "m.yaml", "- image: [a.png\n  source_prompt: x\n"))
-    assert "m.yaml" in str(err.value)
+    message = str(err.value)
+    assert f"{tmp_path / 'm.yaml'}:2:16: not valid YAML: expected ',' or ']'" in message, message
+    assert "\n" not in message
 
 
 def test_invalid_jsonl_names_the_line(tmp_path):
     path = _yaml(tmp_path / "m.jsonl", '{"image": "a.png", "source_prompt": "x"}\n{"image": \n')
-    with pytest.raises(ManifestError, match=r"m\.jsonl:2: not valid JSON"):
+    with pytest.raises(ManifestError, match=r"m\.jsonl:2:\d+: not valid JSON"):
         load_manifest(path)
 
 

@@ -77,12 +77,28 @@ def test_anything_the_mask_depends_on_makes_a_new_entry(tiny_dirs, tmp_path, req
     assert len(list(cache.glob("*.pt"))) == 7
 
 
-def test_an_unreadable_entry_is_recomputed_and_replaced(tiny_dirs, tmp_path, request_):
+def _tamper(entry):
+    stored = torch.load(entry, weights_only=True)
+    stored["soft"][0, 0] += 0.5  # a flipped value: the file still loads
+    torch.save(stored, entry)
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda entry: entry.write_bytes(b"garbage"), "is unreadable"),
+    (lambda entry: entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2]), "is unreadable"),
+    (_tamper, "values do not match its checksum"),
+])
+def test_a_damaged_entry_is_said_in_one_line_recomputed_and_replaced(tiny_dirs, tmp_path, request_, damage, said):
+    from framework.errors import EditWarning
+
     cache = tmp_path / "masks"
     reference = _module(tiny_dirs, tmp_path, cache).edit(request_)
     (entry,) = cache.glob("*.pt")
-    entry.write_bytes(b"truncated")
-    again = _module(tiny_dirs, tmp_path, cache).edit(request_)
+    damage(entry)
+    with pytest.warns(EditWarning) as warned:
+        again = _module(tiny_dirs, tmp_path, cache).edit(request_)
+    (line,) = [str(w.message) for w in warned]
+    assert said in line and str(entry) in line and "recomputing" in line and "\n" not in line
     assert again.record["mask_source"] == "estimated" and torch.equal(again.soft_mask, reference.soft_mask)
     assert _module(tiny_dirs, tmp_path, cache).edit(request_).record["mask_source"] == "cached"
 

@@ -35,12 +35,16 @@ def _summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def test_rerun_skips_finished_edits_and_overwrite_redoes_them(tmp_path, tiny_dirs, manifest):
+def test_rerun_skips_finished_edits_and_overwrite_redoes_them(tmp_path, tiny_dirs, manifest, capsys):
     out = tmp_path / "out"
     config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out)
     main(["fit", "--config", str(config), *FAST])
     stamp = (out / "pose" / "edit.png").stat().st_mtime_ns
+    capsys.readouterr()
     main(["fit", "--config", str(config), *FAST])
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: resuming")]
+    assert len(notes) == 1 and "(first: 'text')" in notes[0]  # one line per run, not one per edit
+    assert notes[0] in (out / "run.log").read_text()
     summary = _summary(out)
     assert summary["totals"]["resumed"] == 2 and summary["totals"]["edits"] == 2
     assert (out / "pose" / "edit.png").stat().st_mtime_ns == stamp
@@ -247,7 +251,7 @@ class Poison(Conditioner):
 '''
 
 
-def test_non_finite_latents_stop_that_edit_and_the_rest_continue(tmp_path, tiny_dirs, manifest):
+def test_non_finite_latents_stop_that_edit_and_the_rest_continue(tmp_path, tiny_dirs, manifest, capsys):
     (tmp_path / "poison_plugin.py").write_text(POISON)
     sys.path.insert(0, str(tmp_path))
     rows = yaml.safe_load(manifest.read_text())["requests"]
@@ -259,10 +263,11 @@ def test_non_finite_latents_stop_that_edit_and_the_rest_continue(tmp_path, tiny_
     data["model"]["init_args"]["conditioners"].append({"class_path": "poison_plugin.Poison"})
     config.write_text(yaml.safe_dump(data))
     try:
-        with pytest.warns(UserWarning, match="NaN/inf latents"):
-            main(["fit", "--config", str(config), *FAST])
+        main(["fit", "--config", str(config), *FAST])
     finally:
         sys.path.remove(str(tmp_path))
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("warning: ") and "NaN/inf latents" in line for line in err)
     assert "NaN/inf" in json.loads((out / "text" / "error.json").read_text())["error"]
     assert (out / "pose" / "edit.png").exists()
     totals = _summary(out)["totals"]
@@ -285,15 +290,17 @@ def test_out_of_memory_names_the_knobs(tmp_path, tiny_dirs, manifest, capsys, mo
 @pytest.mark.parametrize("value, message", [(0, "the given mask has no edit region: it is all black"),
                                             (255, "the given mask is all white")])
 def test_empty_or_full_given_mask_warns_with_a_hint_for_the_file_and_the_edit_proceeds(tmp_path, tiny_dirs, manifest,
-                                                                                       value, message):
+                                                                                       value, message, capsys):
     Image.fromarray(np.full((64, 64), value, np.uint8)).save(manifest.parent / "m.png")
     rows = yaml.safe_load(manifest.read_text())["requests"][:1]
     rows[0]["mask"] = "m.png"
     (manifest.parent / "m.yaml").write_text(yaml.safe_dump({"requests": rows}))
     out = tmp_path / "out"
-    with pytest.warns(UserWarning, match=message) as warned:
-        main(["fit", "--config", str(write_config(tmp_path / "e.yaml", tiny_dirs, manifest.parent / "m.yaml", out)),
-              *FAST])
-    assert not any("mask.threshold" in str(w.message) for w in warned)  # the threshold plays no part in a given mask
+    main(["fit", "--config", str(write_config(tmp_path / "e.yaml", tiny_dirs, manifest.parent / "m.yaml", out)),
+          *FAST])
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and message in warned[0]  # one line, in the CLI's form
+    assert "mask.threshold" not in warned[0]  # the threshold plays no part in a given mask
+    assert message in (out / "run.log").read_text()
     assert (out / "text" / "edit.png").exists()
     assert json.loads((out / "text" / "result.json").read_text())["mask_area"] == value / 255

@@ -32,6 +32,28 @@ class TermDuring(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class TermInUNet(Callback):
+    """Sends SIGTERM from inside the first UNet call of the mask stage of edit `edit` (between two DDIM steps: the
+    stage makes many calls per step); counts the UNet calls that finish afterwards in `after`."""
+
+    after = 0
+
+    def __init__(self, edit: str):
+        self.edit, self.sent = edit, False
+
+    def on_fit_start(self, trainer, pl_module):
+        def before(unet, args):
+            if not self.sent and pl_module.engine.request_id == self.edit and pl_module.denoiser.stage == "mask":
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def finished(unet, args, output):
+            TermInUNet.after += self.sent
+
+        pl_module.backbone.unet.register_forward_pre_hook(before)
+        pl_module.backbone.unet.register_forward_hook(finished)
+
+
 class WandbConfigProbe(Callback):
     """Writes what the run's W&B config holds at the end of the run to `path`."""
 
@@ -77,6 +99,22 @@ def test_sigterm_stops_mid_edit_keeps_finished_edits_and_a_rerun_resumes(tmp_pat
     main(["fit", "--config", str(config), *FAST])
     totals = json.loads((out / "summary.json").read_text())["totals"]
     assert (totals["edits"], totals["resumed"]) == (2, 1)
+
+
+def test_sigterm_acts_inside_a_unet_call_not_after_the_stage(tmp_path, tiny_dirs, manifest, plugin, capsys):
+    out = tmp_path / "out"
+    config = _with(write_config(tmp_path / "stop.yaml", tiny_dirs, manifest, out),
+                   callbacks=[{"class_path": f"{plugin}.TermInUNet", "init_args": {"edit": "text"}}])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), *FAST, "--model.mask.seeds", "4"])
+    assert exit_info.value.code == 143 and "during edit 'text'" in capsys.readouterr().err
+    # The guard checks at every block and attention layer: the UNet call in flight when the signal came does not
+    # finish, and none begins after it (checked between DDIM steps only, 3 more calls finished here).
+    assert sys.modules[plugin].TermInUNet.after == 0
+    assert not (out / "text" / "result.json").exists()
+    # The hooks are gone after the run: the same weights edit again without a stop.
+    main(["fit", "--config", str(write_config(tmp_path / "e.yaml", tiny_dirs, manifest, out)), *FAST])
+    assert (out / "text" / "result.json").exists()
 
 
 def test_wandb_run_holds_the_resolved_config_and_settings_digest(tmp_path, tiny_dirs, manifest, plugin):

@@ -1,0 +1,119 @@
+"""A checkpoint of a family the project cannot run yet (SDXL, SD3, ...) is refused in one line, before any weights load.
+
+The SDXL and SD3 folders are written by diffusers' own pipeline classes (hub layout, tiny random weights), the way
+a user's download would look, not hand-made configs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from framework.cli import main
+from framework.errors import ModelLoadError
+from framework.models import StableDiffusion, class_family
+from tests.framework.test_cli import FAST, write_config
+
+
+def _clip_pair(hidden: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from framework.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=37, num_hidden_layers=1,
+                            num_attention_heads=4, max_position_embeddings=77, projection_dim=hidden,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    return tokenizer, CLIPTextModel(config), CLIPTextModelWithProjection(config)
+
+
+@pytest.fixture(scope="module")
+def sdxl_dirs(tmp_path_factory):
+    """An SDXL pipeline folder and a matching SDXL ControlNet (FACTS.md: 80 = 6 time ids x 8 + the pooled 32)."""
+    from diffusers import (AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("sdxl")
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+                                attention_head_dim=8, addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=80, norm_num_groups=32)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
+    tokenizer, text_encoder, _ = _clip_pair()
+    _, _, text_encoder_2 = _clip_pair()
+    StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                              tokenizer_2=tokenizer, unet=unet, scheduler=EulerDiscreteScheduler()
+                              ).save_pretrained(root / "sd")
+    ControlNetModel.from_unet(unet).save_pretrained(root / "controlnet")
+    return {"sd": root / "sd", "pose": root / "controlnet"}
+
+
+@pytest.fixture(scope="module")
+def sd3_dir(tmp_path_factory):
+    """An SD3 pipeline folder: an MMDiT transformer and no unet/, two CLIP encoders and no T5."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("sd3")
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=64,
+                                        caption_projection_dim=16, pooled_projection_dim=64, out_channels=16)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=16, norm_num_groups=8,
+                        shift_factor=0.06, use_quant_conv=False, use_post_quant_conv=False)
+    tokenizer, _, text_encoder = _clip_pair()
+    _, _, text_encoder_2 = _clip_pair()
+    StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                             text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                             tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None).save_pretrained(root)
+    return root
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fail the test if any diffusers or transformers weights are read."""
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    def refuse(*args, **kwargs):
+        pytest.fail("weights were read")
+
+    monkeypatch.setattr(ModelMixin, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+
+
+def test_sdxl_and_sd3_folders_are_refused_naming_their_family(sdxl_dirs, sd3_dir, no_weights):
+    for folder, family, cls in ((sdxl_dirs["sd"], "SDXL", "StableDiffusionXLPipeline"),
+                                (sd3_dir, "SD3", "StableDiffusion3Pipeline")):
+        with pytest.raises(ModelLoadError) as info:
+            StableDiffusion(str(folder))
+        message = str(info.value)
+        assert f"'{folder}' is {family} ({cls} in its model_index.json)" in message, message
+        assert "this project runs SD 1.x" in message and "incomplete" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("family", ["SDXL", "SD3"])
+def test_the_cli_refuses_a_checkpoint_of_another_family_in_one_line(tmp_path, sdxl_dirs, sd3_dir, tiny_dirs, manifest,
+                                                                   capsys, no_weights, family):
+    # SDXL with its own SDXL ControlNet (the pair that used to load and fail mid-edit); SD3 with an SD 1.x one.
+    dirs = sdxl_dirs if family == "SDXL" else {"sd": sd3_dir, "pose": tiny_dirs["pose"]}
+    config = write_config(tmp_path / "other.yaml", dirs, manifest, tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), *FAST])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) <= 2 and lines[-1].startswith("error: ") and f"is {family} (" in lines[-1], lines
+    assert not (tmp_path / "out" / "text").exists()
+
+
+def test_class_names_of_other_families_and_of_sd_1x():
+    assert [class_family(n) for n in ("StableDiffusionXLControlNetPipeline", "StableDiffusion3Pipeline",
+                                      "FluxPipeline", "SD3ControlNetModel", "IFPipeline", "PixArtSigmaPipeline")] == [
+        "SDXL", "SD3", "FLUX", "SD3", "DeepFloyd IF", "PixArt"]
+    assert [class_family(n) for n in ("StableDiffusionPipeline", "StableDiffusionControlNetPipeline",
+                                      "ControlNetModel", "UNet2DConditionModel", None)] == [None] * 5
