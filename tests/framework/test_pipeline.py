@@ -21,6 +21,7 @@ from framework.pipeline import controlnet_for
 from losses import MaskedMSEPreservation
 from losses.base import EditLoss
 from tests.conftest import ROOT, draw_scene
+from tests.test_experiments import EXPERIMENTS, swap_models
 
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 EXAMPLES = ROOT / "experiments" / "examples"
@@ -125,6 +126,17 @@ def test_from_config_overrides_as_python_values(one_thread):
     assert isinstance(pipe.losses[0], CountingLoss) and pipe.modalities == ["pose", "scribble"]
     with pytest.raises(ConfigError, match="unknown setting"):
         EditPipeline.from_config(QUICKSTART, lamda=0.3)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_every_shipped_experiment_loads_as_a_pipeline(path, tmp_path, tiny_dirs):
+    """Any experiment YAML: its model section (models swapped for the tiny ones) and its data.resolution."""
+    config = swap_models(yaml.safe_load(path.read_text()), tiny_dirs, tmp_path)
+    pipe = EditPipeline.from_config(config)
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert pipe.lam == model.get("lam", 0.6) and pipe.resolution == data.get("resolution")
+    assert pipe.modalities == [c["init_args"]["modality"] for c in model.get("conditioners") or []]
+    assert pipe.backbone.loaded and not (tmp_path / "edits").exists()  # no run folder: the pipeline writes nothing
 
 
 @pytest.mark.parametrize("change, message", [
