@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 import yaml
+from jsonargparse import ArgumentParser
+from jsonargparse.typing import import_object
 from PIL import Image, ImageOps
 from torch import nn
 
@@ -192,9 +194,6 @@ class EditPipeline(nn.Module):
         `settings`: overrides as Python values; a dict changes fields of a settings group
         (`mask={"threshold": 0.3}`), anything else replaces the setting (`lam=0.4`, `losses=[MyLoss()]`).
         """
-        from jsonargparse import ArgumentParser
-        from jsonargparse.typing import import_object
-
         data = config if isinstance(config, dict) else yaml.safe_load(Path(config).read_text())
         section = dict((data or {}).get("model") or {})
         if "class_path" not in section:
@@ -271,7 +270,8 @@ class EditPipeline(nn.Module):
            dtype: Optional[torch.dtype] = None) -> "EditPipeline":
         """Move the models (`pipe.to("cuda")`) and/or cast their weights (`pipe.to("cpu", torch.bfloat16)`).
 
-        With half-precision weights every edit runs under autocast; the ITO step stays in float32."""
+        Each model then runs in its weights' dtype, its inputs cast to it, as diffusers' fp16 pipelines run (CPU
+        autocast cannot mix bf16 weights with ControlNets' float32 group norms); the ITO step stays in float32."""
         if isinstance(device, torch.dtype):
             device, dtype = None, device
         change = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
@@ -406,8 +406,10 @@ class EditPipeline(nn.Module):
             check_aspect(_check_image(mask, "mask", 1), size, "mask", "given")
         if (edit_prompt is None or edit_prompt == source_prompt) and not edit_maps:
             raise ManifestError("no edit condition: give an edit_prompt other than the source_prompt, or edit_maps.")
-        if lam is not None:
-            check_lam_setting(lam)
+        try:
+            check_lam_setting(0.6 if lam is None else lam)
+        except ConfigError as err:
+            raise ManifestError(str(err)) from None
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ManifestError(f"seed must be an integer, got {seed!r}.")
 
