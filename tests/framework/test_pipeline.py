@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from conditioners import ControlNetConditioner, TextConditioner
 from framework import EditModule, EditPipeline
@@ -17,6 +17,7 @@ from framework.cli import main
 from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
 from framework.errors import ConfigError, ManifestError
 from framework.models import StableDiffusion
+from framework.outputs import to_pil
 from framework.pipeline import controlnet_for
 from losses import MaskedMSEPreservation
 from losses.base import EditLoss
@@ -47,7 +48,26 @@ def tiny_pipeline(tiny_dirs, **settings) -> EditPipeline:
                         **{**TINY, **settings})
 
 
-def test_pipeline_equals_fit_to_the_pixel(tmp_path, one_thread):
+@pytest.fixture(scope="module")
+def quickstart(one_thread) -> EditPipeline:
+    """The quickstart's pipeline (bundled toy model) with the FAST settings."""
+    return EditPipeline.from_config(QUICKSTART, FAST)
+
+
+def fit(tmp_path, rows: list[dict], *args):
+    """`python -m framework fit` on the quickstart with these requests; the folder of its edits."""
+    (tmp_path / "requests.yaml").write_text(yaml.safe_dump({"requests": rows}))
+    main(["fit", "--config", str(QUICKSTART), *FAST, "--data.manifest", str(tmp_path / "requests.yaml"),
+          "--model.output_dir", str(tmp_path / "cli"), "--trainer.logger", "false",
+          "--trainer.default_root_dir", str(tmp_path), *args])
+    return tmp_path / "cli"
+
+
+def same_pixels(file, image: Image.Image) -> bool:
+    return np.array_equal(np.asarray(Image.open(file)), np.asarray(image))
+
+
+def test_pipeline_equals_fit_to_the_pixel(tmp_path, quickstart):
     """The quickstart's text + pose request through `pipe(...)` and through `python -m framework fit`."""
     row = next(r for r in yaml.safe_load((EXAMPLES / "manifest.yaml").read_text())["requests"]
                if r["id"] == "text_pose_000")
@@ -55,21 +75,41 @@ def test_pipeline_equals_fit_to_the_pixel(tmp_path, one_thread):
     for key in ("source", "edit"):
         row[key] = {m: str(EXAMPLES / p) for m, p in row[key].items()}
     row["image"] = str(EXAMPLES / row["image"])
-    (tmp_path / "one.yaml").write_text(yaml.safe_dump({"requests": [row]}))
-    out = tmp_path / "cli"
-    main(["fit", "--config", str(QUICKSTART), *FAST, "--data.manifest", str(tmp_path / "one.yaml"),
-          "--model.output_dir", str(out), "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
-
-    pipe = EditPipeline.from_config(QUICKSTART, FAST)
-    got = pipe(Image.open(row["image"]), row["source_prompt"], row["edit_prompt"],
+    out = fit(tmp_path, [row])
+    got = quickstart(Image.open(row["image"]), row["source_prompt"], row["edit_prompt"],
                source_maps={m: Image.open(p) for m, p in row["source"].items()},
                edit_maps={m: Image.open(p) for m, p in row["edit"].items()}, seed=row["seed"])
     folder = out / row["id"]
-    assert np.array_equal(np.asarray(Image.open(folder / "edit.png")), np.asarray(got.image))
-    assert np.array_equal(np.asarray(Image.open(folder / "mask.png")), np.asarray(got.mask))
-    assert np.array_equal(np.asarray(Image.open(folder / "guidance.png")), np.asarray(got.guidance))
+    assert same_pixels(folder / "edit.png", got.image) and same_pixels(folder / "mask.png", got.mask)
+    assert same_pixels(folder / "guidance.png", got.guidance)
     record = yaml.safe_load((folder / "result.json").read_text())
     assert got.lam == record["lam"] == 0.8 and got.unet_evaluations == sum(record["unet_evaluations"].values())
+
+
+def test_an_unseen_image_resized_with_its_maps_and_mask_equals_fit(tmp_path, quickstart):
+    """An image the project never saw, 100 x 70 (resized to 64 x 45, cropped to 64 x 40), half-size pose maps and
+    a mask: the pipeline sizes PIL images as the data module sizes files."""
+    image = Image.new("RGB", (100, 70), (40, 90, 160))
+    ImageDraw.Draw(image).ellipse((20, 10, 60, 50), fill=(230, 200, 30))
+    poses = []
+    for box in ((5, 5, 20, 25), (28, 8, 45, 30)):
+        pose = Image.new("RGB", (50, 35))
+        ImageDraw.Draw(pose).line(box, fill=(255, 255, 255), width=3)
+        poses.append(pose)
+    mask = Image.new("L", (100, 70))
+    ImageDraw.Draw(mask).rectangle((10, 0, 70, 60), fill=255)
+    for name, item in (("input", image), ("a", poses[0]), ("b", poses[1]), ("mask", mask)):
+        item.save(tmp_path / f"{name}.png")
+    row = {"id": "unseen", "image": str(tmp_path / "input.png"), "source_prompt": "a yellow circle",
+           "edit_prompt": "a red circle", "source": {"pose": str(tmp_path / "a.png")},
+           "edit": {"pose": str(tmp_path / "b.png")}, "mask": str(tmp_path / "mask.png"), "seed": 5, "lam": 0.7}
+    out = fit(tmp_path, [row], "--data.resolution", "64") / "unseen"
+    got = quickstart(image, "a yellow circle", "a red circle", source_maps={"pose": poses[0]},
+                     edit_maps={"pose": poses[1]}, mask=mask, seed=5, lam=0.7, resolution=64)
+    assert got.image.size == (64, 40)
+    for name, pixels in (("edit.png", got.image), ("mask.png", got.mask), ("input.png", to_pil(got.result.input)),
+                         ("edit_pose.png", to_pil(got.result.edit_maps["pose"]))):
+        assert same_pixels(out / name, pixels), name
 
 
 def test_bf16_on_the_cpu(tiny_dirs, scene, one_thread):
