@@ -22,7 +22,7 @@ from framework.data import EditRequest
 from framework.engine import EditState, NonFiniteLatents, Sides
 from framework.errors import EditError
 from framework.inversion import Inversion
-from framework.mask_cache import request_digest, settings_digest
+from framework.mask_cache import request_digest
 from framework.metrics import EditMetric
 from framework.models import StableDiffusion
 from framework.outputs import EditResult, read_edit, save_json, write_edit
@@ -151,17 +151,14 @@ class EditModule(pl.LightningModule):
         self.pipeline.load()
 
     def settings_digest(self) -> str:
-        """A digest of everything besides the request that decides an edit: `resolved_parameters` and the
-        weights of the backbone and conditioners (the memory options aside: they save memory, the edit
-        stays). Each result.json stores it; a later run into the same output_dir resumes only edits
-        made with the same one."""
+        """A digest of everything besides the request that decides an edit: `resolved_parameters` less what
+        cannot change this method's edits (EditPipeline.deciding_settings), and the weights of the backbone and
+        conditioners. Each result.json stores it; a later run into the same output_dir resumes only edits made
+        with the same one."""
         if getattr(self, "_settings", None) is None:
-            self._settings = settings_digest(self.deciding_parameters(), self.backbone, *self.conditioners)
+            self._settings = self.pipeline.settings_digest({"method": self.method_name(),
+                                                            "precision": self._precision()})
         return self._settings
-
-    def deciding_parameters(self) -> dict[str, Any]:
-        """`resolved_parameters` less what cannot change this method's edits (EditPipeline.deciding_settings)."""
-        return {"method": self.method_name(), **self.pipeline.deciding_settings(), "precision": self._precision()}
 
     def _load_metrics(self) -> None:
         for metric in self.metrics:

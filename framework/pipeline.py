@@ -262,9 +262,20 @@ class EditPipeline(nn.Module):
             conditioner.load(self.backbone)
         self.backbone.configure_memory(*self.conditioners)  # attention slicing reaches the ControlNets too
         self.engine = EditEngine(self.backbone, list(self.conditioners), list(self.losses), emit=self._emit)
+        self._update_engine()
         if self._placement:
             super().to(**self._placement)
         return self
+
+    def _update_engine(self) -> None:
+        """The engine runs with the pipeline's settings and slots as they are now (benchmarks call its stages)."""
+        engine = self.engine
+        engine.sampling, engine.mask_cfg, engine.ito_cfg, engine.guidance_cfg = \
+            self.sampling, self.mask, self.ito, self.guidance
+        engine.optimizer_factory, engine.losses = self.optimizer, list(self.losses)
+        engine.inversion, engine.mask_estimator = self.inversion, self.mask_estimator
+        engine.guidance_generator, engine.decoder = self.guidance_generator, self.decoder
+        engine.denoiser.chunk_size = self.unet_chunk_size
 
     def to(self, device: Union[str, torch.device, torch.dtype, None] = None,
            dtype: Optional[torch.dtype] = None) -> "EditPipeline":
@@ -345,17 +356,10 @@ class EditPipeline(nn.Module):
         self.load()
         setting = self.lam if request.lam is None else check_lam_setting(request.lam, f"request '{request.id}' lam")
         seed = self.seed if request.seed is None else request.seed
-        engine = self.engine
-        # Settings and slots as they are now (a sweep, the demo or a test may have replaced them since `load`).
-        engine.sampling, engine.mask_cfg, engine.ito_cfg, engine.guidance_cfg = \
-            self.sampling, self.mask, self.ito, self.guidance
-        engine.optimizer_factory, engine.losses = self.optimizer, list(self.losses)
-        engine.inversion, engine.mask_estimator = self.inversion, self.mask_estimator
-        engine.guidance_generator, engine.decoder = self.guidance_generator, self.decoder
-        engine.denoiser.chunk_size = self.unet_chunk_size
+        self._update_engine()  # a sweep, the demo or a test may have replaced settings or slots since `load`
         self._callback = callback
         try:
-            result = engine.edit(request.to(self.device), setting, seed, self.auto_lam)
+            result = self.engine.edit(request.to(self.device), setting, seed, self.auto_lam)
         finally:
             self._callback = None
         result.record.update(self._prompts_used(request))
