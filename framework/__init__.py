@@ -6,7 +6,7 @@ Names load on first use, so light subpackages (e.g. `framework.toyworld`) import
 from importlib import import_module
 
 _EXPORTS = {
-    "EditModule": "framework.module", "EditDataModule": "framework.data", "EditRequest": "framework.data",
+    "EditPipeline": "framework.pipeline", "EditModule": "framework.module", "EditDataModule": "framework.data", "EditRequest": "framework.data",
     "load_manifest": "framework.data", "StableDiffusion": "framework.models", "EditError": "framework.errors",
     "ConfigError": "framework.errors", "ManifestError": "framework.errors", "ModelLoadError": "framework.errors",
 }

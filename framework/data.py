@@ -214,6 +214,12 @@ def open_image(path: Path, mode: str = "RGB", what: str = "image", request: Opti
             img = ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ManifestError(f"{of}{what} '{path}' cannot be read ({err}); re-save it as PNG or JPEG.") from err
+    return as_mode(img, mode, request, f"{what} '{path}'")
+
+
+def as_mode(img: Image.Image, mode: str = "RGB", request: Optional[str] = None, name: str = "image") -> Image.Image:
+    """An opened image as RGB (or L): 16-bit brought to 8-bit, transparency laid on white. With `request` (its
+    id), transparency gets a note naming the request and the file (`name`: "mask 'm.png'", "image" ...)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(np.round(arr / 257), 0, 255).astype(np.uint8))  # 16-bit -> 8-bit
@@ -221,7 +227,7 @@ def open_image(path: Path, mode: str = "RGB", what: str = "image", request: Opti
         img = img.convert("RGBA")
         alpha = np.asarray(img.getchannel("A"))
         if request is not None and alpha.min() < 255:
-            note(f"request '{request}': {what} '{path}' is transparent in {np.mean(alpha < 255):.0%} of its pixels "
+            note(f"request '{request}': {name} is transparent in {np.mean(alpha < 255):.0%} of its pixels "
                  f"(mean alpha {alpha.mean() / 255:.2f}); composited onto white, which lightens it. Save it without "
                  f"an alpha channel, on the background you want, to edit it as you see it.")
         background = Image.new("RGBA", img.size, (*ALPHA_BACKGROUND, 255))
@@ -264,16 +270,20 @@ def _centre_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def load_image(path: Path, resolution: Optional[int]) -> torch.Tensor:
     """Input image -> (1, 3, H, W) in [0, 1], H and W multiples of 8."""
-    img = open_image(path)
+    return fit_image(open_image(path), resolution, path)
+
+
+def fit_image(img: Image.Image, resolution: Optional[int], name) -> torch.Tensor:
+    """An opened input image sized by the rule in this module's docstring -> (1, 3, H, W) in [0, 1]."""
     resized, cropped = target_size(img.width, img.height, resolution)
     if min(cropped) < 8:
-        raise ManifestError(f"image '{path}' is {img.width}x{img.height}: sides under 8 pixels; set a resolution.")
+        raise ManifestError(f"image '{name}' is {img.width}x{img.height}: sides under 8 pixels; set a resolution.")
     if resized != img.size:
         img = img.resize(resized, Image.BICUBIC)
     return _to_tensor(_centre_crop(img, cropped))
 
 
-def _check_aspect(map_size: tuple[int, int], image_size: tuple[int, int], what: str, path) -> None:
+def check_aspect(map_size: tuple[int, int], image_size: tuple[int, int], what: str, path) -> None:
     """A map or mask is resized onto the input, so its aspect ratio must be the input's (within 2 %)."""
     aspect, expected = map_size[0] / map_size[1], image_size[0] / image_size[1]
     if abs(aspect / expected - 1) > 0.02:
@@ -286,7 +296,12 @@ def load_aligned(path: Path | MapSpec, size: tuple[int, int], image_size: tuple[
                  mode: str = "RGB") -> torch.Tensor:
     """A condition map (file or MapSpec, made here) or mask resized like the input; aspects must match."""
     img = path.render(image_size).convert(mode) if isinstance(path, MapSpec) else open_image(path, mode)
-    _check_aspect(img.size, image_size, what, path)
+    return align_image(img, size, image_size, what, path)
+
+
+def align_image(img: Image.Image, size: tuple[int, int], image_size: tuple[int, int], what: str, name) -> torch.Tensor:
+    """An opened map or mask resized to the input's working `size`; its aspect must be the input's `image_size`."""
+    check_aspect(img.size, image_size, what, name)
     return _to_tensor(img.resize(size, Image.BILINEAR))
 
 
@@ -305,10 +320,10 @@ def check_request(spec: RequestSpec, resolution: Optional[int]) -> None:
         if isinstance(path, MapSpec):  # made when the request is loaded; its photo must be readable now
             photo = getattr(path, "image", None)
             if photo is not None:
-                _check_aspect(open_image(photo, what=f"{what} photo", request=spec.id).size, img.size, what, path)
+                check_aspect(open_image(photo, what=f"{what} photo", request=spec.id).size, img.size, what, path)
             continue
         opened = open_image(path, "L" if what == "mask" else "RGB", what=what, request=spec.id)
-        _check_aspect(opened.size, img.size, what, path)
+        check_aspect(opened.size, img.size, what, path)
 
 
 def has_edit_condition(spec: RequestSpec) -> bool:

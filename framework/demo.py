@@ -1,11 +1,11 @@
-"""`python -m framework demo`: an interactive editing page (Gradio) over the project's own engine.
+"""`python -m framework demo`: an interactive editing page (Gradio) over the project's EditPipeline.
 
     python -m framework demo                                   # the bundled toy model, CPU, no downloads
     python -m framework demo --config experiments/pose.yaml    # any experiment YAML (real checkpoints)
     python -m framework demo --port 7860 --host 0.0.0.0
 
-The page builds the experiment exactly as `python -m framework fit --config ...` does (the same
-LightningCLI, so the same defaults, checks and errors) and runs `EditModule.edit` on an
+The page builds the experiment's pipeline with `EditPipeline.from_config` (the model section read as
+`python -m framework fit --config ...` reads it: the same defaults, checks and errors) and edits an
 `EditRequest` read by the data module's own loader from a manifest row that the page writes. Each
 edit's folder (`<out>/<n>/`) holds that manifest and its files, and the page prints the CLI command
 that makes the same edit, to the same pixels. Needs the `demo` extra: `pip install -e '.[demo]'`.
@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import warnings
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -25,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from framework.errors import ConfigError, EditError, edit_error_in
+from framework.pipeline import EditPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
@@ -37,46 +39,48 @@ CSS = ".pixels img { width: 100%; height: 100%; object-fit: contain; image-rende
 
 
 class ProgressReporter:
-    """A Trainer callback: turns the engine's `on_edit_step` intermediates into (stage, step, steps) reports."""
+    """A step callback of the pipeline: turns its intermediates into (stage, step, steps) reports."""
 
     def __init__(self, report: Callable[[str, int, int], None], steps: dict[str, int]):
         self.report, self.steps = report, steps
 
-    def on_edit_step(self, trainer, module, info: dict[str, Any]) -> None:
+    def __call__(self, pipe, i: int, t: int, info: dict[str, Any]) -> None:
         if info["kind"] == "step" and info["stage"] in self.steps:
-            self.report(info["stage"], info["i"] + 1, self.steps[info["stage"]])
-            if info["stage"] == "inversion" and info["i"] + 1 == self.steps["inversion"]:
+            self.report(info["stage"], i + 1, self.steps[info["stage"]])
+            if info["stage"] == "inversion" and i + 1 == self.steps["inversion"]:
                 self.report("mask", 0, 1)  # the mask comes next and reports no steps of its own
 
 
 class DemoEngine:
-    """One experiment, built once by the CLI's parser, that edits requests on demand.
+    """One experiment's pipeline, built once, that edits requests on demand.
 
     Args:
         config: Experiment YAML (None: the quickstart on the bundled toy model).
-        overrides: More CLI arguments, e.g. ["--model.mask.seeds", "4"].
+        overrides: `--model.*` arguments as the CLI takes them, e.g. ["--model.mask.seeds", "4"].
         out: Folder of the page's edits, one numbered sub-folder each.
     """
 
     def __init__(self, config: Optional[str] = None, overrides: Sequence[str] = (), out: str = "outputs/demo"):
-        from framework.cli import EditCLI, quiet_libraries
+        import torch
+
+        from framework.cli import quiet_libraries
+        from framework.data import load_manifest
 
         quiet_libraries()
         self.config = str(Path(config) if config else QUICKSTART)
         if not Path(self.config).is_file():
             raise ConfigError(f"--config '{self.config}' does not exist; give an experiment YAML such as "
                               f"experiments/pose.yaml.")
-        manifest = yaml.safe_load(Path(self.config).read_text())["data"]["init_args"]["manifest"]
-        if not Path(manifest).is_file() and (ROOT / manifest).is_file():  # run from outside the repository
-            overrides = ["--data.manifest", str(ROOT / manifest), *overrides]
+        data = yaml.safe_load(Path(self.config).read_text())["data"]["init_args"]
+        manifest = Path(data["manifest"])
+        if not manifest.is_file() and (ROOT / manifest).is_file():  # run from outside the repository
+            manifest = ROOT / manifest
+        self.annotators, self.allow_pickle = data.get("annotators"), bool(data.get("allow_pickle", False))
         self.overrides = list(overrides)
-        self.cli = EditCLI(args=["--config", self.config, "--trainer.logger", "false", *self.overrides], run=False)
-        self.module, self.data, trainer = self.cli.model, self.cli.datamodule, self.cli.trainer
-        self.module.trainer = trainer  # the engine reads precision and its step callbacks from the trainer
-        self.module.setup("fit")
-        self.module.to(trainer.strategy.root_device)
-        self.examples = {spec.id: spec for spec in self.data.specs}
-        self.modalities = [c.modality for c in self.module.conditioners if c.modality]
+        self.pipe = EditPipeline.from_config(self.config, self.overrides)
+        self.pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+        self.examples = {spec.id: spec for spec in load_manifest(manifest, self.annotators, self.allow_pickle)}
+        self.modalities = self.pipe.modalities
         self.out = Path(out)
         self._count = last_edit_number(self.out)
 
@@ -140,47 +144,35 @@ class DemoEngine:
         """t_u and tau, checked as the CLI checks them (the dataclasses' own checks, then `check_steps`)."""
         from framework.config import check_steps
 
-        module = self.module
-        ito = replace(module.ito_cfg, update_steps=int(update_steps))
-        mask = replace(module.mask_cfg, threshold=float(threshold))
-        check_steps(module.sampling, ito if module.decoder.uses_ito else None,
-                    module.guidance_cfg if module.decoder.uses_guidance else None)
-        module.ito_cfg, module.mask_cfg = ito, mask
-        module._settings = None  # the settings digest of result.json follows the new options
+        pipe = self.pipe
+        ito = replace(pipe.ito, update_steps=int(update_steps))
+        mask = replace(pipe.mask, threshold=float(threshold))
+        check_steps(pipe.sampling, ito if pipe.decoder.uses_ito else None,
+                    pipe.guidance if pipe.decoder.uses_guidance else None)
+        pipe.ito, pipe.mask = ito, mask
 
     def edit(self, manifest: Path, report: Callable[[str, int, int], None] = lambda *a: None):
-        """Load the manifest's request with the data module's loader and run `EditModule.edit` on it."""
+        """Load the manifest's request with the data module's loader and edit it with the pipeline."""
         import torch
 
         from framework.data import load_manifest, load_request
         from framework.ddim import Schedule
 
-        spec = load_manifest(manifest, self.data_annotators, self.data_allow_pickle)[0]
-        request = load_request(spec, self.data.resolution).to(self.module.device)
-        module, trainer = self.module, self.module.trainer
-        schedule = Schedule.from_scheduler(module.backbone.scheduler, module.sampling.steps)
-        n_final = schedule.encode_level(module.sampling.encode_ratio)
-        n_guide = schedule.encode_level(module.guidance_cfg.encode_ratio or module.sampling.encode_ratio)
+        pipe = self.pipe
+        spec = load_manifest(manifest, self.annotators, self.allow_pickle)[0]
+        request = load_request(spec, pipe.resolution)
+        schedule = Schedule.from_scheduler(pipe.backbone.scheduler, pipe.sampling.steps)
+        n_final = schedule.encode_level(pipe.sampling.encode_ratio)
+        n_guide = schedule.encode_level(pipe.guidance.encode_ratio or pipe.sampling.encode_ratio)
         steps = {"inversion": max(n_final, n_guide), "guidance": n_guide, "refine": n_final, "final": n_final}
-        callbacks = trainer.callbacks
-        trainer.callbacks = [ProgressReporter(report, steps)]
-        try:
-            with warnings.catch_warnings(record=True) as caught, torch.enable_grad(), \
-                    trainer.precision_plugin.forward_context():
-                warnings.simplefilter("always")
-                result = module.edit(request)
-        finally:
-            trainer.callbacks = callbacks
+        # On a GPU the CLI runs 16-mixed by default (fp32 weights under fp16 autocast): the same here.
+        mixed = torch.autocast("cuda", torch.float16) if pipe.device.type == "cuda" else nullcontext()
+        with warnings.catch_warnings(record=True) as caught, mixed:
+            warnings.simplefilter("always")
+            result = pipe.edit(request, ProgressReporter(report, steps))
+        result.record["settings"] = pipe.settings_digest()
         notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
         return result, notes
-
-    @property
-    def data_annotators(self):
-        return getattr(self.cli.config.data.init_args, "annotators", None)
-
-    @property
-    def data_allow_pickle(self):
-        return bool(getattr(self.cli.config.data.init_args, "allow_pickle", False))
 
 
 def last_edit_number(out: Path) -> int:
@@ -217,15 +209,15 @@ def build_page(engine: DemoEngine):
 
     from framework.outputs import mask_overlay, to_pil
 
-    module = engine.module
+    pipe = engine.pipe
     ids = list(engine.examples)
     first = engine.example_files(ids[0]) if ids else None
     spec0 = engine.examples[ids[0]] if ids else None
-    steps = module.sampling.steps
+    steps = pipe.sampling.steps
 
     with gr.Blocks(title="ito-edit") as page:
         gr.Markdown(f"## ito-edit: multi-modal image editing by inference-time optimisation\n"
-                    f"Experiment `{_shown(engine.config)}` · model `{module.backbone.pretrained}` · "
+                    f"Experiment `{_shown(engine.config)}` · model `{pipe.backbone.pretrained}` · "
                     f"modalities: {', '.join(engine.modalities) or 'text only'}. Pick an example or upload an "
                     f"image, change the prompt and the maps, then **Edit**.")
         with gr.Row():
@@ -250,14 +242,14 @@ def build_page(engine: DemoEngine):
                 mask = gr.Image(None, type="filepath", label="mask (optional, white = edit)", height=200,
                                 elem_id="mask")
                 with gr.Row():
-                    lam = gr.Slider(0, 1, value=_lam(spec0, module), step=0.05, label="lam (preservation weight)",
+                    lam = gr.Slider(0, 1, value=_lam(spec0, pipe), step=0.05, label="lam (preservation weight)",
                                     elem_id="lam")
-                    t_u = gr.Slider(0, steps, value=module.ito_cfg.update_steps, step=1, label="t_u (ITO steps)",
+                    t_u = gr.Slider(0, steps, value=pipe.ito.update_steps, step=1, label="t_u (ITO steps)",
                                     elem_id="t_u")
                 with gr.Row():
-                    tau = gr.Slider(0, 1, value=module.mask_cfg.threshold, step=0.05, label="tau (mask threshold)",
+                    tau = gr.Slider(0, 1, value=pipe.mask.threshold, step=0.05, label="tau (mask threshold)",
                                     elem_id="tau")
-                    seed = gr.Number(_seed(spec0, module), precision=0, label="seed", elem_id="seed")
+                    seed = gr.Number(_seed(spec0, pipe), precision=0, label="seed", elem_id="seed")
                 run = gr.Button("Edit", variant="primary", elem_id="run")
             with gr.Column():
                 status = gr.Markdown("", elem_id="status")
@@ -274,8 +266,8 @@ def build_page(engine: DemoEngine):
         def load_example(example_id):
             files, spec = engine.example_files(example_id), engine.examples[example_id]
             maps = [files[side].get(m) for side, m in sorted(editors)]
-            return [files["image"], spec.source_prompt, spec.edit_prompt, *maps, None, _lam(spec, module),
-                    _seed(spec, module)]
+            return [files["image"], spec.source_prompt, spec.edit_prompt, *maps, None, _lam(spec, pipe),
+                    _seed(spec, pipe)]
 
         example.change(load_example, example, [image, source_prompt, edit_prompt, *map_inputs, mask, lam, seed])
 
@@ -320,13 +312,13 @@ def _shown(path) -> str:
         return str(path)
 
 
-def _lam(spec, module) -> float:
-    lam = spec.lam if spec is not None and spec.lam is not None else module.lam
+def _lam(spec, pipe) -> float:
+    lam = spec.lam if spec is not None and spec.lam is not None else pipe.lam
     return 0.6 if lam == "auto" else float(lam)
 
 
-def _seed(spec, module) -> int:
-    return spec.seed if spec is not None and spec.seed is not None else module.seed
+def _seed(spec, pipe) -> int:
+    return spec.seed if spec is not None and spec.seed is not None else pipe.seed
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -7,8 +7,9 @@ t_E -> state.n_final steps, lambda -> state.lam.
 
 Each stage is a plugin chosen by `class_path` (framework.inversion, framework.stages); the method
 and its baselines differ only in which plugins fill the slots. `EditEngine` holds the models, the
-settings and the slots and runs them; `EditModule` (framework.module) is the Lightning shell that
-feeds it requests and records the results. Benchmarks call the same stage methods.
+settings and the slots and runs them; `EditPipeline` (framework.pipeline), the Python API, owns one and
+is the way every other part runs an edit (`EditModule`, the Lightning shell, and the demo call it).
+Benchmarks call the same stage methods.
 """
 
 from __future__ import annotations

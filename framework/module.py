@@ -1,40 +1,34 @@
-"""EditModule: the Lightning shell around the edit engine; one training step = one whole edit.
+"""EditModule: the Lightning shell around the edit pipeline; one training step = one whole edit.
 
 The procedure itself (paper Fig. 1: encode, invert, mask, guidance image, final decode) is
-framework/engine.py; its stages are plugins (framework/inversion.py, framework/stages.py) chosen
-by `class_path` in the slots below. This module feeds requests to the engine, skips edits an
-earlier run finished, scores and writes each edit, and writes the run's summary (framework/records.py).
+framework/engine.py, run by framework.pipeline.EditPipeline, which holds the models, the settings and
+the stage plugins (framework/inversion.py, framework/stages.py) chosen by `class_path` in the slots
+below. This module builds that pipeline from its arguments, feeds it requests, skips edits an earlier
+run finished, scores and writes each edit, and writes the run's summary (framework/records.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
 
 from conditioners.base import Conditioner
-from conditioners.text import TextConditioner
-from framework.config import (
-    AutoLam, GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, check_lam_setting, check_steps,
-)
+from framework.config import AutoLam, GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
 from framework.data import EditRequest
-from framework.engine import EditEngine, EditState, NonFiniteLatents, Sides
-from framework.errors import ConfigError, EditError, note, warn
-from framework.inversion import DDIMInversion, Inversion
-from framework.ito import OptimizerFactory, default_optimizer
-from framework.mask_cache import plain_fields, request_digest, settings_digest
+from framework.engine import EditState, NonFiniteLatents, Sides
+from framework.errors import EditError, note, warn
+from framework.inversion import Inversion
+from framework.mask_cache import request_digest
 from framework.metrics import EditMetric
 from framework.models import StableDiffusion
 from framework.outputs import EditResult, read_edit, save_json, write_edit
+from framework.pipeline import EditPipeline
 from framework.records import finished_record, write_failure, write_summary, writable_folder
-from framework.stages import (
-    Decoder, NoMask, GuidanceGenerator, ITODecode, MaskEstimator, NoiseDifferenceMask, NoiseEncodedGuidance,
-)
+from framework.stages import Decoder, GuidanceGenerator, MaskEstimator
 from losses.base import EditLoss
-from losses.guidance import CosineGuidance
-from losses.preservation import MaskedMSEPreservation
 
 __all__ = ["EditModule", "EditState", "NonFiniteLatents", "Sides"]
 
@@ -43,6 +37,16 @@ OOM_HINT = ("Out of GPU memory. Lower it with: --model.unet_chunk_size 8 (smalle
             "--model.backbone.init_args.vae_tiling true (large images), --model.mask.seeds 2, "
             "--data.resolution 512 (or less), --trainer.precision 16-mixed, or "
             "--model.mask.compare_at first (one step instead of a decode).")
+
+# The settings and slots live on the pipeline; the module's names for them (the CLI's parameter names, and
+# `mask_cfg` ... of older code) read and write the pipeline's.
+ON_PIPELINE = {
+    "backbone": "backbone", "conditioners": "conditioners", "losses": "losses", "optimizer_factory": "optimizer",
+    "lam": "lam", "seed": "seed", "auto_lam": "auto_lam", "sampling": "sampling", "mask_cfg": "mask",
+    "ito_cfg": "ito", "guidance_cfg": "guidance", "unet_chunk_size": "unet_chunk_size", "inversion": "inversion",
+    "mask_estimator": "mask_estimator", "guidance_generator": "guidance_generator", "decoder": "decoder",
+    "engine": "engine",
+}
 
 
 class EditModule(pl.LightningModule):
@@ -111,96 +115,64 @@ class EditModule(pl.LightningModule):
                 NoiseEncodedDecode, SDEdit; framework.prompt_to_prompt.PromptToPrompt; your own).
         """
         super().__init__()
-        self.lam = check_lam_setting(lam)
-        # Copies: the defaults in the signature are instances (so --help and --print_config list their fields),
-        # and a module that changes its settings must not change the next module's defaults.
-        self.auto_lam = replace(auto_lam) if auto_lam is not None else AutoLam()
-        self.sampling = replace(sampling) if sampling is not None else SamplingConfig()
-        self.mask_cfg = replace(mask) if mask is not None else MaskConfig()
-        self.ito_cfg = replace(ito) if ito is not None else ITOConfig()
-        self.guidance_cfg = replace(guidance) if guidance is not None else GuidanceConfig()
-        self.inversion = inversion or DDIMInversion()
-        self.mask_estimator = mask_estimator or NoiseDifferenceMask()
-        self.guidance_generator = guidance_generator or NoiseEncodedGuidance()
-        self.decoder = decoder or ITODecode()
-        check_steps(self.sampling, self.ito_cfg if self.decoder.uses_ito else None,
-                    self.guidance_cfg if self.decoder.uses_guidance else None)
-        if unet_chunk_size is not None and unet_chunk_size < 1:
-            raise ConfigError(f"unet_chunk_size must be >= 1 or null, got {unet_chunk_size}.")
-        conditioners = list(conditioners or [])
-        if not any(c.provides_text for c in conditioners):
-            conditioners.insert(0, TextConditioner())
-        elif not conditioners[0].provides_text:
-            conditioners.sort(key=lambda c: not c.provides_text)  # text first: ControlNets read it
-        self.backbone = backbone if backbone is not None else StableDiffusion()
-        self.conditioners = torch.nn.ModuleList(conditioners)
-        self.losses = torch.nn.ModuleList(losses if losses is not None else
-                                          [MaskedMSEPreservation(), CosineGuidance()])
-        self.optimizer_factory: Optional[OptimizerFactory] = optimizer
-        self.seed = seed
-        self.output_dir = writable_folder(output_dir)
+        self.pipeline = EditPipeline(backbone, conditioners, losses, optimizer, lam, sampling, mask, ito, guidance,
+                                     seed, unet_chunk_size, auto_lam, inversion, mask_estimator, guidance_generator,
+                                     decoder)
+        self.output_dir = Path(output_dir).expanduser()  # checked writable by `load_weights`, before any weights
         self.overwrite = overwrite
         self.metrics = torch.nn.ModuleList(metrics or [])
-        self.unet_chunk_size = unet_chunk_size
         self.automatic_optimization = False
-        self.engine: Optional[EditEngine] = None
         self.records: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str):
+        if name in ON_PIPELINE and "pipeline" in self.__dict__.get("_modules", {}):
+            return getattr(self._modules["pipeline"], ON_PIPELINE[name])
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ON_PIPELINE and "pipeline" in self.__dict__.get("_modules", {}):
+            setattr(self._modules["pipeline"], ON_PIPELINE[name], value)
+        else:
+            super().__setattr__(name, value)
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         """Load the weights once configuration and data have been checked."""
         self.load_weights()
-        self.backbone.configure_memory(*self.conditioners)  # attention slicing reaches the ControlNets too
-        self.engine = EditEngine(
-            self.backbone, list(self.conditioners), list(self.losses), inversion=self.inversion,
-            mask_estimator=self.mask_estimator, guidance_generator=self.guidance_generator, decoder=self.decoder,
-            optimizer=self.optimizer_factory, sampling=self.sampling, mask=self.mask_cfg, ito=self.ito_cfg,
-            guidance=self.guidance_cfg, unet_chunk_size=self.unet_chunk_size, emit=self._emit)
         self.records = []
         self._settings: Optional[str] = None
 
     def load_weights(self) -> None:
-        """Read the backbone's and the conditioners' weights (once); each conditioner checks that it fits the
-        UNet first. The CLI calls this before the Trainer starts, so a model that cannot load leaves no run
-        behind (no W&B run, no summary)."""
-        self.backbone.load()
-        for conditioner in self.conditioners:
-            conditioner.load(self.backbone)
+        """Check output_dir, then read the backbone's and the conditioners' weights (once; each conditioner
+        checks that it fits the UNet first). The CLI calls this before the Trainer starts, so a model that
+        cannot load leaves no run behind (no W&B run, no summary)."""
+        self.output_dir = writable_folder(self.output_dir)
+        self.pipeline.load()
 
     def settings_digest(self) -> str:
-        """A digest of everything besides the request that decides an edit: `resolved_parameters` and the
-        weights of the backbone and conditioners (the memory options aside: they save memory, the edit
-        stays). Each result.json stores it; a later run into the same output_dir resumes only edits
-        made with the same one."""
+        """A digest of everything besides the request that decides an edit: `resolved_parameters` less what
+        cannot change this method's edits (EditPipeline.deciding_settings), and the weights of the backbone and
+        conditioners. Each result.json stores it; a later run into the same output_dir resumes only edits made
+        with the same one."""
         if getattr(self, "_settings", None) is None:
-            self._settings = settings_digest(self.deciding_parameters(), self.backbone, *self.conditioners)
+            # model.seed changes no edit when every request of the run carries its own seed: then it is left out,
+            # so `--model.seed` there does not make a rerun into the same folder "other settings". (Each edit's own
+            # seed is in its record and checked on resume either way: `finished_record`.)
+            self._settings = self.pipeline.settings_digest({"method": self.method_name(),
+                                                            "precision": self._precision()},
+                                                           seeded_requests=self._requests_seed_themselves())
         return self._settings
 
     def weights_digest(self) -> str:
         """A digest of the weights alone (part of `settings_digest`): a resumed run tells a checkpoint changed at
         the same path from other settings by it."""
-        return settings_digest({}, self.backbone, *self.conditioners)
+        return self.pipeline.weights_digest()
 
     def _requests_seed_themselves(self) -> bool:
         """Whether every request of the run's data carries its own seed (False when the data is not known)."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         specs = [s for s in getattr(datamodule, "specs", None) or [] if s is not None]
         return bool(specs) and all(getattr(s, "seed", None) is not None for s in specs)
-
-    def deciding_parameters(self) -> dict[str, Any]:
-        """`resolved_parameters` less what cannot change this method's edits: the memory options, and the
-        settings of stages its decoder does not run (a DiffEdit run resumes after ITO's defaults change)."""
-        # model.seed changes no edit when every request of the run carries its own seed: then it is left out, so
-        # `--model.seed` there does not make a rerun into the same folder "other settings". (Each edit's own seed
-        # is in its record and checked on resume either way: `finished_record`.)
-        unused = {"memory", "seed"} if self._requests_seed_themselves() else {"memory"}
-        if not self.decoder.uses_ito:
-            unused |= {"ito", "losses", "optimizer", "lam", "auto_lam"}
-        if not self.decoder.uses_guidance:
-            unused |= {"guidance"}
-        if isinstance(self.mask_estimator, NoMask):
-            unused |= {"mask"}
-        return {k: v for k, v in self.resolved_parameters().items() if k not in unused}
 
     def _load_metrics(self) -> None:
         for metric in self.metrics:
@@ -231,69 +203,32 @@ class EditModule(pl.LightningModule):
         return None if self.engine is None else self.engine.denoiser
 
     def edit(self, request: EditRequest) -> EditResult:
-        """The whole procedure on one request (paper Fig. 1), by the engine; the record names method and settings."""
-        setting = self.lam if request.lam is None else check_lam_setting(request.lam, f"request '{request.id}' lam")
-        seed = self.seed if request.seed is None else request.seed
-        engine = self.engine
-        # Settings and slots as they are now (a sweep or a test may have replaced them since `setup`).
-        engine.sampling, engine.mask_cfg, engine.ito_cfg = self.sampling, self.mask_cfg, self.ito_cfg
-        engine.guidance_cfg, engine.optimizer_factory = self.guidance_cfg, self.optimizer_factory
-        engine.losses = list(self.losses)
-        engine.inversion, engine.mask_estimator = self.inversion, self.mask_estimator
-        engine.guidance_generator, engine.decoder = self.guidance_generator, self.decoder
-        result = engine.edit(request, setting, seed, self.auto_lam)
+        """The whole procedure on one request (paper Fig. 1), by the pipeline; the record names method and settings."""
+        result = self.pipeline.edit(request, self._emit)
         result.record.update({"method": self.method_name(), "settings": self.settings_digest(),
-                              "weights": self.weights_digest(),
-                              "inputs": request_digest(request), **self._prompts_used(request),
+                              "weights": self.weights_digest(), "inputs": request_digest(request),
                               **({"extra": request.extra} if request.extra else {})})
         return result
-
-    def _prompts_used(self, request: EditRequest) -> dict[str, Any]:
-        """{'prompts_used': {field: the text the encoder saw}} for prompts cut at the tokenizer's limit."""
-        used = getattr(self.backbone, "prompt_used", None)
-        cut = {} if used is None else {k: used(p) for k, p in (("source_prompt", request.source_prompt),
-                                                                 ("edit_prompt", request.edit_prompt))}
-        cut = {k: v for k, v in cut.items() if v is not None}
-        return {"prompts_used": cut} if cut else {}
 
     def method_name(self) -> str:
         return f"{type(self).__module__}.{type(self).__name__}"
 
-    def _emit(self, stage: str, kind: str, i: int, t: int, latents: torch.Tensor, **extra) -> None:
+    def _emit(self, pipeline: EditPipeline, i: int, t: int, info: dict[str, Any]) -> None:
         """Intermediates go to every Trainer callback that defines `on_edit_step(trainer, module, info)`."""
         trainer = self._trainer
         if trainer is None:
             return
-        info = {"id": self.engine.request_id, "stage": stage, "kind": kind, "i": i, "t": t, "latents": latents,
-                **extra}
         for callback in trainer.callbacks:
             hook = getattr(callback, "on_edit_step", None)
             if hook is not None:
                 hook(trainer, self, info)
 
-    def _optimizer_repr(self) -> str:
-        """The ITO optimiser as torch prints it (class and every hyperparameter), built on a stand-in tensor."""
-        probe = [torch.zeros(1, requires_grad=True)]
-        return repr((self.optimizer_factory or default_optimizer)(probe))
-
     def resolved_parameters(self) -> dict[str, Any]:
-        """Everything that decides an edit, for summary.json."""
-        return {
-            "method": self.method_name(),
-            "stages": {"inversion": self.decoder.uses_inversion, "mask": not isinstance(self.mask_estimator, NoMask),
-                       "guidance": self.decoder.uses_guidance, "ito": self.decoder.uses_ito,
-                       **{slot: plain_fields(getattr(self, slot)) for slot in
-                          ("inversion", "mask_estimator", "guidance_generator", "decoder")}},
-            "lam": self.lam, "auto_lam": asdict(self.auto_lam) if self.lam == "auto" else None,
-            "seed": self.seed, "backbone": self.backbone.pretrained,
-            "memory": {k: getattr(self.backbone, k, None)
-                       for k in ("attention_slicing", "vae_tiling", "vae_tile_size")},
-            "sampling": asdict(self.sampling), "mask": asdict(self.mask_cfg), "ito": asdict(self.ito_cfg),
-            "guidance": asdict(self.guidance_cfg), "conditioners": [plain_fields(c) for c in self.conditioners],
-            "losses": [plain_fields(loss) for loss in self.losses],
-            "optimizer": self._optimizer_repr(),
-            "precision": str(self.trainer.precision) if self._trainer else None,
-        }
+        """Everything that decides an edit, for summary.json: the method, the pipeline's settings, the precision."""
+        return {"method": self.method_name(), **self.pipeline.resolved_settings(), "precision": self._precision()}
+
+    def _precision(self) -> Optional[str]:
+        return str(self.trainer.precision) if self._trainer else None
 
     # ------------------------------------------------------------------------ Lightning steps
     def _finished(self, request: EditRequest) -> Optional[dict[str, Any]]:

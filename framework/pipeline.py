@@ -1,0 +1,473 @@
+"""EditPipeline: the Python API of the method, in the shape of a diffusers pipeline.
+
+    from framework import EditPipeline
+    pipe = EditPipeline.from_config("experiments/quickstart.yaml")         # any experiment YAML, or
+    pipe = EditPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5", conditioners=["pose"],
+                                        torch_dtype=torch.float16).to("cuda")
+    out = pipe(image, source_prompt="a man", edit_prompt="a man", source_maps={"pose": p0},
+               edit_maps={"pose": p1}, lam=0.6, seed=0)
+    out.image.save("edit.png")
+
+The pipeline holds the models, the settings and the stage plugins (the model section of an experiment
+YAML: every key there is a keyword of `from_pretrained` / `from_config`) and runs the procedure of
+framework/engine.py on one request per call. The Lightning module (framework.module.EditModule) is a
+shell over it, so `pipe(...)` and `python -m framework fit` give the same pixels for the same config,
+request and seed. Inputs are sized as the data module sizes files (framework/data.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+from jsonargparse.typing import import_object
+from PIL import Image, ImageOps
+from torch import nn
+
+import conditioners as _conditioners  # noqa: F401 - short class names in configs resolve once imported
+import losses as _losses  # noqa: F401
+from conditioners.base import Conditioner
+from conditioners.controlnet import ControlNetConditioner
+from conditioners.text import TextConditioner
+from framework.config import AutoLam, GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, check_lam_setting, \
+    check_steps
+from framework.data import EditRequest, align_image, as_mode, check_aspect, fit_image, target_size
+from framework.engine import EditEngine
+from framework.errors import ConfigError, ManifestError
+from framework.inversion import DDIMInversion, Inversion
+from framework.ito import OptimizerFactory, default_optimizer
+from framework.mask_cache import plain_fields, settings_digest
+from framework.models import BUILTIN_PREFIX, StableDiffusion
+from framework.outputs import EditResult, to_pil, upsample_mask
+from framework.stages import Decoder, GuidanceGenerator, ITODecode, MaskEstimator, NoiseDifferenceMask, \
+    NoiseEncodedGuidance, NoMask
+from losses.base import EditLoss
+from losses.guidance import CosineGuidance
+from losses.preservation import MaskedMSEPreservation
+
+ImageInput = Union[Image.Image, torch.Tensor]
+StepCallback = Callable[["EditPipeline", int, int, dict], Any]
+
+# SD 1.5 ControlNets for short conditioner names (`conditioners=["pose"]`): ControlNet 1.1, as the YAMLs use.
+SD15_CONTROLNETS = {
+    "pose": "lllyasviel/control_v11p_sd15_openpose", "scribble": "lllyasviel/control_v11p_sd15_scribble",
+    "lines": "lllyasviel/control_v11p_sd15_mlsd", "canny": "lllyasviel/control_v11p_sd15_canny",
+    "depth": "lllyasviel/control_v11f1p_sd15_depth", "softedge": "lllyasviel/control_v11p_sd15_softedge",
+}
+RUN_SETTINGS = ("output_dir", "overwrite", "metrics")
+"""Keys of a YAML's model section that belong to a run (files, scores), not to the edit."""
+
+
+@dataclass
+class EditPipelineOutput:
+    """One edit: PIL images of the input's working size, and what the procedure recorded."""
+
+    image: Image.Image  # the edit
+    mask: Image.Image  # the edit region m (white = edit), nearest-upsampled from the latent grid
+    guidance: Optional[Image.Image]  # the guidance image G (None when lam = 1 or the method makes none)
+    lam: float  # the lam the edit ran with (set from the mask with lam='auto')
+    seconds: float  # the whole procedure
+    unet_evaluations: int  # UNet sample-evaluations, every stage
+    result: EditResult  # tensors (1, 3, H, W) in [0, 1] and the full record (stages' seconds, counts, mask area)
+
+
+def controlnet_for(modality: str, pretrained: str) -> str:
+    """The ControlNet checkpoint of a short conditioner name: the same built-in model, else SD15_CONTROLNETS."""
+    if pretrained.startswith(BUILTIN_PREFIX):
+        return pretrained
+    if modality not in SD15_CONTROLNETS:
+        raise ConfigError(f"no default ControlNet for modality '{modality}' (known: {', '.join(SD15_CONTROLNETS)}); "
+                          f"pass ControlNetConditioner('{modality}', pretrained=<hub id or folder>) instead.")
+    return SD15_CONTROLNETS[modality]
+
+
+def _merge(current: Any, change: Any) -> Any:
+    """A setting override: a dict changes some fields of a dataclass setting (`mask={"threshold": 0.3}`)."""
+    return replace(current, **change) if isinstance(change, dict) and is_dataclass(current) else change
+
+
+class EditPipeline(nn.Module):
+    """Models, settings and stage plugins of the method; `pipe(image, ...)` edits one image.
+
+    The parameters are the model settings of an experiment YAML (framework.module.EditModule documents each;
+    `--model.help EditModule` prints them). Weights load on first use (`load`), or at once through
+    `from_pretrained` / `from_config`.
+    """
+
+    def __init__(
+        self,
+        backbone: Optional[StableDiffusion] = None,
+        conditioners: Optional[Sequence[Conditioner]] = None,
+        losses: Optional[Sequence[EditLoss]] = None,
+        optimizer: Optional[OptimizerFactory] = None,
+        lam: Union[float, str] = 0.6,
+        sampling: Optional[SamplingConfig] = None,
+        mask: Optional[MaskConfig] = None,
+        ito: Optional[ITOConfig] = None,
+        guidance: Optional[GuidanceConfig] = None,
+        seed: int = 0,
+        unet_chunk_size: Optional[int] = None,
+        auto_lam: Optional[AutoLam] = None,
+        inversion: Optional[Inversion] = None,
+        mask_estimator: Optional[MaskEstimator] = None,
+        guidance_generator: Optional[GuidanceGenerator] = None,
+        decoder: Optional[Decoder] = None,
+        resolution: Optional[int] = None,
+    ):
+        """
+        Args:
+            backbone: The Stable Diffusion 1.x model (None: SD 1.5 from the Hub).
+            conditioners: Condition plugins; a text conditioner is put first when none is listed.
+            losses: ITO loss objects (None: masked-MSE preservation + cosine guidance).
+            optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1).
+            lam: lambda of Eq. 6 (1 keeps most, 0 lands on the guidance image), or 'auto' (from the mask).
+            sampling, mask, ito, guidance: The settings groups (dataclasses of framework.config; None: defaults).
+            seed: Seed of every random draw of an edit (a call's own seed wins).
+            unet_chunk_size: Most samples per UNet call; None: no cap.
+            auto_lam: The rule of lam='auto' (None: AutoLam's defaults).
+            inversion, mask_estimator, guidance_generator, decoder: Stage plugins (None: the method's).
+            resolution: Resize inputs so the longer side is this many pixels, as data.resolution (None: keep).
+        """
+        super().__init__()
+        self.lam = check_lam_setting(lam)
+        # Copies: callers (EditModule's signature) pass shared default instances.
+        self.sampling = replace(sampling) if sampling is not None else SamplingConfig()
+        self.mask = replace(mask) if mask is not None else MaskConfig()
+        self.ito = replace(ito) if ito is not None else ITOConfig()
+        self.guidance = replace(guidance) if guidance is not None else GuidanceConfig()
+        self.auto_lam = replace(auto_lam) if auto_lam is not None else AutoLam()
+        self.inversion = inversion or DDIMInversion()
+        self.mask_estimator = mask_estimator or NoiseDifferenceMask()
+        self.guidance_generator = guidance_generator or NoiseEncodedGuidance()
+        self.decoder = decoder or ITODecode()
+        check_steps(self.sampling, self.ito if self.decoder.uses_ito else None,
+                    self.guidance if self.decoder.uses_guidance else None)
+        if unet_chunk_size is not None and unet_chunk_size < 1:
+            raise ConfigError(f"unet_chunk_size must be >= 1 or null, got {unet_chunk_size}.")
+        if resolution is not None and resolution < 8:
+            raise ConfigError(f"resolution must be >= 8 pixels, got {resolution}.")
+        conditioners = list(conditioners or [])
+        if not any(c.provides_text for c in conditioners):
+            conditioners.insert(0, TextConditioner())
+        elif not conditioners[0].provides_text:
+            conditioners.sort(key=lambda c: not c.provides_text)  # text first: ControlNets read it
+        self.backbone = backbone if backbone is not None else StableDiffusion()
+        self.conditioners = nn.ModuleList(conditioners)
+        self.losses = nn.ModuleList(losses if losses is not None else [MaskedMSEPreservation(), CosineGuidance()])
+        self.optimizer = optimizer
+        self.seed = seed
+        self.unet_chunk_size = unet_chunk_size
+        self.resolution = resolution
+        self.engine: Optional[EditEngine] = None  # built by `load`
+        self._placement: dict[str, Any] = {}  # what `.to` asked for before the weights were read
+        self._callback: Optional[StepCallback] = None
+
+    # -------------------------------------------------------------------------------- building
+    @classmethod
+    def from_pretrained(cls, pretrained: str, conditioners: Optional[Sequence[Union[str, Conditioner]]] = None, *,
+                        torch_dtype: Optional[torch.dtype] = None, **settings) -> "EditPipeline":
+        """Load a pipeline from an SD 1.x hub id, folder or `builtin:` name.
+
+        `conditioners`: short names ('pose', 'scribble': a ControlNet of that modality, the same built-in model or
+        SD15_CONTROLNETS) or conditioner objects. `settings`: the pipeline's parameters (`lam`, `mask`, `ito`,
+        `losses`, the stage slots ...) and StableDiffusion's (`variant`, `revision`, `attention_slicing` ...).
+        """
+        backbone_keys = set(inspect.signature(StableDiffusion).parameters) - {"pretrained"}
+        backbone = StableDiffusion(pretrained, **{k: settings.pop(k) for k in list(settings) if k in backbone_keys})
+        made = [c if isinstance(c, Conditioner) else ControlNetConditioner(c, controlnet_for(c, pretrained))
+                for c in conditioners or []]
+        return cls(backbone, made, **settings).to(dtype=torch_dtype).load()
+
+    @classmethod
+    def from_config(cls, config: Union[str, Path, dict], args: Sequence[str] = (), *,
+                    torch_dtype: Optional[torch.dtype] = None, **settings) -> "EditPipeline":
+        """Load the pipeline of an experiment YAML (its model section, and data.resolution), as `fit` builds it.
+
+        `args`: `--model.*` overrides as the command line takes them (['--model.mask.seeds', '4']).
+        `settings`: overrides as Python values; a dict changes fields of a settings group
+        (`mask={"threshold": 0.3}`), anything else replaces the setting (`lam=0.4`, `losses=[MyLoss()]`).
+        """
+        data = config if isinstance(config, dict) else yaml.safe_load(Path(config).read_text())
+        section = dict((data or {}).get("model") or {})
+        if "class_path" not in section:
+            raise ConfigError(f"{config}: no model section with a class_path (e.g. framework.EditModule).")
+        section["init_args"] = {k: v for k, v in (section.get("init_args") or {}).items() if k != "metrics"}
+        # The YAML names a Lightning module class (EditModule or a baseline built on it): build it as the CLI does,
+        # so its defaults and checks apply, and keep its pipeline.
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_subclass_arguments(import_object(section["class_path"]), "model", required=True)
+        parsed = parser.parse_args(["--model", yaml.safe_dump(section), *args])
+        pipe = parser.instantiate_classes(parsed).model.pipeline
+        data_args = ((data or {}).get("data") or {}).get("init_args") or {}
+        settings.setdefault("resolution", data_args.get("resolution"))
+        current = pipe.arguments()
+        unknown = sorted(set(settings) - set(current))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown}; the pipeline's: {', '.join(current)}.")
+        # Rebuilt with the overrides, so they pass the constructor's checks (nothing is loaded yet).
+        pipe = cls(**{k: _merge(v, settings[k]) if k in settings else v for k, v in current.items()})
+        return pipe.to(dtype=torch_dtype).load()
+
+    def arguments(self) -> dict[str, Any]:
+        """The constructor arguments that make this pipeline (models and plugins as the objects held)."""
+        return {name: getattr(self, name) for name in inspect.signature(type(self)).parameters}
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """Everything of the pipeline that decides an edit, as plain values (summary.json's parameters)."""
+        probe = [torch.zeros(1, requires_grad=True)]  # the optimiser as torch prints it, on a stand-in tensor
+        return {
+            "stages": {"inversion": self.decoder.uses_inversion, "mask": not isinstance(self.mask_estimator, NoMask),
+                       "guidance": self.decoder.uses_guidance, "ito": self.decoder.uses_ito,
+                       **{slot: plain_fields(getattr(self, slot)) for slot in
+                          ("inversion", "mask_estimator", "guidance_generator", "decoder")}},
+            "lam": self.lam, "auto_lam": asdict(self.auto_lam) if self.lam == "auto" else None,
+            "seed": self.seed, "backbone": self.backbone.pretrained,
+            "memory": {k: getattr(self.backbone, k, None)
+                       for k in ("attention_slicing", "vae_tiling", "vae_tile_size")},
+            "sampling": asdict(self.sampling), "mask": asdict(self.mask), "ito": asdict(self.ito),
+            "guidance": asdict(self.guidance), "conditioners": [plain_fields(c) for c in self.conditioners],
+            "losses": [plain_fields(loss) for loss in self.losses],
+            "optimizer": repr((self.optimizer or default_optimizer)(probe)),
+        }
+
+    def deciding_settings(self, seeded_requests: bool = False) -> dict[str, Any]:
+        """`resolved_settings` less what cannot change this method's edits: the memory options, the settings of
+        stages its decoder does not run (a DiffEdit run resumes after ITO's defaults change), and `seed` when
+        `seeded_requests` (every request of the run carries its own seed, so the pipeline's decides no edit)."""
+        unused = {"memory", "seed"} if seeded_requests else {"memory"}
+        if not self.decoder.uses_ito:
+            unused |= {"ito", "losses", "optimizer", "lam", "auto_lam"}
+        if not self.decoder.uses_guidance:
+            unused |= {"guidance"}
+        if isinstance(self.mask_estimator, NoMask):
+            unused |= {"mask"}
+        return {k: v for k, v in self.resolved_settings().items() if k not in unused}
+
+    def settings_digest(self, extra: Optional[dict[str, Any]] = None, seeded_requests: bool = False) -> str:
+        """A digest of `deciding_settings` (and `extra`) and of the weights (result.json's `settings`)."""
+        return settings_digest({**self.deciding_settings(seeded_requests), **(extra or {})}, self.backbone,
+                               *self.conditioners)
+
+    def weights_digest(self) -> str:
+        """A digest of the weights alone (part of `settings_digest`; result.json's `weights`)."""
+        return settings_digest({}, self.backbone, *self.conditioners)
+
+    def load(self) -> "EditPipeline":
+        """Read the backbone's and the conditioners' weights (once; each conditioner checks that it fits the UNet)."""
+        if self.engine is not None:
+            return self
+        self.backbone.load()
+        for conditioner in self.conditioners:
+            conditioner.load(self.backbone)
+        self.backbone.configure_memory(*self.conditioners)  # attention slicing reaches the ControlNets too
+        self.engine = EditEngine(self.backbone, list(self.conditioners), list(self.losses), emit=self._emit)
+        self._update_engine()
+        if self._placement:
+            super().to(**self._placement)
+        return self
+
+    def _update_engine(self) -> None:
+        """The engine runs with the pipeline's settings and slots as they are now (benchmarks call its stages)."""
+        engine = self.engine
+        engine.sampling, engine.mask_cfg, engine.ito_cfg, engine.guidance_cfg = \
+            self.sampling, self.mask, self.ito, self.guidance
+        engine.optimizer_factory, engine.losses = self.optimizer, list(self.losses)
+        engine.inversion, engine.mask_estimator = self.inversion, self.mask_estimator
+        engine.guidance_generator, engine.decoder = self.guidance_generator, self.decoder
+        engine.denoiser.chunk_size = self.unet_chunk_size
+
+    def to(self, device: Union[str, torch.device, torch.dtype, None] = None,
+           dtype: Optional[torch.dtype] = None) -> "EditPipeline":
+        """Move the models (`pipe.to("cuda")`) and/or cast their weights (`pipe.to("cpu", torch.bfloat16)`).
+
+        Each model then runs in its weights' dtype, its inputs cast to it, as diffusers' fp16 pipelines run (CPU
+        autocast cannot mix bf16 weights with ControlNets' float32 group norms); the ITO step stays in float32."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        change = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        self._placement.update(change)
+        if change and self.engine is not None:
+            super().to(**change)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        if self.backbone.loaded:
+            return next(self.backbone.unet.parameters()).device
+        return torch.device(self._placement.get("device", "cpu"))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        if self.backbone.loaded:
+            return next(self.backbone.unet.parameters()).dtype
+        return self._placement.get("dtype", torch.float32)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The map names this pipeline's conditioners read ('pose', 'scribble' ...)."""
+        return [c.modality for c in self.conditioners if c.modality]
+
+    def train(self, mode: bool = True) -> "EditPipeline":
+        """Frozen networks: the pipeline stays in eval mode."""
+        return super().train(False)
+
+    # ------------------------------------------------------------------------------ the edit
+    @torch.no_grad()
+    def __call__(self, image: ImageInput, source_prompt: str, edit_prompt: Optional[str] = None, *,
+                 source_maps: Optional[dict[str, ImageInput]] = None, edit_maps: Optional[dict[str, ImageInput]] = None,
+                 mask: Optional[ImageInput] = None, lam: Union[float, str, None] = None, seed: Optional[int] = None,
+                 resolution: Optional[int] = None, callback_on_step_end: Optional[StepCallback] = None,
+                 request_id: str = "edit") -> EditPipelineOutput:
+        """Edit one image (paper Fig. 1).
+
+        Args:
+            image: The input I: a PIL image, or a tensor (1, 3, H, W) in [0, 1].
+            source_prompt: Caption of the input (C_0's text).
+            edit_prompt: Prompt of the edit (C_EDIT's text; None: the source prompt).
+            source_maps: {modality: map} of the input's layout, e.g. {"pose": pose_map}; PIL or (1, 3, H, W).
+            edit_maps: {modality: map} of the edit's layout; a modality missing here keeps its source map.
+            mask: The edit region (white / 1 = edit), PIL or (1, 1, H, W); None: estimated (Eq. 7).
+            lam: Preservation weight of this edit (None: the pipeline's `lam`).
+            seed: Seed of this edit's random draws (None: the pipeline's `seed`).
+            resolution: Longer side the input is resized to (None: the pipeline's `resolution`).
+            callback_on_step_end: `fn(pipe, step, timestep, info)`, called at every DDIM step of every stage
+                (info["kind"] == "step": "inversion", "guidance", "final") and after every ITO update
+                (info["kind"] == "ito", with info["loss"]). info also holds "stage", "latents" (read-only: the
+                return value is ignored), "i" and "t", and the request's "id".
+            request_id: Name of the edit in its record.
+
+        Images of one size are used as they are; others are resized like the data module's files (tensors by way
+        of 8 bits, as if read from a PNG). Maps and the mask must have the input's aspect ratio.
+        """
+        resolution = self.resolution if resolution is None else resolution
+        self.check_inputs(image, source_prompt, edit_prompt, source_maps, edit_maps, mask, lam, seed, resolution)
+        request = self.prepare_request(image, source_prompt, edit_prompt, source_maps or {}, edit_maps or {}, mask,
+                                       resolution, lam, seed, request_id)
+        result = self.edit(request, callback_on_step_end)
+        record = result.record
+        size = tuple(result.edit.shape[-2:])
+        return EditPipelineOutput(to_pil(result.edit), to_pil(upsample_mask(result.mask, size)),
+                                  None if result.guidance is None else to_pil(result.guidance), record["lam"],
+                                  record["seconds"]["total"], sum(record["unet_evaluations"].values()), result)
+
+    def edit(self, request: EditRequest, callback: Optional[StepCallback] = None) -> EditResult:
+        """The procedure on a loaded request (framework.data.EditRequest), with the pipeline's settings and slots."""
+        self.load()
+        setting = self.lam if request.lam is None else check_lam_setting(request.lam, f"request '{request.id}' lam")
+        seed = self.seed if request.seed is None else request.seed
+        self._update_engine()  # a sweep, the demo or a test may have replaced settings or slots since `load`
+        self._callback = callback
+        try:
+            result = self.engine.edit(request.to(self.device), setting, seed, self.auto_lam)
+        finally:
+            self._callback = None
+        result.record.update(self._prompts_used(request))
+        return result
+
+    def _emit(self, stage: str, kind: str, i: int, t: int, latents: torch.Tensor, **extra) -> None:
+        """The engine's intermediates, to the callback of the edit in progress."""
+        if self._callback is not None:
+            info = {"id": self.engine.request_id, "stage": stage, "kind": kind, "i": i, "t": t, "latents": latents,
+                    **extra}
+            self._callback(self, i, t, info)
+
+    def _prompts_used(self, request: EditRequest) -> dict[str, Any]:
+        """{'prompts_used': {field: the text the encoder saw}} for prompts cut at the tokenizer's limit."""
+        used = getattr(self.backbone, "prompt_used", None)
+        cut = {} if used is None else {k: used(p) for k, p in (("source_prompt", request.source_prompt),
+                                                                 ("edit_prompt", request.edit_prompt))}
+        cut = {k: v for k, v in cut.items() if v is not None}
+        return {"prompts_used": cut} if cut else {}
+
+    # ------------------------------------------------------------------------------ the inputs
+    def check_inputs(self, image, source_prompt, edit_prompt=None, source_maps=None, edit_maps=None, mask=None,
+                     lam=None, seed=None, resolution=None) -> None:
+        """One ManifestError naming what is wrong with a call's inputs, before any model work."""
+        size = _check_image(image, "image", 3)
+        _, cropped = target_size(*size, resolution)
+        if min(cropped) < 8:
+            raise ManifestError(f"image is {size[0]}x{size[1]}: sides under 8 pixels; pass a larger image or a "
+                                f"resolution.")
+        if not isinstance(source_prompt, str):
+            raise ManifestError(f"source_prompt must be a string (a caption of the input), got {source_prompt!r}.")
+        if edit_prompt is not None and not isinstance(edit_prompt, str):
+            raise ManifestError(f"edit_prompt must be a string, got {edit_prompt!r}.")
+        source_maps, edit_maps = source_maps or {}, edit_maps or {}
+        for side, maps in (("source_maps", source_maps), ("edit_maps", edit_maps)):
+            if not isinstance(maps, dict):
+                raise ManifestError(f"{side} must be a dict {{modality: map}}, e.g. {{'pose': pose_map}}.")
+            unknown = sorted(set(maps) - set(self.modalities))
+            if unknown:
+                raise ManifestError(f"{side}: no conditioner reads {unknown}; this pipeline's modalities: "
+                                    f"{', '.join(self.modalities) or 'none (text only)'}.")
+            for name, item in maps.items():
+                check_aspect(_check_image(item, f"{side}['{name}']", 3), size, f"{side}['{name}']", "given")
+        if set(edit_maps) - set(source_maps):
+            raise ManifestError(f"edit map(s) {sorted(set(edit_maps) - set(source_maps))} have no source map; give "
+                                f"the input's own layout in source_maps too.")
+        if mask is not None:
+            check_aspect(_check_image(mask, "mask", 1), size, "mask", "given")
+        if (edit_prompt is None or edit_prompt == source_prompt) and not edit_maps:
+            raise ManifestError("no edit condition: give an edit_prompt other than the source_prompt, or edit_maps.")
+        try:
+            check_lam_setting(0.6 if lam is None else lam)
+        except ConfigError as err:
+            raise ManifestError(str(err)) from None
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ManifestError(f"seed must be an integer, got {seed!r}.")
+
+    def prepare_request(self, image: ImageInput, source_prompt: str, edit_prompt: Optional[str],
+                        source_maps: dict[str, ImageInput], edit_maps: dict[str, ImageInput],
+                        mask: Optional[ImageInput], resolution: Optional[int], lam=None, seed: Optional[int] = None,
+                        request_id: str = "edit") -> EditRequest:
+        """The request the data module would load from these images saved as files (same sizing, same filters)."""
+        original = _size(image)
+        if isinstance(image, torch.Tensor) and target_size(*original, resolution) == (original, original):
+            pixels = image.float()  # already at its working size: used as it is
+        else:
+            pixels = fit_image(_opened(image, "RGB"), resolution, "image")
+        working = (pixels.shape[-1], pixels.shape[-2])
+
+        def align(item: ImageInput, what: str, mode: str) -> torch.Tensor:
+            if isinstance(item, torch.Tensor) and _size(item) == working:
+                return item.float()
+            return align_image(_opened(item, mode), working, original, what, "given")
+
+        source = {k: align(v, f"source {k} map", "RGB") for k, v in source_maps.items()}
+        edit = {**source, **{k: align(v, f"edit {k} map", "RGB") for k, v in edit_maps.items()}}
+        return EditRequest(request_id, pixels, source_prompt, edit_prompt or source_prompt, source, edit,
+                           None if mask is None else align(mask, "mask", "L"), seed, lam, {})
+
+
+def _size(item: ImageInput) -> tuple[int, int]:
+    """(width, height) of a PIL image or an image tensor."""
+    return item.size if isinstance(item, Image.Image) else (int(item.shape[-1]), int(item.shape[-2]))
+
+
+def _check_image(item: Any, what: str, channels: int) -> tuple[int, int]:
+    """(width, height) of a PIL image or a (1, channels, H, W) tensor in [0, 1]; ManifestError otherwise."""
+    if isinstance(item, Image.Image):
+        return _size(ImageOps.exif_transpose(item))
+    if not isinstance(item, torch.Tensor):
+        raise ManifestError(f"{what}: expected a PIL image or a tensor (1, {channels}, H, W) in [0, 1], got "
+                            f"{type(item).__name__}.")
+    if item.dim() != 4 or item.shape[:2] != (1, channels) or not item.is_floating_point():
+        raise ManifestError(f"{what}: expected a float tensor (1, {channels}, H, W) in [0, 1], got "
+                            f"{item.dtype} {tuple(item.shape)}.")
+    if item.numel() and (item.min() < 0 or item.max() > 1):
+        raise ManifestError(f"{what}: values must be in [0, 1], got [{float(item.min()):.3g}, {float(item.max()):.3g}].")
+    return _size(item)
+
+
+def _opened(item: ImageInput, mode: str) -> Image.Image:
+    """A PIL image as framework.data opens a file (EXIF orientation, 8-bit, alpha on white); a tensor via 8 bits."""
+    if isinstance(item, torch.Tensor):
+        item = to_pil(item.detach().cpu())
+    return as_mode(ImageOps.exif_transpose(item), mode)
