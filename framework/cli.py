@@ -22,7 +22,7 @@ from framework.data import EditDataModule
 from framework.errors import ConfigError, edit_error_in, note
 from framework.module import EditModule
 from framework.preflight import after_load
-from framework.records import OutputLock
+from framework.records import OutputLock, writable_folder
 from framework.threads import apply_cpu_threads
 
 # Field docstrings of the settings dataclasses become their --help text (LitGPT style).
@@ -174,6 +174,8 @@ class EditCLI(LightningCLI):
         """Before the Trainer starts (and a W&B run is created): lock the output folder against a second run, load
         the weights, which checks every conditioner against the UNet, then the checks that need the tokenizer."""
         output_dir = getattr(self.model, "output_dir", None)
+        if output_dir is not None:  # created and checked writable before it is locked (EditModule.load_weights checks)
+            output_dir = self.model.output_dir = writable_folder(output_dir)
         rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
         if output_dir is not None and rank == 0 and EditCLI.output_lock is None:  # other ranks are this same run
             EditCLI.output_lock = OutputLock(output_dir).acquire()
