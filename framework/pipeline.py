@@ -432,13 +432,13 @@ class EditPipeline(nn.Module):
         if isinstance(image, torch.Tensor) and target_size(*original, resolution) == (original, original):
             pixels = image.float()  # already at its working size: used as it is
         else:
-            pixels = fit_image(_opened(image, "RGB"), resolution, "image")
+            pixels = fit_image(_opened(image, "RGB", request_id, "image"), resolution, "image")
         working = (pixels.shape[-1], pixels.shape[-2])
 
         def align(item: ImageInput, what: str, mode: str) -> torch.Tensor:
             if isinstance(item, torch.Tensor) and _size(item) == working:
                 return item.float()
-            return align_image(_opened(item, mode), working, original, what, "given")
+            return align_image(_opened(item, mode, request_id, what), working, original, what, "given")
 
         source = {k: align(v, f"source {k} map", "RGB") for k, v in source_maps.items()}
         edit = {**source, **{k: align(v, f"edit {k} map", "RGB") for k, v in edit_maps.items()}}
@@ -466,8 +466,9 @@ def _check_image(item: Any, what: str, channels: int) -> tuple[int, int]:
     return _size(item)
 
 
-def _opened(item: ImageInput, mode: str) -> Image.Image:
-    """A PIL image as framework.data opens a file (EXIF orientation, 8-bit, alpha on white); a tensor via 8 bits."""
+def _opened(item: ImageInput, mode: str, request_id: Optional[str] = None, what: str = "image") -> Image.Image:
+    """A PIL image as framework.data opens a file (EXIF orientation, 8-bit, alpha on white, with the same note
+    naming the request); a tensor via 8 bits."""
     if isinstance(item, torch.Tensor):
         item = to_pil(item.detach().cpu())
-    return as_mode(ImageOps.exif_transpose(item), mode)
+    return as_mode(ImageOps.exif_transpose(item), mode, request_id, what)

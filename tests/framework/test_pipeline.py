@@ -236,3 +236,29 @@ def test_the_module_is_a_shell_over_the_pipeline(tiny_dirs, tmp_path):
     module.losses = torch.nn.ModuleList([CountingLoss()])
     assert module.pipeline.ito.update_steps == 3 and isinstance(module.pipeline.losses[0], CountingLoss)
     assert module.lam == module.pipeline.lam == 0.7 and module.backbone is module.pipeline.backbone
+
+
+def test_the_seed_leaves_the_digest_only_when_every_request_carries_its_own(tiny_dirs, tmp_path):
+    """The pipeline's digest is told whether the run's requests seed themselves (EditModule knows its data)."""
+    one, other = tiny_pipeline(tiny_dirs, seed=1), tiny_pipeline(tiny_dirs, seed=2)
+    assert "seed" in one.deciding_settings() and "seed" not in one.deciding_settings(seeded_requests=True)
+    assert one.settings_digest() != other.settings_digest()
+    assert one.settings_digest(seeded_requests=True) == other.settings_digest(seeded_requests=True)
+    assert one.weights_digest() == other.weights_digest()  # result.json's `weights`: the weights alone
+    module = EditModule(StableDiffusion(str(tiny_dirs["sd"])), output_dir=str(tmp_path / "never"))
+    assert module.weights_digest() == module.pipeline.weights_digest()
+    assert module.settings_digest() == module.pipeline.settings_digest({"method": module.method_name(),
+                                                                        "precision": None})  # no data known: kept
+
+
+def test_a_transparent_input_gets_the_data_modules_note(tiny_dirs, scene):
+    from framework.errors import EditNote
+
+    rgba = scene[0].convert("RGBA")
+    rgba.putalpha(128)
+    pipe = tiny_pipeline(tiny_dirs)
+    with pytest.warns(EditNote) as notes:
+        pipe.prepare_request(rgba, "a", "b", {}, {}, None, None, request_id="glass")
+    message = str(notes[0].message)
+    assert message.startswith("request 'glass': image is transparent in 100% of its pixels")
+    assert "composited onto white" in message
