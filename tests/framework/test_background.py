@@ -183,5 +183,5 @@ def test_paired_study_groups_seeds_and_reads_the_difference(tmp_path):
     blend = rows["blend"]["gt/background_l1"]
     diff, low, high = blend["diff"]
     assert diff == pytest.approx(-0.011) and low == pytest.approx(-0.011) and high == pytest.approx(-0.011)
-    assert blend["floor"] is None and rows["blend"]["unet"] == 40
+    assert blend["floor"] is None and rows["blend"]["unet"] == 30  # the mask stage aside (shared by a cache)
     assert rows["default"]["gt/background_l1"]["floor"] == pytest.approx(0.002 / 2 ** 0.5)
