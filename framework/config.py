@@ -151,20 +151,22 @@ class ITOConfig:
     """lam at the last ITO step (step t_u - 1): lam then moves linearly from the edit's lam at the first ITO
     step to lam_end, e.g. guidance early and preservation late with t_u = steps and lam_end = 1; None: the
     edit's lam at every step (the paper)."""
-    blend: str = "none"
-    """Latent blending outside the mask (DiffEdit's way) in the steps ITO does not reach: 'after': from step
-    t_u on, y_t <- y_t + w (1 - m) (x_t - y_t) before each step and the same with x_0 at the end, so the
-    background is pulled back onto the input's own inversion; 'none' (the paper): the steps after t_u decode
-    freely."""
+    blend: str = "after"
+    """Latent blending outside the mask (DiffEdit's way) in the steps ITO does not reach: 'after' (default): from
+    step t_u on, y_t <- y_t + w (1 - m) (x_t - y_t) before each step and the same with x_0 at the end, so the
+    background is pulled back onto the input's own inversion instead of drifting under CFG (docs/background.md);
+    'none' (the paper): the steps after t_u decode freely."""
     blend_weight: Optional[float] = None
     """w of the blend: None: the edit's lam at its last ITO step, so lam stays the dial (1: the background ends
     on the input as DiffEdit's; 0: no blend, the edit lands on G); a number in [0, 1]: that weight always."""
     feather: float = 0.0
     """Sigma, in latent pixels, of the blend's soft edge: m becomes m * blur(m), so the blend reaches into the
     edit region's border and never past it (no seam, the background outside m untouched); 0: the hard mask."""
-    blend_margin: int = 0
-    """Latent pixels the mask is grown by before the blend (a square of side 2 margin + 1): the decode may then
-    finish changes the mask missed at its border, at the cost of that ring of background; 0: the mask as is."""
+    blend_margin: int = 1
+    """Latent pixels the mask is grown by before the blend (a square of side 2 margin + 1): the ring is held by
+    ITO's preservation up to t_u and then decodes freely, so the edit can finish what the mask missed at its
+    border (1, default: on the toy world target L1 -0.009 at +0.001 background, docs/background.md); 0: the
+    mask as is, DiffEdit's blend."""
     outside_guidance_scale: Optional[float] = None
     """CFG scale outside the mask in the steps after t_u (inside it stays sampling.guidance_scale): 1 decodes
     the background under the condition alone, where CFG drifts it from the inversion; None: one scale."""

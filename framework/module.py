@@ -62,7 +62,7 @@ class EditModule(pl.LightningModule):
         conditioners: Optional[list[Conditioner]] = None,
         losses: Optional[list[EditLoss]] = None,
         optimizer: Optional[Callable[[Iterable], torch.optim.Optimizer]] = None,
-        lam: Union[float, Literal["auto"]] = 0.6,
+        lam: Union[float, Literal["auto"]] = 1.0,
         sampling: SamplingConfig = SamplingConfig(),  # noqa: B008 - instances so --help lists their fields;
         mask: MaskConfig = MaskConfig(),  # noqa: B008   copied below, never shared
         ito: ITOConfig = ITOConfig(),  # noqa: B008
@@ -86,12 +86,13 @@ class EditModule(pl.LightningModule):
                 so that lam weighs them: mean MSE, per-pixel cosine with a norm term; experiments/paper_literal.yaml
                 prints them as Eqs. 4-5 do).
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1, the paper's).
-            lam: lambda, the dial between keeping and changing (Eq. 6, Fig. 5): the preservation loss gets lam, the
-                guidance loss 1 - lam. 1 keeps the background most and skips the guidance image; lower values
-                follow the guidance image G more, background included; 0 lands on G (docs/lam.md has the
-                measured dial; experiments/paper_literal.yaml, where lam acts as a switch). 'auto': set per edit
-                from its mask area and whether its prompt changes, by `auto_lam` (recorded in result.json as lam
-                and lam_rule).
+            lam: lambda, the dial between keeping and changing (Eq. 6, Fig. 5): the preservation loss (and the
+                blend after t_u) gets lam, the guidance loss 1 - lam. 1 (default; the paper: 0.6) keeps the
+                background most and skips the guidance image, which on the toy world gave the lowest background and
+                target L1 (docs/background.md); lower values follow the guidance image G more, background included;
+                0 lands on G (docs/lam.md; experiments/paper_literal.yaml, where lam acts as a switch). 'auto': set
+                per edit from its mask area and whether its prompt changes, by `auto_lam` (recorded in result.json
+                as lam and lam_rule).
             sampling: DDIM steps, encode ratio, CFG scales, inversion prompt.
             mask: Edit-mask estimation (Eq. 7) settings.
             ito: t_u, k and optimiser-state policy of the final decode.

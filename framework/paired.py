@@ -11,7 +11,9 @@ A sweep's runs named `<setting>_s<k>` are one setting drawn with several seeds (
   when only the random draws change; "-" with one seed);
 - the paired difference from the base setting with its 95 % bootstrap interval over edits (it excludes 0
   when the data tell the two apart);
-- the cost: mean UNet sample-evaluations per edit (result.json `unet_evaluations`, every stage).
+- the cost: mean UNet sample-evaluations per edit (result.json `unet_evaluations`) outside the mask stage: a
+  sweep's runs share one cached mask per edit, so its cost shows only where it was computed (the default
+  Eq. 7 mask adds 80 to every method that estimates one, docs/performance_cost.md).
 """
 
 from __future__ import annotations
@@ -55,12 +57,12 @@ class Setting:
 
 
 def unet_samples(folder: Path) -> Optional[float]:
-    """Mean UNet sample-evaluations per edit of a run (all stages), from its result.json files."""
+    """Mean UNet sample-evaluations per edit of a run, the mask stage aside, from its result.json files."""
     totals = []
     for path in folder.glob("*/result.json"):
         counts = json.loads(path.read_text()).get("unet_evaluations")
         if isinstance(counts, dict):
-            totals.append(sum(counts.values()))
+            totals.append(sum(v for k, v in counts.items() if k != "mask"))
     return statistics.fmean(totals) if totals else None
 
 
@@ -103,7 +105,7 @@ def compare(settings: dict[str, Setting], base: str, metrics: Sequence[str] = ME
 def table(rows: list[dict], base: str, metrics: Sequence[str] = METRICS) -> str:
     """The rows as markdown: `mean (floor)` and `difference from base [95 % CI]` per metric."""
     head = "| setting | seeds | edits | " + " | ".join(f"{m} (floor) | - {base} [95 % CI]" for m in metrics)
-    lines = [head + " | UNet samples / edit |", "|---|---|---|" + "---|---|" * len(metrics) + "---|"]
+    lines = [head + " | UNet samples / edit, mask aside |", "|---|---|---|" + "---|---|" * len(metrics) + "---|"]
     for row in rows:
         edits = max((row[m]["edits"] for m in metrics if m in row), default=0)
         cells = []
