@@ -107,7 +107,7 @@ class EditPipeline(nn.Module):
         conditioners: Optional[Sequence[Conditioner]] = None,
         losses: Optional[Sequence[EditLoss]] = None,
         optimizer: Optional[OptimizerFactory] = None,
-        lam: Union[float, str] = 0.6,
+        lam: Union[float, str] = 1.0,
         sampling: Optional[SamplingConfig] = None,
         mask: Optional[MaskConfig] = None,
         ito: Optional[ITOConfig] = None,
@@ -127,7 +127,8 @@ class EditPipeline(nn.Module):
             conditioners: Condition plugins; a text conditioner is put first when none is listed.
             losses: ITO loss objects (None: masked-MSE preservation + cosine guidance).
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1).
-            lam: lambda of Eq. 6 (1 keeps most, 0 lands on the guidance image), or 'auto' (from the mask).
+            lam: lambda of Eq. 6 (1, the default: keeps most and makes no guidance image; 0 lands on the guidance
+                image), or 'auto' (from the mask).
             sampling, mask, ito, guidance: The settings groups (dataclasses of framework.config; None: defaults).
             seed: Seed of every random draw of an edit (a call's own seed wins).
             unet_chunk_size: Most samples per UNet call; None: no cap.
@@ -417,7 +418,7 @@ class EditPipeline(nn.Module):
         if (edit_prompt is None or edit_prompt == source_prompt) and not edit_maps:
             raise ManifestError("no edit condition: give an edit_prompt other than the source_prompt, or edit_maps.")
         try:
-            check_lam_setting(0.6 if lam is None else lam)
+            check_lam_setting(1.0 if lam is None else lam)
         except ConfigError as err:
             raise ManifestError(str(err)) from None
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
