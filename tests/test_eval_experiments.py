@@ -222,8 +222,8 @@ def test_fronts_sweep_draws_one_line_per_method_with_bootstrap_intervals(tmp_pat
     auto_lams = [json.loads(r.read_text())["lam"] for r in (out / "ito_auto").glob("*/result.json")]
     assert len(auto_lams) == 3
     assert [(r[0].lstrip("| "), r[1], r[2]) for r in rows] == [
-        ("DiffEdit", "encode_ratio", "0.7"), ("ITO t_u=3", "lam", "0.2"), ("ITO t_u=3", "lam", "1"),
-        ("ITO t_u=3 auto", "lam", f"{round(sum(auto_lams) / 3, 2):g}"), ("SDEdit", "encode_ratio", "0.7")]
+        ("DiffEdit", "encode_ratio", "0.7"), ("ITO t_u=3 blend +1", "lam", "0.2"), ("ITO t_u=3 blend +1", "lam", "1"),
+        ("ITO t_u=3 blend +1 auto", "lam", f"{round(sum(auto_lams) / 3, 2):g}"), ("SDEdit", "encode_ratio", "0.7")]
     # Each cell: the mean over the 3 edits of the run's results.csv, inside its bootstrap interval.
     edits = [r for r in read_csv(out / "ito_lam0.2" / "results.csv") if r["id"] != "mean"]
     mean = sum(float(r["gt/background_l1"]) for r in edits) / len(edits)

@@ -23,7 +23,8 @@ def write_config(path: Path, tiny_dirs, manifest: Path, out: Path, **model) -> P
             "conditioners": [{"class_path": "conditioners.ControlNetConditioner",
                               "init_args": {"modality": "pose", "pretrained": str(tiny_dirs["pose"])}}],
             "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.1}},
-            "output_dir": str(out), **model}},
+            # lam 0.6 (the paper's), not the default 1: these runs exercise every stage, the guidance image included
+            "lam": 0.6, "output_dir": str(out), **model}},
         "data": {"class_path": "framework.EditDataModule", "init_args": {"manifest": str(manifest)}},
         "trainer": {"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(out / "logs")}}},
@@ -154,7 +155,7 @@ def test_help_print_config_and_overrides(tmp_path, tiny_dirs, manifest, capsys):
         main(["fit", "--model.help", "EditModule"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "--model.lam" in text and "preservation loss gets lam" in text
+    assert "--model.lam" in text and "the dial between keeping and changing" in text
     with pytest.raises(SystemExit):
         main(["fit", "--model.conditioners.help", "ControlNetConditioner"])
     assert "Conditioning scale" in capsys.readouterr().out

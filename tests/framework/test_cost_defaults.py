@@ -30,18 +30,21 @@ def _counts(tiny_dirs, tmp_path, request, **settings) -> dict[str, int]:
     return module.edit(request).record["unet_evaluations"]
 
 
-def test_default_text_edit_costs_230_unet_samples(tiny_dirs, tmp_path, text_request):
+def test_default_text_edit_costs_155_unet_samples_and_230_with_a_guidance_image(tiny_dirs, tmp_path, text_request):
     # inversion: 25 steps, conditional only; mask: 5 decode steps (strength 0.5 of the 10-step grid) x
-    # 4 seeds x 2 conditions x 2 CFG halves; guidance: 25 decode steps x 2 halves + its 25-step inversion;
-    # final: 25 steps x 2 halves. 230 <= 250 = 2.5x DiffEdit's 115.
+    # 4 seeds x 2 conditions x 2 CFG halves; final: 25 steps x 2 halves. lam 1 (the default) makes no guidance
+    # image: 155, DiffEdit's own count. With one (lam < 1): its 25 decode steps x 2 halves + its 25-step inversion.
     counts = _counts(tiny_dirs, tmp_path, text_request)
-    assert counts == {"inversion": 25, "mask": 5 * 4 * 2 * 2, "guidance": 25 * 2 + 25, "final": 25 * 2}
+    assert counts == {"inversion": 25, "mask": 5 * 4 * 2 * 2, "final": 25 * 2}
+    assert sum(counts.values()) == 155
+    counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6)
+    assert counts == {"inversion": 25, "mask": 80, "guidance": 25 * 2 + 25, "final": 25 * 2}
     assert sum(counts.values()) == 230
 
 
 def test_paper_literal_text_edit_costs_630_unet_samples(tiny_dirs, tmp_path, text_request):
-    # mask: 12 decode steps (strength 0.5 of 25) x 10 seeds x 2 conditions x 2 CFG halves.
-    counts = _counts(tiny_dirs, tmp_path, text_request, mask=paper_literal_mask())
+    # mask: 12 decode steps (strength 0.5 of 25) x 10 seeds x 2 conditions x 2 CFG halves; lam 0.6, the paper's.
+    counts = _counts(tiny_dirs, tmp_path, text_request, mask=paper_literal_mask(), lam=0.6)
     assert counts == {"inversion": 25, "mask": 12 * 10 * 2 * 2, "guidance": 75, "final": 50}
 
 

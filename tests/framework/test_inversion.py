@@ -19,7 +19,8 @@ def _engine(backbone, inversion, steps=6, cfg=7.5, conditioners=None):
     from conditioners.text import TextConditioner
 
     return EditEngine(backbone, conditioners or [TextConditioner()], [], inversion=inversion, decoder=ITODecode(),
-                      sampling=SamplingConfig(steps=steps, guidance_scale=cfg), ito=ITOConfig(update_steps=0))
+                      sampling=SamplingConfig(steps=steps, guidance_scale=cfg),
+                      ito=ITOConfig(update_steps=0, blend="none"))  # the free decode: what the inversion gives
 
 
 def _source_decode(engine, request):

@@ -207,7 +207,7 @@ def test_step_callback_without_a_trainer(tiny_dirs, scene, one_thread):
     image, a, b = scene
     calls = []
     pipe = tiny_pipeline(tiny_dirs)
-    pipe(image, "a red circle", "a blue circle", source_maps={"pose": a}, edit_maps={"pose": b},
+    pipe(image, "a red circle", "a blue circle", source_maps={"pose": a}, edit_maps={"pose": b}, lam=0.6,
          callback_on_step_end=lambda p, i, t, info: calls.append((p, i, t, info["stage"], info["kind"])))
     assert all(p is pipe for p, *_ in calls)
     steps = {stage: [i for _, i, _, s, kind in calls if s == stage and kind == "step"]

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from framework.config import SamplingConfig
+from framework.config import ITOConfig, SamplingConfig
 from framework.data import load_manifest, load_request
 from framework.engine import EditEngine
 from framework.inversion import NullTextInversion
@@ -17,7 +17,7 @@ from framework.stages import ITODecode, NoMask
 
 def _engine(backbone, decoder, conditioners):
     return EditEngine(backbone, conditioners, [], inversion=NullTextInversion(inner_steps=3), mask_estimator=NoMask(),
-                      decoder=decoder, sampling=SamplingConfig(steps=6))
+                      decoder=decoder, sampling=SamplingConfig(steps=6), ito=ITOConfig(blend="none"))
 
 
 def _decode(engine, request):
