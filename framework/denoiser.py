@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -104,9 +104,10 @@ class Denoiser:
             outs.append(self._unet(latents[start:start + size], t, part))
         return torch.cat(outs)
 
-    def __call__(self, latents: torch.Tensor, t: int, cond: Conditioning,
-                 uncond: Optional[Conditioning] = None, guidance_scale: float = 1.0, grad: bool = False) -> torch.Tensor:
-        """eps for latents (b, 4, h, w) with `cond` of batch b; CFG when guidance_scale != 1.
+    def __call__(self, latents: torch.Tensor, t: int, cond: Conditioning, uncond: Optional[Conditioning] = None,
+                 guidance_scale: Union[float, torch.Tensor] = 1.0, grad: bool = False) -> torch.Tensor:
+        """eps for latents (b, 4, h, w) with `cond` of batch b; CFG when guidance_scale != 1 (a tensor scale is a
+        map, e.g. (1, 1, h, w): ito.outside_guidance_scale).
 
         `grad=True` keeps the autograd graph (null-text inversion differentiates through the UNet with
         respect to an embedding); by default no graph is built."""
@@ -114,7 +115,7 @@ class Denoiser:
             return self._eps(latents, t, cond, uncond, guidance_scale)
 
     def _eps(self, latents: torch.Tensor, t: int, cond: Conditioning, uncond: Optional[Conditioning],
-             guidance_scale: float) -> torch.Tensor:
+             guidance_scale: Union[float, torch.Tensor]) -> torch.Tensor:
         unet_dtype = next(self.unet.parameters()).dtype  # ModelMixin.dtype walks every submodule per call
         x = latents.to(unet_dtype) if not torch.is_autocast_enabled(latents.device.type) else latents
         if uncond is None or (not torch.is_tensor(guidance_scale) and guidance_scale == 1.0):
