@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from framework.fronts import Point, read_point
-from framework.metrics.bootstrap import bootstrap_ci, paired_difference_ci
+from framework.metrics.bootstrap import paired_difference_ci
 
 METRICS = ("gt/background_l1", "gt/target_l1", "toy/new_class")
 """What is kept (background L1 outside the true mask), what is changed (target L1 inside it, the toy
@@ -41,7 +41,11 @@ class Setting:
 
     name: str
     seeds: list[Point] = field(default_factory=list)
-    unet_samples: Optional[float] = None
+    costs: list[float] = field(default_factory=list)  # per seed's run: mean UNet samples per edit
+
+    @property
+    def unet_samples(self) -> Optional[float]:
+        return statistics.fmean(self.costs) if self.costs else None
 
     def per_edit(self, metric: str) -> dict[str, float]:
         """Each edit's value averaged over the seeds that scored it, for the edits every seed scored."""
@@ -79,7 +83,7 @@ def read_settings(sweep_dir: Path) -> dict[str, Setting]:
         setting.seeds.append(point)
         cost = unet_samples(folder)
         if cost is not None:
-            setting.unet_samples = cost if setting.unet_samples is None else (setting.unet_samples + cost) / 2
+            setting.costs.append(cost)
     return settings
 
 
@@ -95,7 +99,7 @@ def compare(settings: dict[str, Setting], base: str, metrics: Sequence[str] = ME
             edits = sorted(set(mine) & set(theirs))
             if not edits:
                 continue
-            mean, _, _ = bootstrap_ci([mine[e] for e in edits])
+            mean = statistics.fmean(mine[e] for e in edits)
             diff = paired_difference_ci([mine[e] for e in edits], [theirs[e] for e in edits])
             row[metric] = {"mean": mean, "diff": diff, "edits": len(edits), "floor": setting.floor(metric, edits)}
         rows.append(row)

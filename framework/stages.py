@@ -280,15 +280,13 @@ class MaskBlendDecode(Decoder):
         lag = 1 if self.alignment == "diffusers" else 0
 
         def blend(i: int, t: int, y: torch.Tensor) -> torch.Tensor:
-            if i == 0:
-                return y
-            return mask * y + (1 - mask) * x_traj[timesteps[i - lag]]
+            return y if i == 0 else blend_outside(y, x_traj[timesteps[i - lag]], mask)
 
         eps = engine.eps(state.sides.edit, engine.sampling.guidance_scale, inverted)
         y0 = ddim_decode(x_traj[timesteps[0]], eps, schedule, state.n_final, blend, engine.step_callback("final"),
                          engine.corrections(inverted))
         last = x_traj[timesteps[-1]] if lag else state.x0
-        return mask * y0 + (1 - mask) * last
+        return blend_outside(y0, last, mask)
 
 
 class NoiseEncodedDecode(Decoder):

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from framework.models import StableDiffusion
+from framework.toymodel.gates import background_tint
 
 
 def load(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -61,27 +62,6 @@ def split_run(sd: StableDiffusion, folder: Path) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in totals.items() if v} | {"edits": len(totals["background"])}
 
 
-def flat_grey_tint(sd: StableDiffusion, levels=(80, 110, 140, 170, 200), scenes: int = 8) -> dict[int, list[float]]:
-    """Signed mean RGB error (0-1) of the VAE's round trip on the background pixels of held-out toy scenes
-    redrawn on a flat grey at each level (a whole-image flat grey is no toy scene: the VAE's group norms see
-    zero variance there)."""
-    from dataclasses import replace
-
-    from framework.toyworld import render, sample_scene
-    from framework.toyworld.scenes import Background
-
-    out = {}
-    for level in levels:
-        errors = []
-        for seed in range(scenes):
-            scene = replace(sample_scene(seed, 64), background=Background(kind="flat", grey=level))
-            image, masks = render(scene, 64)
-            image = np.asarray(image, dtype=np.float64) / 255
-            errors.append((vae_roundtrip(sd, image) - image)[np.asarray(masks["background"], bool)])
-        out[level] = [round(float(v), 4) for v in np.concatenate(errors).mean(axis=0)]
-    return out
-
-
 def scene_psnr(sd: StableDiffusion, count: int = 32) -> float:
     """Mean PSNR of the VAE's round trip of held-out toy scenes (seeds 0..count-1, never trained on)."""
     from framework.toyworld import render, sample_scene
@@ -99,7 +79,8 @@ def main(folders: list[str]) -> None:
     vae = folders[folders.index("--vae") + 1] if "--vae" in folders else None
     folders = [f for f in folders if f not in ("--vae", vae)]
     sd = StableDiffusion("builtin:toyworld", vae=vae).load()
-    print("flat grey round trip, signed mean RGB error:", flat_grey_tint(sd))
+    tint = {level: [round(float(v), 4) for v in error] for level, error in background_tint(sd).items()}
+    print("flat grey round trip, signed mean RGB error on the background:", tint)
     print("held-out scene round trip PSNR (dB):", round(scene_psnr(sd), 2))
     for folder in folders:
         print(Path(folder).name, {k: round(v, 4) for k, v in split_run(sd, Path(folder)).items()})

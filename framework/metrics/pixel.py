@@ -10,6 +10,7 @@ import torch
 from framework.data import load_image, open_image, read_image, target_size
 from framework.metrics.base import EditMetric, resize_centre_crop
 from framework.outputs import EditResult
+from framework.stages import grown
 
 
 class L1Distance(EditMetric):
@@ -103,9 +104,7 @@ class BackgroundShift(EditMetric):
             return {}
         edit = result.edit.float()
         inside = load_like(extra["true_mask"], tuple(edit.shape[-2:]), self.resolution)[:, :1] > 0.5
-        side = 2 * self.margin + 1
-        grown = torch.nn.functional.max_pool2d(inside.float(), side, stride=1, padding=self.margin) > 0
-        outside = ~grown[0, 0]  # (h, w)
+        outside = grown(inside.float(), self.margin)[0, 0] == 0  # (h, w)
         if not outside.any():
             return {}
         change = (edit - result.input.float())[0][:, outside]  # (3, pixels)

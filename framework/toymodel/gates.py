@@ -66,6 +66,26 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1 / max(mse, 1e-12)))
 
 
+@torch.no_grad()
+def background_tint(sd, levels: Sequence[int] = (80, 110, 140, 170, 200), scenes: int = 8) -> dict[int, np.ndarray]:
+    """The VAE's colour error on flat greys: per grey level, the signed mean RGB error (0-1) of its round trip on
+    the background pixels of held-out scenes (seeds 0..scenes-1) redrawn on that grey. (A whole-image flat grey is
+    no toy scene: the VAE's group norms see zero variance there.)"""
+    from dataclasses import replace
+
+    from ..toyworld.scenes import Background
+
+    out = {}
+    for level in levels:
+        errors = []
+        for seed in range(scenes):
+            image, masks = render(replace(sample_scene(seed, 64), background=Background(kind="flat", grey=level)), 64)
+            back = to_uint8(sd.decode_latents(sd.encode_image(to_tensor(image))))
+            errors.append((back.astype(np.float64) - image)[np.asarray(masks["background"], bool)] / 255)
+        out[level] = np.concatenate(errors).mean(axis=0)
+    return out
+
+
 def dilate(mask: np.ndarray, radius: int = 1) -> np.ndarray:
     """Binary dilation with a (2r+1)^2 square."""
     from scipy.ndimage import binary_dilation

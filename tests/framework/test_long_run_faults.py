@@ -65,26 +65,6 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_the_lock_ends_with_its
     OutputLock(out).acquire().release()
 
 
-def test_a_checkpoint_changed_between_a_run_and_its_resume_is_named(tmp_path, tiny_dirs, manifest, capsys):
-    from diffusers import ControlNetModel
-    import shutil
-    import torch
-
-    folder = tmp_path / "pose-net"
-    shutil.copytree(tiny_dirs["pose"], folder)
-    out = tmp_path / "out"
-    config = write_config(tmp_path / "exp.yaml", dict(tiny_dirs, pose=folder), manifest, out)
-    main(["fit", "--config", str(config), *FAST])
-    net = ControlNetModel.from_pretrained(folder)
-    with torch.no_grad():
-        next(net.parameters()).add_(0.01)
-    net.save_pretrained(folder)  # retrained in place
-    with pytest.raises(SystemExit):
-        main(["fit", "--config", str(config), *FAST])
-    err = capsys.readouterr().err
-    assert "the model weights changed since (a checkpoint at the same path was retrained or replaced)" in err
-
-
 def test_output_lock_refuses_a_second_holder_until_released_and_a_left_file_blocks_nothing(tmp_path):
     first = OutputLock(tmp_path).acquire()
     assert f"pid {os.getpid()} on " in (tmp_path / ".lock").read_text()

@@ -124,7 +124,9 @@ def test_weights_retrained_at_the_same_path_count_as_other_settings(tmp_path, ti
     net.save_pretrained(folder)  # same folder, other weights
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(config), *FAST])
-    assert "other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other settings" in err
+    assert "the model weights changed since (a checkpoint at the same path was retrained or replaced)" in err
 
 
 class MeanColour(FeatureExtractor):

@@ -170,19 +170,8 @@ def test_bundled_vae_does_not_tint_flat_grey_backgrounds():
     """The quickstart's colour cast is not the VAE's: on held-out scenes redrawn on flat greys across the toy
     world's range, the round trip's signed mean colour error on background pixels stays under 0.01 per channel
     (measured at most 0.0065, at grey 200; docs/background.md)."""
-    from dataclasses import replace
-
-    import torch
-
-    from framework.toyworld.scenes import Background
+    from framework.toymodel.gates import background_tint
 
     sd = StableDiffusion("builtin:toyworld").load()
-    for level in (80, 140, 200):
-        errors = []
-        for seed in range(4):
-            image, masks = render(replace(sample_scene(seed, 64), background=Background(kind="flat", grey=level)), 64)
-            with torch.no_grad():
-                out = to_uint8(sd.decode_latents(sd.encode_image(to_tensor(image))))
-            errors.append((out.astype(float) - image.astype(float))[np.asarray(masks["background"], bool)] / 255)
-        shift = np.concatenate(errors).mean(axis=0)
+    for level, shift in background_tint(sd, levels=(80, 140, 200), scenes=4).items():
         assert np.abs(shift).max() < 0.01, (level, shift)
