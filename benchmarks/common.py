@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: our edit stages, diffusers' counterparts, counters, timing, tables.
 
-Our stages are the engine's own (framework.engine.EditEngine and its default plugins: DDIM inversion,
+Our stages are the engine's own (framework.core.procedure.EditEngine and its default plugins: DDIM inversion,
 the Eq. 7 mask, the noise-encoded guidance image, the ITO decode), called one at a time on an
 EditState, so a benchmark times exactly what `EditModule.edit` runs; diffusers' stages call
 `StableDiffusionDiffEditPipeline` and `StableDiffusionControlNetImg2ImgPipeline` built from the very
@@ -24,11 +24,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from conditioners.base import ConditionSide  # noqa: E402
-from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, paper_literal_mask  # noqa: E402
-from framework.data import EditRequest  # noqa: E402
-from framework.denoiser import Conditioning  # noqa: E402
-from framework.engine import EditEngine, EditState, Sides  # noqa: E402
-from framework.inversion import Inverted  # noqa: E402
+from framework.core.denoiser import Conditioning  # noqa: E402
+from framework.core.procedure import EditEngine, EditState, Sides  # noqa: E402
+from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, paper_literal_mask  # noqa: E402
+from framework.io.manifests import EditRequest  # noqa: E402
+from framework.stages import method_slots
+from framework.stages.inversions import Inverted  # noqa: E402
 from losses.guidance import CosineGuidance  # noqa: E402
 from losses.preservation import MaskedMSEPreservation  # noqa: E402
 
@@ -199,10 +200,10 @@ def interleaved(tasks: list[Task], repeats: int, device, unet_counter, cn_counte
 # ------------------------------------------------------------------------------------ inputs
 def toy_request(size: int, seed: int = 0):
     """A toy-world text + pose edit: image, prompts and pose maps as (1, 3, H, W) tensors in [0, 1]."""
-    from framework.toyworld.edits import make_edit
+    from framework.toy.world.edits import make_edit
 
     pair = make_edit(seed, "text_pose", size)
-    # contiguous, as framework.data loads images (a permuted view would reach the convolutions channels-last)
+    # contiguous, as framework.io.manifests loads images (a permuted view would reach the convolutions channels-last)
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].contiguous().float() / 255  # noqa: E731
     return dict(image=to_t(pair.source_image), source_prompt=pair.source_prompt, edit_prompt=pair.edit_prompt,
                 source_pose=to_t(pair.source_maps["pose"]), edit_pose=to_t(pair.edit_maps["pose"]))
@@ -219,7 +220,7 @@ class OurStages:
         self.conditioners = list(conditioners)
         self.device = device
         self.engine = EditEngine(
-            backbone, self.conditioners, [MaskedMSEPreservation(), CosineGuidance()],
+            backbone, self.conditioners, [MaskedMSEPreservation(), CosineGuidance()], **method_slots(),
             sampling=SamplingConfig(steps=steps, guidance_scale=CFG, inversion_guidance_scale=INVERSION_CFG),
             ito=ITOConfig(update_steps=min(T_U, steps), inner_steps=K),
             guidance=GuidanceConfig(update_steps=min(T_U, steps), inner_steps=K), unet_chunk_size=unet_chunk_size)
@@ -296,8 +297,12 @@ class DiffusersStages:
     """DiffEdit and ControlNet img2img built from the same modules (same UNet, VAE, text encoder)."""
 
     def __init__(self, backbone, controlnet, device, steps: int = STEPS):
-        from diffusers import (DDIMInverseScheduler, DDIMScheduler, StableDiffusionControlNetImg2ImgPipeline,
-                               StableDiffusionDiffEditPipeline)
+        from diffusers import (
+            DDIMInverseScheduler,
+            DDIMScheduler,
+            StableDiffusionControlNetImg2ImgPipeline,
+            StableDiffusionDiffEditPipeline,
+        )
 
         config = backbone.scheduler.config
         common = dict(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,

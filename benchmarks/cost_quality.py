@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from framework.metrics.bootstrap import bootstrap_ci, paired_difference_ci  # noqa: E402
+from framework.evaluation.metrics.bootstrap import bootstrap_ci, paired_difference_ci  # noqa: E402
 
 # metric key -> +1 when higher is better, -1 when lower is better
 METRICS = {"gt/background_l1": -1, "gt/target_l1": -1, "toy/new_class": 1, "mask/recall": 1, "mask/iou": 1}
@@ -176,7 +176,7 @@ def plot(result: dict, path: Path, highlight: tuple[str, ...] = ()) -> Path:
     the references and the runs named in `highlight` drawn filled."""
     from PIL import Image
 
-    from framework.plots import IntervalPoint, plot_intervals
+    from framework.evaluation.plots import IntervalPoint, plot_intervals
 
     panels = []
     chosen = {result["reference"], f"lam1_{result['reference']}", *highlight}

@@ -7,7 +7,7 @@ in this process with `torch.set_num_threads(1)` and with `torch.set_num_threads(
 interleaved, `--repeats` times each, first with the machine as it is (idle, or shared: the load
 average is printed), then while one extra busy process per core spins (the situation of a shared CI runner or a laptop compiling in the
 background). The table gives the median seconds and the ratio all-threads / one-thread side by side;
-`framework.threads.default_threads` reads the machine's load the same way to choose the default.
+`framework.lightning.threads.default_threads` reads the machine's load the same way to choose the default.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ def _spin(stop) -> None:
 
 def _module(steps: int, output_dir: str):
     from conditioners import ControlNetConditioner
-    from framework.cli import quiet_libraries
-    from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
-    from framework.models import TOYWORLD, StableDiffusion
-    from framework.module import EditModule
+    from framework.backbones.loading import TOYWORLD
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
+    from framework.lightning.cli import quiet_libraries
+    from framework.lightning.module import EditModule
 
     quiet_libraries()
     t_u = round(steps * 15 / 25)  # the paper's t_u = 15 of 25 steps, scaled with --steps
@@ -57,7 +58,7 @@ def _module(steps: int, output_dir: str):
 
 
 def _request(name: str):
-    from framework.data import load_manifest, load_request
+    from framework.io.manifests import load_manifest, load_request
 
     specs = {s.id: s for s in load_manifest(ROOT / "experiments" / "examples" / "manifest.yaml")}
     return load_request(specs[name], None)

@@ -2,8 +2,8 @@
 
     python benchmarks/edit_speed.py --sizes 64 256 --repeats 3 [--threads 2] [--json out.json]
 
-The tiny model (`framework.tiny`: UNet (32, 64), /8 VAE, CLIP text, a ControlNet) is written to a
-temporary folder and loaded through `framework.models.StableDiffusion` and the project's
+The tiny model (`framework.toy.tiny`: UNet (32, 64), /8 VAE, CLIP text, a ControlNet) is written to a
+temporary folder and loaded through `framework.backbones.loading.StableDiffusion` and the project's
 conditioners; diffusers' `StableDiffusionDiffEditPipeline` (DDIMScheduler + DDIMInverseScheduler)
 and `StableDiffusionControlNetImg2ImgPipeline` are built from the very same modules. Every stage
 is run at the paper's settings (25 steps, CFG 7.5, inversion guidance 1, mask n = 10 from strength
@@ -37,9 +37,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import common as C  # noqa: E402
+import torch  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -67,8 +66,8 @@ def build(tmp: Path, device: torch.device):
     """Tiny SD + ControlNet written to `tmp` and loaded through the project's own loaders."""
     from conditioners.controlnet import ControlNetConditioner
     from conditioners.text import TextConditioner
-    from framework.models import StableDiffusion
-    from framework.tiny import save_tiny_controlnet, save_tiny_pipeline
+    from framework.backbones.sd import StableDiffusion
+    from framework.toy.tiny import save_tiny_controlnet, save_tiny_pipeline
 
     sd_dir = save_tiny_pipeline(tmp / "sd")
     cn_dir = save_tiny_controlnet(tmp / "controlnet", sd_dir)
@@ -84,7 +83,7 @@ def paper_literal_settings() -> dict:
     """The `mask` and `guidance` settings of experiments/paper_literal.yaml, as the module's config objects."""
     import yaml
 
-    from framework.config import GuidanceConfig, MaskConfig
+    from framework.core.settings import GuidanceConfig, MaskConfig
 
     args = yaml.safe_load((ROOT / "experiments/paper_literal.yaml").read_text())["model"]["init_args"]
     return {"mask": MaskConfig(**args["mask"]), "guidance": GuidanceConfig(**args["guidance"])}
@@ -95,8 +94,8 @@ SETTINGS = (("", "default"), (":paper", "paper-literal"))
 
 
 def bench_size(size: int, args, backbone, conditioners, tmp: Path, device, log) -> dict:
-    from framework.data import EditRequest
-    from framework.module import EditModule
+    from framework.io.manifests import EditRequest
+    from framework.lightning.module import EditModule
 
     req = C.toy_request(size)
     ours = C.OurStages(backbone, conditioners, device, args.steps)
@@ -237,7 +236,7 @@ def main(argv=None) -> dict:
     results = {"config": {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "diffusers": diffusers.__version__, "steps": args.steps, "cfg": C.CFG,
                           "mask_seeds": C.MASK_SEEDS, "mask_strength": C.MASK_STRENGTH, "t_u": C.T_U, "k": C.K,
-                          "lam": C.LAM, "repeats": args.repeats, "model": "framework.tiny (UNet (32, 64), /8 VAE)"},
+                          "lam": C.LAM, "repeats": args.repeats, "model": "framework.toy.tiny (UNet (32, 64), /8 VAE)"},
                "sizes": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

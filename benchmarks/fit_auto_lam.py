@@ -1,4 +1,4 @@
-"""Fit `lam: auto`'s constants (framework.config.AutoLam) on a lam study's per-edit results.
+"""Fit `lam: auto`'s constants (framework.core.settings.AutoLam) on a lam study's per-edit results.
 
     python benchmarks/lam_study.py --edits 200 --split val --variants default --repeats 2 --out outputs/lam_val
     python benchmarks/fit_auto_lam.py outputs/lam_val/results.json --test outputs/eval/fronts
@@ -47,8 +47,8 @@ def per_edit(rows: dict, key: str) -> Table:
 
 def rule_scores(table: Table, rule: dict) -> list[float]:
     """Per edit (in the table's order): the objective at the studied lam nearest to the lam that
-    framework.config.AutoLam(**rule) gives it."""
-    from framework.config import AutoLam
+    framework.core.settings.AutoLam(**rule) gives it."""
+    from framework.core.settings import AutoLam
 
     auto_lam = AutoLam(**rule)
     out = []
@@ -129,7 +129,7 @@ def compare_run(folder: Path, lam: float, keys=("gt/target_l1", "gt/background_l
 
 
 def ci(ours: list[float], theirs: list[float]) -> str:
-    from framework.metrics.bootstrap import paired_difference_ci
+    from framework.evaluation.metrics.bootstrap import paired_difference_ci
 
     return "{:+.4f} [{:+.4f}, {:+.4f}]".format(*paired_difference_ci(ours, theirs))
 
@@ -183,7 +183,7 @@ def main(argv=None):
             compare("test, the val rule against the val-best fixed lam", test_rows, args.objective, rule, best_lam)
         else:
             print(f"test: the sweep has no run at the val-best lam {best_lam:g}; add it with "
-                  f"`python -m framework.sweep FRONTS.yaml --only ito_lam{best_lam:.1f}`")
+                  f"`python -m framework.evaluation.sweep FRONTS.yaml --only ito_lam{best_lam:.1f}`")
         if (args.test / "ito_auto").is_dir():  # the sweep ran the default rule itself: its edits as made
             for lam in sorted({best_lam, min(fixed_test, key=fixed_test.get)} & set(fixed_test)):
                 compare_run(args.test, lam)

@@ -8,7 +8,7 @@ No downloads: the SD 1.5 UNet, its ControlNet (`ControlNetModel.from_unet`), the
 ViT-L/14 text encoder are built from their published configs (written below) with random weights,
 so timings and memory are those of the real networks; the tokenizer is the project's small one
 (token ids do not change the cost: prompts are padded to 77 tokens). `--tiny` uses
-`framework.tiny`'s models instead.
+`framework.toy.tiny`'s models instead.
 
 Per precision (weights cast to fp16 / bf16, as diffusers' `torch_dtype`): the whole edit at the
 paper's settings (25 steps, encode ratio 1, mask from n = 10 seeds decoded from strength 0.5 with
@@ -36,9 +36,8 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import common as C  # noqa: E402
+import torch  # noqa: E402
 
 # --------------------------------------------------------------------------- published configs
 # stable-diffusion-v1-5/stable-diffusion-v1-5, unet/config.json
@@ -77,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=512, help="image side in pixels (multiple of 8)")
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None,
                    help="precisions, in order (default: fp16 bf16 on CUDA, fp32 on the CPU)")
-    p.add_argument("--tiny", action="store_true", help="framework.tiny's models instead of SD 1.5 size")
+    p.add_argument("--tiny", action="store_true", help="framework.toy.tiny's models instead of SD 1.5 size")
     p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up (median reported)")
     p.add_argument("--attention", choices=["sdpa", "classic"], default="sdpa",
                    help="sdpa: torch's scaled_dot_product_attention (diffusers' default with torch 2); "
@@ -99,7 +98,7 @@ def build_models(tiny: bool, device: torch.device):
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from framework.tiny import build_tiny_controlnet, build_tiny_models, build_tokenizer
+    from framework.toy.tiny import build_tiny_controlnet, build_tiny_models, build_tokenizer
 
     if tiny:
         vae, unet, text_encoder, tokenizer, scheduler = build_tiny_models(0)
@@ -122,8 +121,8 @@ def wire(vae, unet, text_encoder, tokenizer, scheduler, controlnet):
     """The project's backbone and conditioners around already-built modules (no weights read)."""
     from conditioners.controlnet import ControlNetConditioner
     from conditioners.text import TextConditioner
-    from framework.models import StableDiffusion
-    from framework.tiny import TINY_SD
+    from framework.backbones.sd import StableDiffusion
+    from framework.toy.tiny import TINY_SD
 
     backbone = StableDiffusion(TINY_SD)  # a built-in name resolves without touching disk or network ...
     backbone.vae, backbone.unet, backbone.text_encoder = vae, unet, text_encoder  # ... and is filled here

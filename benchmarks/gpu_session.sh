@@ -41,7 +41,7 @@ tar czf "$out/quickstart.tgz" -C /tmp quickstart_gpu 2>>"$log"
 step 110 "large_image 1024 px" python3 benchmarks/large_image.py --size 1024 --variants both off --timeout 95 --json "$out/large_image.json"
 
 # 4. The toy model's stage 2 continued on the GPU from the bundled weights.
-step 200 "toy model fine-tune" python3 -m framework.toymodel fit --config experiments/toyworld/finetune_diffusion_gpu.yaml \
+step 200 "toy model fine-tune" python3 -m framework.toy.model fit --config experiments/toyworld/finetune_diffusion_gpu.yaml \
     --trainer.max_time 00:00:02:20 --trainer.enable_progress_bar false
 [ -d outputs/toymodel/gpu ] && tar czf "$out/toymodel_gpu.tgz" -C outputs/toymodel gpu 2>>"$log"
 find outputs/toymodel/gpu_run -name metrics.csv -exec cp {} "$out/train_metrics.csv" \; 2>>"$log"

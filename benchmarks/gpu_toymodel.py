@@ -170,7 +170,7 @@ class StepCost:
 
 
 def run_stage(args: list[str], cost: StepCost | None = None) -> None:
-    """One stage in this process, through the same LightningCLI as `python -m framework.toymodel fit`."""
+    """One stage in this process, through the same LightningCLI as `python -m framework.toy.model fit`."""
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
@@ -200,10 +200,10 @@ def full_size_bytes() -> dict[str, int]:
     """fp32 bytes of each component the full-size configs build (untrained), by tar."""
     import torch
 
-    from framework.tiny import build_tokenizer
-    from framework.toymodel.classifier import ToyClassifier
-    from framework.toymodel.diffusion import TOY_WORDS, build_controlnet, build_text_encoder, build_unet
-    from framework.toymodel.vae import build_vae
+    from framework.toy.model.classifier import ToyClassifier
+    from framework.toy.model.diffusion import TOY_WORDS, build_controlnet, build_text_encoder, build_unet
+    from framework.toy.model.vae import build_vae
+    from framework.toy.tiny import build_tokenizer
 
     def size(*nets):
         return sum(p.numel() * 4 for net in nets for p in net.parameters())
@@ -312,7 +312,7 @@ def train(work: Path, out: Path, dry_run: bool, minutes: float, serial: bool) ->
     classifier = ["fit", *stage_args("classifier", work, dry_run)]
     if not serial:
         child_log = (work / "logs" / "classifier.txt").open("w")
-        child = subprocess.Popen([sys.executable, "-m", "framework.toymodel", *classifier], cwd=ROOT,
+        child = subprocess.Popen([sys.executable, "-m", "framework.toy.model", *classifier], cwd=ROOT,
                                  stdout=child_log, stderr=subprocess.STDOUT)
         log(f"classifier: started in process {child.pid} (its output: logs/classifier.txt)")
     deadline = minutes * 60 - RESERVE_SECONDS
@@ -340,7 +340,7 @@ def train(work: Path, out: Path, dry_run: bool, minutes: float, serial: bool) ->
     began = time.perf_counter()
     if serial:
         try:
-            from framework.toymodel.__main__ import main as fit
+            from framework.toy.model.__main__ import main as fit
 
             fit(classifier)
         except (Exception, SystemExit) as err:  # noqa: BLE001

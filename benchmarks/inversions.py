@@ -3,8 +3,8 @@
     python benchmarks/inversions.py [--edits 40] [--split test] [--steps 25] [--cfg 7.5] [--json out.json]
     python benchmarks/inversions.py --quickstart     # the quickstart's four edits, whole, per inversion
 
-For every toy-world edit of the split (framework.datasets.ToyEditDataModule's seeds), the input is
-VAE-encoded, inverted with each inversion plugin (framework.inversion) and decoded under the source
+For every toy-world edit of the split (framework.evaluation.datasets.ToyEditDataModule's seeds), the input is
+VAE-encoded, inverted with each inversion plugin (framework.stages.inversions) and decoded under the source
 condition (prompt and maps) at CFG `--cfg` through the engine's own decode (framework.stages.ITODecode
 with t_u = 0, i.e. the final decode without ITO). It prints, side by side in one run: PSNR to the input
 of that decode and of the VAE's own reconstruction (the ceiling), the background colour shift of the
@@ -48,16 +48,16 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def build_engine(pretrained: str, steps: int, cfg: float, inversion):
     from conditioners.controlnet import ControlNetConditioner
     from conditioners.text import TextConditioner
-    from framework.config import ITOConfig, SamplingConfig
-    from framework.engine import EditEngine
-    from framework.models import StableDiffusion
-    from framework.stages import ITODecode
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.procedure import EditEngine
+    from framework.core.settings import ITOConfig, SamplingConfig
+    from framework.stages import ITODecode, method_slots
 
     backbone = StableDiffusion(pretrained).load()
     conditioners = [TextConditioner(), *(ControlNetConditioner(m, pretrained) for m in ("pose", "scribble"))]
     for c in conditioners:
         c.load(backbone)
-    return EditEngine(backbone, conditioners, [], inversion=inversion, decoder=ITODecode(),
+    return EditEngine(backbone, conditioners, [], **method_slots(inversion, decoder=ITODecode()),
                       sampling=SamplingConfig(steps=steps, guidance_scale=cfg), ito=ITOConfig(update_steps=0))
 
 
@@ -88,13 +88,13 @@ def quickstart(names: list[str]) -> dict:
     """The quickstart's edits with each inversion: background L1 and RGB shift outside the true region."""
     import yaml
 
-    import framework.inversion as inv
+    import framework.stages.inversions as inv
     from conditioners.controlnet import ControlNetConditioner
-    from framework.config import MaskConfig
-    from framework.data import load_manifest, load_request
-    from framework.metrics.pixel import load_like
-    from framework.models import StableDiffusion
-    from framework.module import EditModule
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.settings import MaskConfig
+    from framework.evaluation.metrics.pixel import load_like
+    from framework.io.manifests import load_manifest, load_request
+    from framework.lightning.module import EditModule
 
     config = yaml.safe_load((ROOT / "experiments/quickstart.yaml").read_text())["model"]["init_args"]
     specs = load_manifest(ROOT / "experiments/examples/manifest.yaml")
@@ -133,8 +133,8 @@ def quickstart(names: list[str]) -> dict:
 
 
 def main(argv=None) -> dict:
-    import framework.inversion as inv
-    from framework.datasets import ToyEditDataModule
+    import framework.stages.inversions as inv
+    from framework.toy.datasets import ToyEditDataModule
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edits", type=int, default=40)
@@ -153,8 +153,8 @@ def main(argv=None) -> dict:
             args.json.write_text(json.dumps(rows, indent=2))
         return rows
     torch.manual_seed(0)
-    from framework.data import load_request
-    from framework.metrics.pixel import load_like
+    from framework.evaluation.metrics.pixel import load_like
+    from framework.io.manifests import load_request
 
     specs = ToyEditDataModule(edits=args.edits, split=args.split, size=64).specs
     requests = [load_request(spec, None) for spec in specs]

@@ -18,7 +18,7 @@ Settings a variant combines (all are YAML settings of the method):
   granularity  guidance cosine: 'latent' (one cosine, Eq. 5) | 'pixel' (per latent pixel, mean)
   balance      ito.balance: 'none' | 'gradient' (each loss's gradient at unit RMS before the lam mix)
   loss_mask    ito.loss_mask: 'binary' | 'soft' (the Eq. 7 map)
-  optimizer    'adam' (fresh per step) | 'adam_kept' | 'nsgd' (framework.ito.NormalizedSGD)
+  optimizer    'adam' (fresh per step) | 'adam_kept' | 'nsgd' (framework.core.ito.NormalizedSGD)
   first_step   ito.first_step: 'optimize' | 'skip'
   reference    guidance.reference: 'inversion' (g_t = G inverted) | 'decode' (G's own decode latents)
   guide_tu, guide_k, refine, guide_encode
@@ -98,8 +98,8 @@ LAMS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 def apply_variant(module, settings: dict) -> None:
     """Set the module's losses, ITO config and optimiser to a variant's settings."""
-    from framework.config import ITOConfig
-    from framework.ito import NormalizedSGD
+    from framework.core.ito import NormalizedSGD
+    from framework.core.settings import ITOConfig
     from losses import CosineGuidance, MaskedMSEPreservation
 
     s = {**LITERAL, **settings}
@@ -118,8 +118,9 @@ def apply_variant(module, settings: dict) -> None:
 
 def build_module(cache: Path, threshold: float):
     from conditioners import ControlNetConditioner
-    from framework import EditModule, StableDiffusion
-    from framework.config import MaskConfig
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.settings import MaskConfig
+    from framework.lightning.module import EditModule
 
     module = EditModule(backbone=StableDiffusion("builtin:toyworld"),
                         conditioners=[ControlNetConditioner(modality="pose", pretrained="builtin:toyworld"),
@@ -221,17 +222,17 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     torch.set_grad_enabled(False)
 
-    from framework.data import load_request
-    from framework.datasets import ToyEditDataModule
-    from framework.metrics import GroundTruthL1
-    from framework.toymodel.metric import ToyClassifierAccuracy
+    from framework.evaluation.metrics import GroundTruthL1
+    from framework.io.manifests import load_request
+    from framework.toy.datasets import ToyEditDataModule
+    from framework.toy.model.metric import ToyClassifierAccuracy
 
     args.out.mkdir(parents=True, exist_ok=True)
     specs = ToyEditDataModule(edits=args.edits, split=args.split).load_specs(None, False)
     requests = [load_request(spec, None) for spec in specs]
     module = build_module(args.mask_cache or args.out / "mask-cache", args.threshold)
     if args.auto_lam:
-        from framework.config import AutoLam
+        from framework.core.settings import AutoLam
 
         module.auto_lam = AutoLam(**json.loads(args.auto_lam))
     memoised_guidance(module)
@@ -292,7 +293,7 @@ def fig5_report(rows: dict) -> str:
     step's is the same spread of the step itself (the repeat's mean at lam a minus its mean at lam b, std
     over repeats), and its 95 % interval is a paired bootstrap over the edit-seeds.
     """
-    from framework.metrics.bootstrap import paired_difference_ci
+    from framework.evaluation.metrics.bootstrap import paired_difference_ci
 
     lams = sorted(rows, key=float, reverse=True)
     keys = {"background L1": "gt/background_l1", "L1(edit, G)": "guide/edit_l1"}

@@ -5,7 +5,7 @@
     python benchmarks/large_image.py --device cpu --tiny --size 512 --steps 3 --seeds 2   # CPU check (tiny)
 
 The models are benchmarks/gpu_sd15.py's (SD 1.5-size UNet, ControlNet, VAE and CLIP text encoder
-from their published configs with random weights, or `--tiny`: framework.tiny's). The edit is
+from their published configs with random weights, or `--tiny`: framework.toy.tiny's). The edit is
 gpu_sd15.py's whole paper-setting edit (encode, inversion, Eq. 7 mask under the pose ControlNet,
 guidance image, final decode with ITO, VAE decodes), with `--steps` and `--seeds` to shorten it.
 Variants: `off`; `attention_slicing` (the backbone's `attention_slicing: --slice`, on the UNet
@@ -38,9 +38,8 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import common as C  # noqa: E402
+import torch  # noqa: E402
 
 VARIANTS = ("off", "attention_slicing", "vae_tiling", "both")
 GIB = 2 ** 30
@@ -50,7 +49,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--size", type=int, default=1024, help="image side in pixels (multiple of 8)")
-    p.add_argument("--tiny", action="store_true", help="framework.tiny's models instead of SD 1.5 size")
+    p.add_argument("--tiny", action="store_true", help="framework.toy.tiny's models instead of SD 1.5 size")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default=None, help="default: fp16 on CUDA, fp32 on CPU")
     p.add_argument("--steps", type=int, default=C.STEPS, help="DDIM steps (paper: 25)")
     p.add_argument("--seeds", type=int, default=C.MASK_SEEDS, help="mask seeds n (paper: 10)")
@@ -82,11 +81,11 @@ def options(variant: str, args) -> dict:
 
 def vae_child(args, device, dtype) -> dict:
     """One variant, VAE only: VAE-encode the toy image at --size and decode its latents, each measured."""
+    import gpu_sd15 as G
     from diffusers import AutoencoderKL
 
-    import gpu_sd15 as G
-    from framework.models import StableDiffusion
-    from framework.tiny import TINY_SD, build_tiny_models
+    from framework.backbones.sd import StableDiffusion
+    from framework.toy.tiny import TINY_SD, build_tiny_models
 
     torch.manual_seed(0)
     with torch.device(device):

@@ -38,8 +38,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from framework.config import MaskConfig, paper_literal_mask  # noqa: E402
-from framework.masks import mask_image_size, mask_iou  # noqa: E402
+from framework.core.masks import mask_image_size, mask_iou  # noqa: E402
+from framework.core.settings import MaskConfig, paper_literal_mask  # noqa: E402
 
 DEFAULT_VARIANTS = ["seeds=5", "seeds=3", "steps=10", "steps=6", "resolution=0.5", "early_stop_iou=0.9",
                     "early_stop_iou=0.95", "seeds=5,steps=10"]
@@ -95,9 +95,9 @@ def _value(text: str):
 def build_module(args, device):
     """EditModule (paper settings) on the given SD model and ControlNets; only its mask stage is used."""
     from conditioners.controlnet import ControlNetConditioner
-    from framework.config import GuidanceConfig, ITOConfig, SamplingConfig
-    from framework.models import StableDiffusion
-    from framework.module import EditModule
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.settings import GuidanceConfig, ITOConfig, SamplingConfig
+    from framework.lightning.module import EditModule
 
     controlnets = args.controlnet or [f"{m}=builtin:tiny-random" for m in ("pose", "scribble")]
     conditioners = [ControlNetConditioner(*spec.split("=", 1)) for spec in controlnets]
@@ -118,10 +118,10 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 
 def load_requests(args, modalities: set[str]):
     """(request, true mask (1, 1, H, W) or None) pairs: the manifest's, or generated toy-world edits."""
-    from framework.data import EditRequest, load_manifest, load_image, load_request
+    from framework.io.manifests import EditRequest, load_image, load_manifest, load_request
 
     if args.generate:
-        from framework.toyworld.edits import make_edit
+        from framework.toy.world.edits import make_edit
 
         out = []
         for kind in args.kinds:

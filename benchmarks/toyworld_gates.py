@@ -1,6 +1,6 @@
 """Quality gates of the toy model: each measured value printed against its gate.
 
-    python benchmarks/toyworld_gates.py [--model framework/assets/toyworld] [--classifier ...] [--quick]
+    python benchmarks/toyworld_gates.py [--model framework/toy/assets/toyworld] [--classifier ...] [--quick]
         [--diagnose-shape] [--guidance 5] [--controlnet-scale 1] [--no-edits]
     python benchmarks/toyworld_gates.py --quickstart    # only the quickstart's gates (about 20 s)
 
@@ -36,8 +36,8 @@ if str(ROOT) not in sys.path:
 
 import torch
 
-from framework.toymodel.classifier import ToyClassifier
-from framework.toymodel.gates import (
+from framework.toy.model.classifier import ToyClassifier
+from framework.toy.model.gates import (
     ToyModel,
     caption_distances,
     measure_pose,
@@ -48,7 +48,7 @@ from framework.toymodel.gates import (
     score_edit_folder,
     shape_by_noise_level,
 )
-from framework.toyworld.scenes import SHAPES
+from framework.toy.world.scenes import SHAPES
 
 DEFAULT_MODEL = ROOT / "framework" / "assets" / "toyworld"
 TEXT_SAMPLES = 192

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from framework.errors import ModelLoadError
+from framework.core.errors import ModelLoadError
 
 FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 EXAMPLES = {  # checkpoints that fit each family, for the message

@@ -10,7 +10,7 @@
 
 The pipeline holds the models, the settings and the stage plugins (the model section of an experiment
 YAML: every key there is a keyword of `from_pretrained` / `from_config`) and runs the procedure of
-framework/engine.py on one request per call. The Lightning module (framework.module.EditModule) is a
+framework/engine.py on one request per call. The Lightning module (framework.lightning.module.EditModule) is a
 shell over it, so `pipe(...)` and `python -m framework fit` give the same pixels for the same config,
 request and seed. Inputs are sized as the data module sizes files (framework/data.py).
 """
@@ -18,8 +18,6 @@ request and seed. Inputs are sized as the data module sizes files (framework/dat
 from __future__ import annotations
 
 import inspect
-import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -36,18 +34,31 @@ import losses as _losses  # noqa: F401
 from conditioners.base import Conditioner
 from conditioners.controlnet import ControlNetConditioner
 from conditioners.text import TextConditioner
-from framework.config import AutoLam, GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, check_lam_setting, \
-    check_steps
-from framework.data import EditRequest, align_image, as_mode, check_aspect, fit_image, target_size
-from framework.engine import EditEngine
-from framework.errors import ConfigError, ManifestError
-from framework.inversion import DDIMInversion, Inversion
-from framework.ito import OptimizerFactory, default_optimizer
-from framework.mask_cache import plain_fields, settings_digest
-from framework.models import BUILTIN_PREFIX, StableDiffusion
-from framework.outputs import EditResult, to_pil, upsample_mask
-from framework.stages import Decoder, GuidanceGenerator, ITODecode, MaskEstimator, NoiseDifferenceMask, \
-    NoiseEncodedGuidance, NoMask
+from framework.backbones.loading import BUILTIN_PREFIX
+from framework.backbones.sd import StableDiffusion
+from framework.core.errors import ConfigError, ManifestError
+from framework.core.ito import OptimizerFactory, default_optimizer
+from framework.core.mask_cache import plain_fields, settings_digest
+from framework.core.procedure import EditEngine
+from framework.core.settings import (
+    AutoLam,
+    GuidanceConfig,
+    ITOConfig,
+    MaskConfig,
+    SamplingConfig,
+    check_lam_setting,
+    check_steps,
+)
+from framework.io.manifests import EditRequest, align_image, as_mode, check_aspect, fit_image, target_size
+from framework.io.outputs import EditResult, to_pil, upsample_mask
+from framework.stages import (
+    Decoder,
+    GuidanceGenerator,
+    MaskEstimator,
+    NoMask,
+    method_slots,
+)
+from framework.stages.inversions import Inversion
 from losses.base import EditLoss
 from losses.guidance import CosineGuidance
 from losses.preservation import MaskedMSEPreservation
@@ -96,7 +107,7 @@ def _merge(current: Any, change: Any) -> Any:
 class EditPipeline(nn.Module):
     """Models, settings and stage plugins of the method; `pipe(image, ...)` edits one image.
 
-    The parameters are the model settings of an experiment YAML (framework.module.EditModule documents each;
+    The parameters are the model settings of an experiment YAML (framework.lightning.module.EditModule documents each;
     `--model.help EditModule` prints them). Weights load on first use (`load`), or at once through
     `from_pretrained` / `from_config`.
     """
@@ -129,7 +140,7 @@ class EditPipeline(nn.Module):
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1).
             lam: lambda of Eq. 6 (1, the default: keeps most and makes no guidance image; 0 lands on the guidance
                 image), or 'auto' (from the mask).
-            sampling, mask, ito, guidance: The settings groups (dataclasses of framework.config; None: defaults).
+            sampling, mask, ito, guidance: The settings groups (dataclasses of framework.core.settings; None: defaults).
             seed: Seed of every random draw of an edit (a call's own seed wins).
             unet_chunk_size: Most samples per UNet call; None: no cap.
             auto_lam: The rule of lam='auto' (None: AutoLam's defaults).
@@ -144,10 +155,9 @@ class EditPipeline(nn.Module):
         self.ito = replace(ito) if ito is not None else ITOConfig()
         self.guidance = replace(guidance) if guidance is not None else GuidanceConfig()
         self.auto_lam = replace(auto_lam) if auto_lam is not None else AutoLam()
-        self.inversion = inversion or DDIMInversion()
-        self.mask_estimator = mask_estimator or NoiseDifferenceMask()
-        self.guidance_generator = guidance_generator or NoiseEncodedGuidance()
-        self.decoder = decoder or ITODecode()
+        slots = method_slots(inversion, mask_estimator, guidance_generator, decoder)
+        self.inversion, self.mask_estimator = slots["inversion"], slots["mask_estimator"]
+        self.guidance_generator, self.decoder = slots["guidance_generator"], slots["decoder"]
         check_steps(self.sampling, self.ito if self.decoder.uses_ito else None,
                     self.guidance if self.decoder.uses_guidance else None)
         if unet_chunk_size is not None and unet_chunk_size < 1:
@@ -268,7 +278,9 @@ class EditPipeline(nn.Module):
         for conditioner in self.conditioners:
             conditioner.load(self.backbone)
         self.backbone.configure_memory(*self.conditioners)  # attention slicing reaches the ControlNets too
-        self.engine = EditEngine(self.backbone, list(self.conditioners), list(self.losses), emit=self._emit)
+        self.engine = EditEngine(self.backbone, list(self.conditioners), list(self.losses), emit=self._emit,
+                                 **method_slots(self.inversion, self.mask_estimator, self.guidance_generator,
+                                                self.decoder))
         self._update_engine()
         if self._placement:
             super().to(**self._placement)
@@ -359,7 +371,7 @@ class EditPipeline(nn.Module):
                                   record["seconds"]["total"], sum(record["unet_evaluations"].values()), result)
 
     def edit(self, request: EditRequest, callback: Optional[StepCallback] = None) -> EditResult:
-        """The procedure on a loaded request (framework.data.EditRequest), with the pipeline's settings and slots."""
+        """The procedure on a loaded request (framework.io.manifests.EditRequest), with the pipeline's settings and slots."""
         self.load()
         setting = self.lam if request.lam is None else check_lam_setting(request.lam, f"request '{request.id}' lam")
         seed = self.seed if request.seed is None else request.seed
@@ -468,7 +480,7 @@ def _check_image(item: Any, what: str, channels: int) -> tuple[int, int]:
 
 
 def _opened(item: ImageInput, mode: str, request_id: Optional[str] = None, what: str = "image") -> Image.Image:
-    """A PIL image as framework.data opens a file (EXIF orientation, 8-bit, alpha on white, with the same note
+    """A PIL image as framework.io.manifests opens a file (EXIF orientation, 8-bit, alpha on white, with the same note
     naming the request); a tensor via 8 bits."""
     if isinstance(item, torch.Tensor):
         item = to_pil(item.detach().cpu())

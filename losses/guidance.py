@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 from losses.base import EditLoss
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 from losses.base import EditLoss
 
 REDUCTIONS = ("sum", "mean")

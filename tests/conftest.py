@@ -18,7 +18,7 @@ def _offline_and_isolated(tmp_path_factory):
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["WANDB_MODE"] = "offline"
     os.environ["ITO_EDIT_CACHE"] = str(tmp_path_factory.mktemp("builtin-cache"))
-    from framework.cli import quiet_libraries
+    from framework.lightning.cli import quiet_libraries
 
     quiet_libraries()
 
@@ -35,7 +35,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """Folders of a tiny SD model, two ControlNets (pose, scribble) and a T2I-Adapter."""
-    from framework.tiny import save_tiny_adapter, save_tiny_controlnet, save_tiny_pipeline
+    from framework.toy.tiny import save_tiny_adapter, save_tiny_controlnet, save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny")
     sd = save_tiny_pipeline(root / "sd", seed=0)
@@ -49,7 +49,7 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def backbone(tiny_dirs):
-    from framework.models import StableDiffusion
+    from framework.backbones.sd import StableDiffusion
 
     return StableDiffusion(str(tiny_dirs["sd"])).load()
 

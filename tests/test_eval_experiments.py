@@ -1,4 +1,4 @@
-"""Every shipped evaluation config (experiments/eval/*.yaml) runs through `python -m framework.sweep` on the
+"""Every shipped evaluation config (experiments/eval/*.yaml) runs through `python -m framework.evaluation.sweep` on the
 tiny models with a tiny edit count; every run of every sweep is also built and instantiated (`--check`)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.config import AutoLam
-from framework.sweep import main as sweep
+from framework.core.settings import AutoLam
+from framework.evaluation.sweep import main as sweep
 from tests.conftest import ROOT
 from tests.framework.test_datasets import imagenet  # noqa: F401 - fixtures
 from tests.framework.test_metrics import biased_classifier, tiny_clip  # noqa: F401 - fixtures
@@ -237,13 +237,13 @@ def test_fronts_sweep_draws_one_line_per_method_with_bootstrap_intervals(tmp_pat
 
 
 def test_a_front_point_is_named_by_its_method_t_u_and_gs_own_encode_ratio(tmp_path):
-    from framework.fronts import read_point
+    from framework.evaluation.fronts import read_point
 
     def run(name, lam, encode_ratio=None, lams=(), ito=None, stages=None):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "summary.json").write_text(json.dumps({"parameters": {
-            "method": "framework.module.EditModule", "lam": lam, "ito": {"update_steps": 15, **(ito or {})},
+            "method": "framework.lightning.module.EditModule", "lam": lam, "ito": {"update_steps": 15, **(ito or {})},
             "guidance": {"encode_ratio": encode_ratio}, "stages": stages or {}}}))
         (folder / "results.csv").write_text("id,gt/background_l1\na,0.03\nb,0.05\nmean,0.04\n")
         for n, value in enumerate(lams):
@@ -258,8 +258,8 @@ def test_a_front_point_is_named_by_its_method_t_u_and_gs_own_encode_ratio(tmp_pa
     assert (auto.method, auto.value) == ("ITO t_u=15 auto", pytest.approx(0.63))
     blend = run("d", 0.6, ito={"blend": "after", "feather": 0.0, "lam_end": 1.0})
     assert blend.method == "ITO t_u=15 blend lam->1"  # the background levers name their own line
-    p2p = run("e", 0.6, stages={"decoder": {"class": "framework.prompt_to_prompt.PromptToPrompt", "cross_replace": 0.5},
-                                "inversion": {"class": "framework.inversion.DirectInversion"}})
+    p2p = run("e", 0.6, stages={"decoder": {"class": "framework.stages.prompt_to_prompt.PromptToPrompt", "cross_replace": 0.5},
+                                "inversion": {"class": "framework.stages.inversions.DirectInversion"}})
     assert (p2p.method, p2p.knob, p2p.value) == ("prompt-to-prompt", "cross_replace", 0.5)
 
 
@@ -269,7 +269,7 @@ def test_piebench_scores_every_method(tmp_path, tiny_dirs, pie, tiny_dino, squee
     import torch.nn.functional as F
     from PIL import Image
 
-    from framework.metrics import with_frame
+    from framework.evaluation.metrics import with_frame
 
     sets = {"model.backbone.pretrained": tiny_dirs["sd"], "data.root": pie, "data.resolution": 64, "data.limit": 2,
             "data.mask_dir": tmp_path / "pie-masks", "model.mask.cache_dir": tmp_path / "masks",

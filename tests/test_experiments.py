@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.cli import main
+from framework.lightning.cli import main
 from tests.conftest import ROOT
 
 ALL_YAML = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -58,9 +58,10 @@ def test_experiment_runs_on_tiny_model(path, tmp_path, tiny_dirs, monkeypatch):
 
 
 def test_paper_settings_are_the_defaults():
-    from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
-    from framework.module import EditModule
     import inspect
+
+    from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
+    from framework.lightning.module import EditModule
 
     # lam 1 with the blend after t_u, not the paper's 0.6, is the background study's default (docs/background.md);
     # the literal overlay and the paper-setting experiments keep 0.6.
@@ -74,7 +75,7 @@ def test_paper_settings_are_the_defaults():
     assert (ITOConfig().inner_steps, overlay["ito"]["inner_steps"]) == (2, 1)
     assert MaskConfig().threshold == 0.1
     # The mask's cost default (n = 4, a 10-step grid, no CFG) leaves the paper's n = 10 one setting away.
-    from framework.config import paper_literal_mask
+    from framework.core.settings import paper_literal_mask
 
     literal = paper_literal_mask()
     assert (literal.seeds, literal.steps, literal.guidance_scale) == (10, None, None)
@@ -110,7 +111,7 @@ def test_paper_literal_overlay_is_the_paper_as_printed():
     assert (overlay["ito"]["blend"], overlay["ito"]["lam_end"], overlay["ito"]["outside_guidance_scale"]) == (
         "none", None, None)
     assert overlay["sampling"]["guidance_rescale"] == 0.0
-    assert overlay["inversion"]["class_path"] == "framework.inversion.DDIMInversion"
+    assert overlay["inversion"]["class_path"] == "framework.stages.inversions.DDIMInversion"
 
 
 PAPER_SETTINGS = [p for p in EXPERIMENTS if p.stem != "quickstart"]
@@ -120,7 +121,7 @@ PHOTOS = ROOT / "experiments" / "examples" / "photos"
 @pytest.mark.parametrize("path", PAPER_SETTINGS, ids=[p.stem for p in PAPER_SETTINGS])
 def test_paper_setting_edits_a_licensed_photograph(path):
     """Each paper setting reads a real photograph whose licence is stated beside it, with maps in its frame."""
-    from framework.data import load_manifest, load_request
+    from framework.io.manifests import load_manifest, load_request
 
     manifest = ROOT / yaml.safe_load(path.read_text())["data"]["init_args"]["manifest"]
     assert manifest.parent == PHOTOS
@@ -140,11 +141,11 @@ def test_paper_setting_edits_a_licensed_photograph(path):
 
 
 def test_photos_are_what_their_script_makes(tmp_path):
-    """`python -m framework.photos` rebuilds the shipped folder: maps, keypoints and manifests byte for byte."""
+    """`python -m framework.toy.photos` rebuilds the shipped folder: maps, keypoints and manifests byte for byte."""
     import numpy as np
     from PIL import Image
 
-    from framework.photos import main as make_photos
+    from framework.toy.photos import main as make_photos
 
     make_photos([str(tmp_path)])
     made = sorted(p.name for p in tmp_path.iterdir())

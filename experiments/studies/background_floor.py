@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from framework.models import StableDiffusion
-from framework.toymodel.gates import background_tint
+from framework.backbones.sd import StableDiffusion
+from framework.toy.model.gates import background_tint
 
 
 def load(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -64,7 +64,7 @@ def split_run(sd: StableDiffusion, folder: Path) -> dict[str, float]:
 
 def scene_psnr(sd: StableDiffusion, count: int = 32) -> float:
     """Mean PSNR of the VAE's round trip of held-out toy scenes (seeds 0..count-1, never trained on)."""
-    from framework.toyworld import render, sample_scene
+    from framework.toy.world import render, sample_scene
 
     values = []
     for seed in range(count):

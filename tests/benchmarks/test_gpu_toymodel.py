@@ -26,8 +26,8 @@ def script():
 def test_the_dry_run_trains_packs_and_unpacks_a_loadable_model(script, tmp_path, monkeypatch):
     from diffusers import ControlNetModel
 
-    from framework.models import StableDiffusion
-    from framework.toymodel.classifier import ToyClassifier
+    from framework.backbones.sd import StableDiffusion
+    from framework.toy.model.classifier import ToyClassifier
 
     monkeypatch.chdir(tmp_path)  # nothing may be written outside --work and --out
     out, work = tmp_path / "out", tmp_path / "work"
@@ -66,7 +66,7 @@ def test_the_clock_schedule_follows_elapsed_time_and_stops_the_stage(monkeypatch
     import time
     from types import SimpleNamespace
 
-    from framework.toymodel.stage import TrainingStage
+    from framework.toy.model.stage import TrainingStage
 
     class Stage(TrainingStage):
         def __init__(self, **hparams):
@@ -94,7 +94,7 @@ def test_the_clock_schedule_follows_elapsed_time_and_stops_the_stage(monkeypatch
 def test_device_pool_batches_equal_the_dataset_items(tmp_path, monkeypatch):
     from torch.utils.data import default_collate
 
-    from framework.toymodel.data import DevicePool, PoolDataset, render_pool
+    from framework.toy.model.data import DevicePool, PoolDataset, render_pool
 
     pool = render_pool(5, size=32, seed_offset=70)
     index = torch.tensor([3, 0, 4])

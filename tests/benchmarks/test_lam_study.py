@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from framework.config import AutoLam
+from framework.core.settings import AutoLam
 from tests.conftest import ROOT
 
 

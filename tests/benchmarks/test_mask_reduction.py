@@ -19,7 +19,7 @@ def script():
 
 
 def test_variant_parsing(script):
-    from framework.config import MaskConfig, paper_literal_mask
+    from framework.core.settings import MaskConfig, paper_literal_mask
 
     name, cfg = script.parse_variant("seeds=4,resolution=0.5,early_stop_iou=null", paper_literal_mask())
     assert name == "seeds=4,resolution=0.5,early_stop_iou=null"

@@ -9,7 +9,7 @@ import pytest
 
 from conditioners import ControlNetConditioner, T2IAdapterConditioner
 from conditioners.compat import adapter_mismatch, controlnet_mismatch, family
-from framework.errors import ModelLoadError
+from framework.core.errors import ModelLoadError
 
 
 def _variant(tmp_path, folder, name, **changes):

@@ -3,7 +3,7 @@
 import torch
 
 from conditioners import ConditionSide, ControlNetConditioner, T2IAdapterConditioner, TextConditioner, UNetInputs
-from framework.denoiser import Conditioning, Denoiser
+from framework.core.denoiser import Conditioning, Denoiser
 
 
 def _map(box):

@@ -9,12 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from framework.config import ITOConfig, MaskConfig, SamplingConfig
-from framework.data import load_manifest, load_request
-from framework.denoiser import rescale_guidance
-from framework.engine import EditEngine
-from framework.errors import ConfigError
-from framework.stages import ITODecode, MaskBlendDecode, blend_outside, feathered, linear_lam
+from framework.core.denoiser import rescale_guidance
+from framework.core.errors import ConfigError
+from framework.core.procedure import EditEngine
+from framework.core.settings import ITOConfig, MaskConfig, SamplingConfig
+from framework.io.manifests import load_manifest, load_request
+from framework.stages import ITODecode, MaskBlendDecode, blend_outside, feathered, linear_lam, method_slots
 from losses.guidance import CosineGuidance
 from losses.preservation import MaskedMSEPreservation
 
@@ -27,7 +27,7 @@ def state(backbone, manifest, one_thread):
     engine = EditEngine(backbone, [TextConditioner()], [MaskedMSEPreservation(reduction="mean"),
                                                        CosineGuidance(granularity="pixel", norm_weight=1.0)],
                         sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2),
-                        ito=ITOConfig(update_steps=6, blend="none", blend_margin=0))
+                        ito=ITOConfig(update_steps=6, blend="none", blend_margin=0), **method_slots())
     s = engine.start(load_request(load_manifest(manifest)[0], None), 0.6, 0)
     engine.encode(s)
     engine.invert(s)
@@ -148,7 +148,7 @@ def test_guidance_rescale_matches_the_conditional_std():
 
 
 def test_seed_shift_changes_the_edit_seed_not_the_scene(tmp_path):
-    from framework.datasets import toy_requests
+    from framework.toy.datasets import toy_requests
 
     base = toy_requests(2, ("pose",), "val", 0, 32, tmp_path)
     shifted = toy_requests(2, ("pose",), "val", 0, 32, tmp_path, seed_shift=1000)
@@ -159,7 +159,7 @@ def test_seed_shift_changes_the_edit_seed_not_the_scene(tmp_path):
 def write_run(folder, values: dict[str, dict[str, float]], unet: int):
     """A finished run folder as the sweep writes it: summary.json, results.csv, one result.json per edit."""
     folder.mkdir(parents=True)
-    (folder / "summary.json").write_text(json.dumps({"parameters": {"method": "framework.module.EditModule",
+    (folder / "summary.json").write_text(json.dumps({"parameters": {"method": "framework.lightning.module.EditModule",
                                                                     "lam": 0.6, "ito": {"update_steps": 15}}}))
     edits = sorted(next(iter(values.values())))
     rows = ["id," + ",".join(values)] + [e + "," + ",".join(str(values[m][e]) for m in values) for e in edits]
@@ -170,7 +170,7 @@ def write_run(folder, values: dict[str, dict[str, float]], unet: int):
 
 
 def test_paired_study_groups_seeds_and_reads_the_difference(tmp_path):
-    from framework.paired import compare, read_settings
+    from framework.evaluation.paired import compare, read_settings
 
     edits = [f"e{i}" for i in range(40)]
     base = {e: 0.05 + 0.001 * i for i, e in enumerate(edits)}

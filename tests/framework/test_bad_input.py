@@ -11,12 +11,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from framework.cli import main
-from framework.data import EditDataModule
-from framework.errors import ManifestError
-from framework.models import StableDiffusion
-from framework.outputs import save_json
-from framework.report import write_report
+from framework.backbones.sd import StableDiffusion
+from framework.core.errors import ManifestError
+from framework.io.outputs import save_json
+from framework.io.report import write_report
+from framework.lightning.cli import main
+from framework.lightning.data import EditDataModule
 from tests.conftest import draw_scene
 from tests.framework.test_cli import FAST, write_config
 
@@ -58,7 +58,7 @@ def test_every_request_file_is_opened_before_any_weights_load(tmp_path, tiny_dir
 def test_a_run_that_stops_keeps_its_summary_and_page_true(tmp_path, tiny_dirs, manifest, capsys, monkeypatch):
     import torch
 
-    from framework.module import EditModule
+    from framework.lightning.module import EditModule
 
     edit = EditModule.edit
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.baselines import DiffEdit, SDEdit
-from framework.config import SamplingConfig
-from framework.data import load_manifest, load_request
-from framework.models import StableDiffusion
+from framework.backbones.sd import StableDiffusion
+from framework.core.settings import SamplingConfig
+from framework.io.manifests import load_manifest, load_request
+from framework.lightning.baselines import DiffEdit, SDEdit
 
 
 def _request(manifest, with_mask=True):
@@ -88,7 +88,7 @@ def test_sdedit_uses_no_inversion_mask_or_ito(tiny_dirs, manifest):
     module.setup("fit")
     result = module.edit(_request(manifest, with_mask=False))
     assert result.record["unet_evaluations"] == {"final": 3 * 2}  # 3 decode steps x CFG halves
-    assert result.record["mask_source"] == "none" and result.record["method"] == "framework.baselines.SDEdit"
+    assert result.record["mask_source"] == "none" and result.record["method"] == "framework.lightning.baselines.SDEdit"
 
 
 def test_metrics_score_each_edit_and_the_run(tmp_path, tiny_dirs, manifest):
@@ -97,13 +97,13 @@ def test_metrics_score_each_edit_and_the_run(tmp_path, tiny_dirs, manifest):
 
     import yaml
 
-    from framework.cli import main
+    from framework.lightning.cli import main
     from tests.framework.test_cli import FAST, write_config
 
     out = tmp_path / "out"
     config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out)
     data = yaml.safe_load(config.read_text())
-    data["model"]["init_args"]["metrics"] = [{"class_path": "framework.metrics.L1Distance", "init_args": {"crop": 32}}]
+    data["model"]["init_args"]["metrics"] = [{"class_path": "framework.evaluation.metrics.L1Distance", "init_args": {"crop": 32}}]
     config.write_text(yaml.safe_dump(data))
     main(["test", "--config", str(config), *FAST])
     records = [json.loads((out / i / "result.json").read_text()) for i in ("text", "pose")]
@@ -119,7 +119,7 @@ def test_metrics_score_each_edit_and_the_run(tmp_path, tiny_dirs, manifest):
 def test_a_given_mask_reaches_the_latent_grid_covering_what_was_marked(tiny_dirs, manifest):
     """mask.given 'cover': every latent pixel whose block holds a marked pixel may change; 'area': only
     blocks more than half marked, so a 3 px stroke (under half of an 8 px block) vanishes."""
-    from framework.config import MaskConfig
+    from framework.core.settings import MaskConfig
 
     request = _request(manifest)
     stroke = torch.zeros(1, 1, 64, 64)

@@ -16,9 +16,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader
 
-from framework.callbacks import LatentPreview, RichStageProgress, StageProgress, WandbEditLogger, edit_result
-from framework.cli import TRAINER_DEFAULTS, main
-from framework.outputs import EditResult
+from framework.io.outputs import EditResult
+from framework.lightning.callbacks import LatentPreview, RichStageProgress, StageProgress, WandbEditLogger, edit_result
+from framework.lightning.cli import TRAINER_DEFAULTS, main
 from tests.conftest import ROOT
 from tests.framework.test_cli import FAST, write_config
 
@@ -32,8 +32,8 @@ def wandb_config(tmp_path: Path, tiny_dirs, manifest: Path, out: Path) -> Path:
     config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.WandbLogger",
                                    "init_args": {"save_dir": str(tmp_path / "wb"), "project": "ito-test"}}
     config["trainer"]["callbacks"] = [
-        {"class_path": "framework.callbacks.LatentPreview", "init_args": {"every_n_steps": 2}},
-        {"class_path": "framework.callbacks.StageProgress", "init_args": {"min_interval_s": 0.0}},
+        {"class_path": "framework.lightning.callbacks.LatentPreview", "init_args": {"every_n_steps": 2}},
+        {"class_path": "framework.lightning.callbacks.StageProgress", "init_args": {"min_interval_s": 0.0}},
     ]
     path.write_text(yaml.safe_dump(config))
     return path
@@ -110,7 +110,7 @@ def test_without_wandb_logger_nothing_is_logged_and_wandb_is_not_imported(tmp_pa
 import sys
 from types import SimpleNamespace
 from lightning.pytorch.loggers import CSVLogger
-from framework.callbacks import WandbEditLogger, LatentPreview
+from framework.lightning.callbacks import WandbEditLogger, LatentPreview
 cb = WandbEditLogger()
 trainer = SimpleNamespace(callbacks=[cb], loggers=[CSVLogger({str(tmp_path)!r})])
 cb.setup(trainer, None, "fit")

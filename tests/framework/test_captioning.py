@@ -9,9 +9,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from framework.captioning import BlipCaptioner, Captioner, build_tiny_blip
-from framework.errors import ModelLoadError
-
+from framework.core.errors import ModelLoadError
+from framework.io.captioning import BlipCaptioner, Captioner, build_tiny_blip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -189,7 +188,7 @@ def test_selected_by_class_path(tiny_blip):
 
     parser = ArgumentParser()
     parser.add_argument("--captioner", type=Captioner)
-    config = parser.parse_object({"captioner": {"class_path": "framework.captioning.BlipCaptioner",
+    config = parser.parse_object({"captioner": {"class_path": "framework.io.captioning.BlipCaptioner",
                                                 "init_args": {"pretrained": str(tiny_blip), "num_beams": 1}}})
     blip = parser.instantiate_classes(config).captioner
     assert isinstance(blip, BlipCaptioner) and blip.num_beams == 1 and not blip.loaded
@@ -201,7 +200,7 @@ def test_requests_without_a_caption_are_captioned_and_recorded(tiny_blip, tmp_pa
 
     import yaml
 
-    from framework.cli import main
+    from framework.lightning.cli import main
     from tests.framework.test_cli import FAST, write_config
 
     rows = [{"id": "uncaptioned", "image": "input.png", "edit_prompt": "a blue circle"}]
@@ -212,7 +211,7 @@ def test_requests_without_a_caption_are_captioned_and_recorded(tiny_blip, tmp_pa
         main(["fit", "--config", str(config), *FAST])
     assert "source_prompt" in capsys.readouterr().err
     data = yaml.safe_load(config.read_text())
-    data["data"]["init_args"]["captioner"] = {"class_path": "framework.captioning.BlipCaptioner",
+    data["data"]["init_args"]["captioner"] = {"class_path": "framework.io.captioning.BlipCaptioner",
                                               "init_args": {"pretrained": str(tiny_blip), "max_new_tokens": 5}}
     config.write_text(yaml.safe_dump(data))
     main(["fit", "--config", str(config), *FAST])

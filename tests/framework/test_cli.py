@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from framework.cli import main
+from framework.lightning.cli import main
 
 FAST = ["--model.sampling.steps", "6", "--model.mask.seeds", "2", "--model.ito.update_steps", "4",
         "--model.guidance.update_steps", "4"]

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import pytest
 import yaml
 
-from framework.config import PAPER_MASK, GuidanceConfig, MaskConfig, paper_literal_mask
+from framework.core.settings import PAPER_MASK, GuidanceConfig, MaskConfig, paper_literal_mask
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -15,15 +15,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def text_request():
-    from framework.data import load_manifest, load_request
+    from framework.io.manifests import load_manifest, load_request
 
     specs = load_manifest(ROOT / "experiments/examples/manifest.yaml")
     return load_request(next(s for s in specs if s.id == "text_000"), 64)
 
 
 def _counts(tiny_dirs, tmp_path, request, **settings) -> dict[str, int]:
-    from framework.models import StableDiffusion
-    from framework.module import EditModule
+    from framework.backbones.sd import StableDiffusion
+    from framework.lightning.module import EditModule
 
     module = EditModule(StableDiffusion(str(tiny_dirs["sd"])), output_dir=str(tmp_path), **settings)
     module.setup("fit")
@@ -60,8 +60,8 @@ def test_paper_literal_yaml_holds_the_paper_mask_and_guidance():
 
 
 def test_the_mask_grid_is_never_finer_than_the_edits(backbone):
-    from framework.ddim import Schedule
-    from framework.masks import mask_schedule
+    from framework.core.ddim import Schedule
+    from framework.core.masks import mask_schedule
 
     six = Schedule.from_scheduler(backbone.scheduler, 6)
     assert mask_schedule(six, backbone.scheduler, MaskConfig()) is six  # default 10 steps > 6: the edit's grid

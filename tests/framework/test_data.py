@@ -11,16 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from framework.data import (
-    EditDataModule,
-    EditRequest,
-    RequestSpec,
-    load_image,
-    load_manifest,
-    load_request,
-    target_size,
-)
-from framework.errors import ConfigError, ManifestError
+from framework.core.errors import ConfigError, ManifestError
+from framework.io.manifests import EditRequest, RequestSpec, load_image, load_manifest, load_request, target_size
+from framework.lightning.data import EditDataModule
 
 
 def _rgb(path: Path, width: int, height: int, seed: int = 0) -> np.ndarray:

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from framework.data import load_request
-from framework.datasets import TOY_SPLITS, FlexITDataModule, ToyEditDataModule, class_phrase
-from framework.errors import ManifestError
+from framework.core.errors import ManifestError
+from framework.evaluation.datasets import FlexITDataModule, class_phrase
+from framework.io.manifests import load_request
+from framework.toy.datasets import TOY_SPLITS, ToyEditDataModule
 
 HEADER = "path,source,source_id,target,target_id,split\n"
 
@@ -72,7 +73,7 @@ def test_flexit_errors_name_the_problem_and_the_fix(imagenet):
 
 
 def test_toy_edits_by_seed_with_ground_truth(tmp_path):
-    from framework.toyworld import make_edit
+    from framework.toy.world import make_edit
 
     data = ToyEditDataModule(edits=5, split="test", size=64, cache_dir=str(tmp_path / "cache"))
     kinds = ["text", "pose", "scribble", "text_pose", "text"]
@@ -112,7 +113,7 @@ def test_toy_edits_with_true_mask_carry_their_true_edit_region_as_the_mask(tmp_p
 
 
 def test_toy_splits_are_held_out_and_bounded(tmp_path):
-    training = pytest.importorskip("framework.toymodel.data")
+    training = pytest.importorskip("framework.toy.model.data")
     # No evaluation scene is trained on: toy-model training renders seeds from its offset on.
     assert max(end for _, end in TOY_SPLITS.values()) <= getattr(training, "TRAIN_SEED_OFFSET", 1_000_000)
     val = ToyEditDataModule(edits=2, split="val", offset=3, kinds=["scribble"], cache_dir=str(tmp_path))

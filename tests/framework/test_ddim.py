@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from framework.ddim import Schedule, ddim_decode, ddim_invert, ddim_step, noise_encode, seeded_noise
+from framework.core.ddim import Schedule, ddim_decode, ddim_invert, ddim_step, noise_encode, seeded_noise
 from tests.conftest import zero_unet_output
 
 
@@ -56,7 +56,7 @@ def test_inversion_matches_diffusers_inverse_scheduler(backbone):
 def test_invert_then_decode_is_identity_with_zero_eps(tiny_dirs, ratio):
     from diffusers import UNet2DConditionModel
 
-    from framework.models import StableDiffusion
+    from framework.backbones.sd import StableDiffusion
 
     sd = StableDiffusion(str(tiny_dirs["sd"])).load()
     unet = zero_unet_output(UNet2DConditionModel.from_pretrained(tiny_dirs["sd"] / "unet"))

@@ -7,10 +7,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from framework.cli import main
-from framework.demo import DemoEngine, flatten_map
-from framework.errors import ConfigError, EditError, ManifestError
-from framework.outputs import to_pil
+from framework.cli.demo import DemoEngine, flatten_map
+from framework.core.errors import ConfigError, EditError, ManifestError
+from framework.io.outputs import to_pil
+from framework.lightning.cli import main
 from tests.conftest import ROOT
 from tests.test_experiments import swap_models
 
@@ -102,7 +102,7 @@ def test_strokes_on_the_transparent_canvas_become_a_map_on_black(tmp_path):
 
 
 def test_a_new_session_numbers_its_edits_after_the_folder_s_earlier_ones(tmp_path):
-    from framework.demo import last_edit_number
+    from framework.cli.demo import last_edit_number
 
     assert last_edit_number(tmp_path / "none") == 0
     for name in ("0001", "0007", "examples"):

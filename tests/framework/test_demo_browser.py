@@ -23,7 +23,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from framework.cli import main
+from framework.lightning.cli import main
 from tests.conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)

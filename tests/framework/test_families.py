@@ -9,16 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.cli import main
-from framework.errors import ModelLoadError
-from framework.models import StableDiffusion, class_family
+from framework.backbones.loading import class_family
+from framework.backbones.sd import StableDiffusion
+from framework.core.errors import ModelLoadError
+from framework.lightning.cli import main
 from tests.framework.test_cli import FAST, write_config
 
 
 def _clip_pair(hidden: int = 32):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from framework.tiny import build_tokenizer
+    from framework.toy.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=37, num_hidden_layers=1,
@@ -31,8 +32,13 @@ def _clip_pair(hidden: int = 32):
 @pytest.fixture(scope="module")
 def sdxl_dirs(tmp_path_factory):
     """An SDXL pipeline folder and a matching SDXL ControlNet (FACTS.md: 80 = 6 time ids x 8 + the pooled 32)."""
-    from diffusers import (AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("sdxl")
@@ -55,8 +61,12 @@ def sdxl_dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sd3_dir(tmp_path_factory):
     """An SD3 pipeline folder: an MMDiT transformer and no unet/, two CLIP encoders and no T5."""
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                           StableDiffusion3Pipeline)
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("sd3")

@@ -14,9 +14,9 @@ import hashlib
 import pytest
 import torch
 
-from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
-from framework.data import load_manifest, load_request
-from framework.models import StableDiffusion
+from framework.backbones.sd import StableDiffusion
+from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
+from framework.io.manifests import load_manifest, load_request
 
 FAST = dict(sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2, steps=None, guidance_scale=None),
             ito=ITOConfig(update_steps=4, inner_steps=1, first_step="optimize", balance="none"),
@@ -38,16 +38,16 @@ def _cases():
     prompts = SamplingConfig(steps=6, inversion_prompt="a red square", negative_prompt="green",
                              inversion_guidance_scale=1.5)
     return {
-        "method": ("framework.module.EditModule", dict(FAST, lam=0.6)),
-        "lam1": ("framework.module.EditModule", dict(FAST, lam=1.0)),
-        "refine_prompts": ("framework.module.EditModule", dict(FAST, lam=0.4, guidance=refine, sampling=prompts,
+        "method": ("framework.lightning.module.EditModule", dict(FAST, lam=0.6)),
+        "lam1": ("framework.lightning.module.EditModule", dict(FAST, lam=1.0)),
+        "refine_prompts": ("framework.lightning.module.EditModule", dict(FAST, lam=0.4, guidance=refine, sampling=prompts,
                                                                mask=MaskConfig(seeds=2, resolution=0.5, steps=None,
                                                                                      guidance_scale=None))),
-        "diffedit": ("framework.baselines.DiffEdit", dict(FAST, mask=MaskConfig(
+        "diffedit": ("framework.lightning.baselines.DiffEdit", dict(FAST, mask=MaskConfig(
             seeds=2, compare_at="first", normalize="mean_ratio", threshold=0.2, steps=None, guidance_scale=None))),
-        "diffedit_diffusers": ("framework.baselines.DiffEdit", dict(FAST, alignment="diffusers",
+        "diffedit_diffusers": ("framework.lightning.baselines.DiffEdit", dict(FAST, alignment="diffusers",
                                                                      sampling=SamplingConfig(steps=6, encode_ratio=0.7))),
-        "sdedit": ("framework.baselines.SDEdit", dict(FAST, sampling=SamplingConfig(steps=6, encode_ratio=0.5))),
+        "sdedit": ("framework.lightning.baselines.SDEdit", dict(FAST, sampling=SamplingConfig(steps=6, encode_ratio=0.5))),
     }
 
 

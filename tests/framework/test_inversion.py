@@ -7,18 +7,18 @@ import math
 import pytest
 import torch
 
-from framework.config import ITOConfig, SamplingConfig
-from framework.data import load_manifest, load_request
-from framework.engine import EditEngine
-from framework.errors import ConfigError
-from framework.inversion import DDIMInversion, DirectInversion, NegativePromptInversion, NullTextInversion
-from framework.stages import ITODecode
+from framework.core.errors import ConfigError
+from framework.core.procedure import EditEngine
+from framework.core.settings import ITOConfig, SamplingConfig
+from framework.io.manifests import load_manifest, load_request
+from framework.stages import ITODecode, method_slots
+from framework.stages.inversions import DDIMInversion, DirectInversion, NegativePromptInversion, NullTextInversion
 
 
 def _engine(backbone, inversion, steps=6, cfg=7.5, conditioners=None):
     from conditioners.text import TextConditioner
 
-    return EditEngine(backbone, conditioners or [TextConditioner()], [], inversion=inversion, decoder=ITODecode(),
+    return EditEngine(backbone, conditioners or [TextConditioner()], [], **method_slots(inversion, decoder=ITODecode()),
                       sampling=SamplingConfig(steps=steps, guidance_scale=cfg),
                       ito=ITOConfig(update_steps=0, blend="none"))  # the free decode: what the inversion gives
 
@@ -53,7 +53,7 @@ def test_negative_prompt_inversion_uses_the_source_prompt_as_the_unconditional_t
 
 
 def test_ddim_inversion_is_the_trajectory_alone(backbone, request_, one_thread):
-    from framework.ddim import ddim_invert
+    from framework.core.ddim import ddim_invert
 
     engine = _engine(backbone, DDIMInversion())
     state, _ = _source_decode(engine, request_)
@@ -94,8 +94,8 @@ def test_null_text_reconstructs_a_toy_input_under_cfg_within_1_db_of_the_vae(one
     own reconstruction), null-text inversion's stays within 1 dB of it. At 10 steps each step's error is larger
     than at 25, so Adam's lr is 0.05 here (at Mokady et al.'s 0.01 it came to 1.4 dB under the VAE; at 25 steps
     0.01 is within 0.2 dB: docs/stages.md)."""
-    from framework.datasets import ToyEditDataModule
-    from framework.models import StableDiffusion
+    from framework.backbones.sd import StableDiffusion
+    from framework.toy.datasets import ToyEditDataModule
 
     backbone = StableDiffusion("builtin:toyworld").load()
     spec = ToyEditDataModule(edits=1, kinds=["text"], split="val", size=64).specs[0]

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from framework.config import ITOConfig
-from framework.ddim import Schedule, ddim_decode, ddim_invert
-from framework.ito import LatentOptimizer, NormalizedSGD, balanced_gradient, ito_objective
+from framework.core.ddim import Schedule, ddim_decode, ddim_invert
+from framework.core.ito import LatentOptimizer, NormalizedSGD, balanced_gradient, ito_objective
+from framework.core.settings import ITOConfig
 from losses import CosineGuidance, MaskedMSEPreservation
 
 

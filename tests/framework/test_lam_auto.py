@@ -7,12 +7,12 @@ import json
 import pytest
 from PIL import Image
 
-from framework.cli import main
-from framework.config import AutoLam, check_lam_setting
-from framework.data import load_manifest, load_request
-from framework.errors import ConfigError
-from framework.models import StableDiffusion
-from framework.module import EditModule
+from framework.backbones.sd import StableDiffusion
+from framework.core.errors import ConfigError
+from framework.core.settings import AutoLam, check_lam_setting
+from framework.io.manifests import load_manifest, load_request
+from framework.lightning.cli import main
+from framework.lightning.module import EditModule
 from tests.conftest import draw_scene
 from tests.framework.test_cli import FAST, write_config
 

@@ -10,9 +10,9 @@ import os
 import pytest
 from PIL import Image
 
-from framework.cli import EditCLI, main
-from framework.errors import EditError
-from framework.records import OutputLock
+from framework.core.errors import EditError
+from framework.io.records import OutputLock
+from framework.lightning.cli import EditCLI, main
 from tests.framework.test_cli import FAST, write_config
 
 

@@ -7,14 +7,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
+from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def request_():
-    from framework.data import load_manifest, load_request
+    from framework.io.manifests import load_manifest, load_request
     from tests.conftest import ROOT
 
     return load_request(load_manifest(ROOT / "experiments/examples/manifest.yaml")[3], 64)  # text + pose
@@ -22,8 +22,8 @@ def request_():
 
 def _module(tiny_dirs, tmp_path, cache, lam=0.6, **mask):
     from conditioners import ControlNetConditioner
-    from framework.models import StableDiffusion
-    from framework.module import EditModule
+    from framework.backbones.sd import StableDiffusion
+    from framework.lightning.module import EditModule
 
     module = EditModule(StableDiffusion(str(tiny_dirs["sd"])), [ControlNetConditioner("pose", str(tiny_dirs["pose"]))],
                         lam=lam, sampling=SamplingConfig(steps=6),
@@ -89,7 +89,7 @@ def _tamper(entry):
     (_tamper, "values do not match its checksum"),
 ])
 def test_a_damaged_entry_is_said_in_one_line_recomputed_and_replaced(tiny_dirs, tmp_path, request_, damage, said):
-    from framework.errors import EditWarning
+    from framework.core.errors import EditWarning
 
     cache = tmp_path / "masks"
     reference = _module(tiny_dirs, tmp_path, cache).edit(request_)
@@ -104,7 +104,7 @@ def test_a_damaged_entry_is_said_in_one_line_recomputed_and_replaced(tiny_dirs, 
 
 
 def test_an_unwritable_cache_dir_is_named(tiny_dirs, tmp_path, request_):
-    from framework.errors import ConfigError
+    from framework.core.errors import ConfigError
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

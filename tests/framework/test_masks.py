@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conditioners import ConditionSide, ControlNetConditioner, TextConditioner
-from framework.config import MaskConfig
-from framework.ddim import Schedule
-from framework.denoiser import Denoiser
-from framework.masks import binary_mask, gaussian_blur, mask_iou, noise_difference, normalise, soft_mask
+from framework.core.ddim import Schedule
+from framework.core.denoiser import Denoiser
+from framework.core.masks import binary_mask, gaussian_blur, mask_iou, noise_difference, normalise, soft_mask
+from framework.core.settings import MaskConfig
 
 SIZE = 128  # 16 x 16 latents
 
@@ -68,7 +68,7 @@ def test_all_seeds_and_both_conditions_in_one_batch_per_step(setup, compare_at, 
 
 def test_diffedit_variant_equals_single_step_difference(setup):
     """compare_at 'first', n = 1: |eps(x_t, C_EDIT) - eps(x_t, C_0)| at the encoded step, by hand."""
-    from framework.ddim import noise_encode, seeded_noise
+    from framework.core.ddim import noise_encode, seeded_noise
 
     backbone, denoiser, x0 = setup
     source, edit = ConditionSide("a red circle"), ConditionSide("a blue square")
@@ -108,7 +108,7 @@ def _counted(denoiser, fn):
 
 
 def _estimate(setup, cfg, schedule_steps=10, edit_prompt="a blue square"):
-    from framework.masks import estimate_soft_mask, mask_schedule
+    from framework.core.masks import estimate_soft_mask, mask_schedule
 
     backbone, denoiser, x0 = setup
     sides = _sides(backbone, denoiser, ConditionSide("a red circle"), ConditionSide(edit_prompt))
@@ -166,7 +166,7 @@ def test_mask_iou():
 
 
 def test_mask_image_size_is_a_multiple_of_8():
-    from framework.masks import mask_image_size
+    from framework.core.masks import mask_image_size
 
     assert mask_image_size(512, 768, 0.5) == (256, 384)
     assert mask_image_size(128, 120, 0.3) == (40, 32) and mask_image_size(64, 64, 0.01) == (8, 8)
@@ -176,10 +176,10 @@ def test_lower_resolution_mask_runs_the_unet_on_smaller_latents(tiny_dirs, tmp_p
     """mask.resolution 0.5: the input and its maps are resized, the UNet sees 8x8 latents in the mask
     stage only, and the soft mask comes back on the full 16x16 latent grid."""
     from conditioners import ControlNetConditioner
-    from framework.config import GuidanceConfig, ITOConfig, SamplingConfig
-    from framework.data import load_manifest, load_request
-    from framework.models import StableDiffusion
-    from framework.module import EditModule
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.settings import GuidanceConfig, ITOConfig, SamplingConfig
+    from framework.io.manifests import load_manifest, load_request
+    from framework.lightning.module import EditModule
     from tests.conftest import ROOT
 
     request = load_request(load_manifest(ROOT / "experiments/examples/manifest.yaml")[3], 128)  # text + pose

@@ -10,15 +10,25 @@ import pytest
 import torch
 from PIL import Image
 
-from framework.data import load_image
-from framework.errors import ModelLoadError
-from framework.metrics import (
-    CSFID, FID, ClassifierAccuracy, FeatureExtractor, GroundTruthL1, InceptionFeatures, L1Distance, MetricError,
-    PickScore, build_class_statistics, frechet_distance, load_class_statistics, pick_probability,
+from framework.core.errors import ModelLoadError
+from framework.evaluation.metrics import (
+    CSFID,
+    FID,
+    ClassifierAccuracy,
+    FeatureExtractor,
+    GroundTruthL1,
+    InceptionFeatures,
+    L1Distance,
+    MetricError,
+    PickScore,
+    build_class_statistics,
+    frechet_distance,
+    load_class_statistics,
+    pick_probability,
     resize_centre_crop,
 )
-from framework.outputs import EditResult, to_pil
-
+from framework.io.manifests import load_image
+from framework.io.outputs import EditResult, to_pil
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -295,7 +305,7 @@ def tiny_clip(tmp_path_factory):
     """A tiny CLIPModel and its processor, saved and read back by path."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from framework.tiny import build_tokenizer
+    from framework.toy.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from framework.errors import ModelLoadError
-from framework.models import StableDiffusion, load_component
+from framework.backbones.loading import load_component
+from framework.backbones.sd import StableDiffusion
+from framework.core.errors import ModelLoadError
 
 
 def _to_pickle(folder, safetensors_name, pickle_name):
@@ -85,7 +86,7 @@ def _calls(module) -> list:
                                            ({"attention_slicing": 0}, "attention_slicing"),
                                            ({"vae_tile_size": 100}, "multiple of 8")])
 def test_memory_options_are_checked(tiny_dirs, kwargs, match):
-    from framework.errors import ConfigError
+    from framework.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=match):
         StableDiffusion(str(tiny_dirs["sd"]), **kwargs)
@@ -95,7 +96,7 @@ def test_attention_slicing_reaches_unet_and_controlnets(tiny_dirs, tmp_path):
     from diffusers.models.attention_processor import AttnProcessor2_0, SlicedAttnProcessor
 
     from conditioners import ControlNetConditioner
-    from framework.module import EditModule
+    from framework.lightning.module import EditModule
 
     module = EditModule(StableDiffusion(str(tiny_dirs["sd"]), attention_slicing="max"),
                         [ControlNetConditioner("pose", str(tiny_dirs["pose"]))], output_dir=str(tmp_path))
@@ -141,9 +142,9 @@ def test_edit_with_memory_options_matches_edit_without_on_a_small_image(tiny_dir
     """64 px: VAE tiling does not act (image <= tile) and sliced attention only reorders sums; measured
     max difference of the edited image 4.3e-5 (6 DDIM steps, CFG 7.5, ITO on)."""
     from conditioners import ControlNetConditioner
-    from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
-    from framework.data import load_manifest, load_request
-    from framework.module import EditModule
+    from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
+    from framework.io.manifests import load_manifest, load_request
+    from framework.lightning.module import EditModule
     from tests.conftest import ROOT
 
     request = load_request(load_manifest(ROOT / "experiments/examples/manifest.yaml")[3], 64)  # text + pose

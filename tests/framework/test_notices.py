@@ -12,10 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from framework.cli import main
-from framework.data import RequestSpec
-from framework.errors import EditNote
-from framework.preflight import native_size, size_notice
+from framework.core.errors import EditNote
+from framework.io.manifests import RequestSpec
+from framework.lightning.cli import main
+from framework.lightning.preflight import native_size, size_notice
 from tests.conftest import draw_scene
 from tests.framework.test_cli import FAST, write_config
 
@@ -47,7 +47,7 @@ def test_the_quickstart_runs_at_the_toy_models_native_size():
 
 
 def test_a_transparent_input_gets_a_note_saying_what_it_was_composited_onto(tmp_path):
-    from framework.data import check_requests
+    from framework.io.manifests import check_requests
 
     rgba = np.zeros((64, 64, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 128  # 50 % alpha everywhere
@@ -60,8 +60,8 @@ def test_a_transparent_input_gets_a_note_saying_what_it_was_composited_onto(tmp_
 
 
 def test_an_unreadable_mask_is_called_a_mask_and_names_its_request(tmp_path):
-    from framework.data import check_requests
-    from framework.errors import ManifestError
+    from framework.core.errors import ManifestError
+    from framework.io.manifests import check_requests
 
     draw_scene(tmp_path / "in.png")
     (tmp_path / "m.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(100)))
@@ -74,8 +74,8 @@ def test_an_unreadable_mask_is_called_a_mask_and_names_its_request(tmp_path):
 
 def test_a_variant_the_folder_does_not_have_is_named_with_the_fix(tiny_dirs):
     from conditioners import ControlNetConditioner
-    from framework.errors import ModelLoadError
-    from framework.models import StableDiffusion
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError) as err:
         StableDiffusion(str(tiny_dirs["sd"]), variant="fp16")

@@ -11,14 +11,19 @@ import pytest
 import torch
 from PIL import Image
 
-from framework.data import load_request
-from framework.datasets import PIEBenchDataModule, decode_pie_mask, pie_prompt
-from framework.errors import ManifestError, ModelLoadError
-from framework.metrics import (
-    BackgroundLPIPS, BackgroundPreservation, CLIPSimilarity, MetricError, StructureDistance, self_similarity,
+from framework.core.errors import ManifestError, ModelLoadError
+from framework.evaluation.datasets import PIEBenchDataModule, decode_pie_mask, pie_prompt
+from framework.evaluation.metrics import (
+    BackgroundLPIPS,
+    BackgroundPreservation,
+    CLIPSimilarity,
+    MetricError,
+    StructureDistance,
+    self_similarity,
     with_frame,
 )
-from framework.outputs import EditResult
+from framework.io.manifests import load_request
+from framework.io.outputs import EditResult
 from tests.conftest import draw_scene
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -371,7 +376,7 @@ def test_structure_distance_reads_the_hubs_checkpoint_layout(tiny_dino, tmp_path
 def test_resize_shorter_matches_torchvision():
     from torchvision.transforms import Resize
 
-    from framework.metrics.piebench import resize_shorter
+    from framework.evaluation.metrics.piebench import resize_shorter
 
     images = torch.rand(1, 3, 100, 300)
     for size, max_size in ((224, 480), (40, None), (224, 1000)):
@@ -389,7 +394,7 @@ def tiny_clip_folder(tmp_path_factory) -> Path:
     """A tiny CLIPModel and its processor in one folder, as a hub snapshot of openai/clip-vit-large-patch14 is."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from framework.tiny import build_tokenizer
+    from framework.toy.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)

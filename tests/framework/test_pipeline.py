@@ -12,13 +12,13 @@ import yaml
 from PIL import Image, ImageDraw
 
 from conditioners import ControlNetConditioner, TextConditioner
-from framework import EditModule, EditPipeline
-from framework.cli import main
-from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
-from framework.errors import ConfigError, ManifestError
-from framework.models import StableDiffusion
-from framework.outputs import to_pil
-from framework.pipeline import controlnet_for
+from framework.backbones.sd import StableDiffusion
+from framework.core.errors import ConfigError, ManifestError
+from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
+from framework.io.outputs import to_pil
+from framework.lightning.cli import main
+from framework.lightning.module import EditModule
+from framework.pipeline import EditPipeline, controlnet_for
 from losses import MaskedMSEPreservation
 from losses.base import EditLoss
 from tests.conftest import ROOT, draw_scene
@@ -252,7 +252,7 @@ def test_the_seed_leaves_the_digest_only_when_every_request_carries_its_own(tiny
 
 
 def test_a_transparent_input_gets_the_data_modules_note(tiny_dirs, scene):
-    from framework.errors import EditNote
+    from framework.core.errors import EditNote
 
     rgba = scene[0].convert("RGBA")
     rgba.putalpha(128)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framework.errors import EditError
-from framework.plots import MARGIN, PALETTE, SIZE, main, nice_ticks, plot_all, read_sources
+from framework.core.errors import EditError
+from framework.evaluation.plots import MARGIN, PALETTE, main, nice_ticks, plot_all, read_sources
+from framework.toy.photos import SIZE
 
 
 def write_run(folder, rows, t_u=15, k=1, lam=0.6):

@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from framework.cli import main
+from framework.lightning.cli import main
 from tests.framework.test_cli import FAST, write_config
 
 PLUGIN = textwrap.dedent('''

@@ -10,12 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from framework.data import EditDataModule, load_manifest, load_request
-from framework.errors import ConfigError, ManifestError, ModelLoadError
-from framework.preprocess import (
-    ANNOTATOR_FILES, DETECTORS, DetectedMap, KeypointsMap, detect, main, pose_from_keypoints,
+from framework.core.errors import ConfigError, ManifestError, ModelLoadError
+from framework.io.conditions import (
+    ANNOTATOR_FILES,
+    DETECTORS,
+    DetectedMap,
+    KeypointsMap,
+    detect,
+    main,
+    pose_from_keypoints,
 )
-from framework.toyworld.pose import OPENPOSE_COLOURS, limb_colour, save_keypoints_json
+from framework.io.manifests import load_manifest, load_request
+from framework.io.openpose import OPENPOSE_COLOURS, limb_colour, save_keypoints_json
+from framework.lightning.data import EditDataModule
 
 BLACK = (0, 0, 0)
 WEIGHTED = ("mlsd", "hed", "scribble", "openpose")

@@ -7,17 +7,17 @@ from dataclasses import replace
 import pytest
 import torch
 
-from framework.config import ITOConfig, SamplingConfig
-from framework.data import load_manifest, load_request
-from framework.engine import EditEngine
-from framework.inversion import NullTextInversion
-from framework.prompt_to_prompt import AttentionExchange, PromptToPrompt, token_mapping
-from framework.stages import ITODecode, NoMask
+from framework.core.procedure import EditEngine
+from framework.core.settings import ITOConfig, SamplingConfig
+from framework.io.manifests import load_manifest, load_request
+from framework.stages import ITODecode, NoMask, method_slots
+from framework.stages.inversions import NullTextInversion
+from framework.stages.prompt_to_prompt import AttentionExchange, PromptToPrompt, token_mapping
 
 
 def _engine(backbone, decoder, conditioners):
-    return EditEngine(backbone, conditioners, [], inversion=NullTextInversion(inner_steps=3), mask_estimator=NoMask(),
-                      decoder=decoder, sampling=SamplingConfig(steps=6), ito=ITOConfig(blend="none"))
+    return EditEngine(backbone, conditioners, [], **method_slots(NullTextInversion(inner_steps=3), NoMask(), decoder=decoder),
+                      sampling=SamplingConfig(steps=6), ito=ITOConfig(blend="none"))
 
 
 def _decode(engine, request):

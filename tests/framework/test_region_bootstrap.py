@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from framework.metrics import MaskRegionAccuracy, bootstrap_ci, paired_difference_ci, region_scores
-from framework.outputs import EditResult
+from framework.evaluation.metrics import MaskRegionAccuracy, bootstrap_ci, paired_difference_ci, region_scores
+from framework.io.outputs import EditResult
 
 
 def test_region_scores_by_hand():

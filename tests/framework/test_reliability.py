@@ -17,8 +17,8 @@ import torch
 import yaml
 from PIL import Image
 
-from framework.cli import main
-from framework.metrics import FeatureExtractor
+from framework.evaluation.metrics import FeatureExtractor
+from framework.lightning.cli import main
 from tests.conftest import ROOT
 from tests.framework.test_cli import FAST, write_config
 
@@ -54,10 +54,10 @@ def test_rerun_skips_finished_edits_and_overwrite_redoes_them(tmp_path, tiny_dir
 
 
 def test_the_settings_digest_ignores_the_settings_of_stages_a_method_does_not_run(tiny_dirs):
-    from framework.baselines import DiffEdit, SDEdit
-    from framework.config import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
-    from framework.models import StableDiffusion
-    from framework.module import EditModule
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
+    from framework.lightning.baselines import DiffEdit, SDEdit
+    from framework.lightning.module import EditModule
 
     def digest(cls, **settings):
         return cls(StableDiffusion(str(tiny_dirs["sd"])), **settings).settings_digest()
@@ -138,8 +138,8 @@ class MeanColour(FeatureExtractor):
 
 def test_a_resumed_run_scores_every_edit_as_an_uninterrupted_one(tmp_path, tiny_dirs, manifest):
     out = tmp_path / "out"
-    metrics = [{"class_path": "framework.metrics.L1Distance", "init_args": {"crop": 64}},
-               {"class_path": "framework.metrics.FID",
+    metrics = [{"class_path": "framework.evaluation.metrics.L1Distance", "init_args": {"crop": 64}},
+               {"class_path": "framework.evaluation.metrics.FID",
                 "init_args": {"features": {"class_path": "tests.framework.test_reliability.MeanColour"}}}]
     config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out, metrics=metrics)
     main(["fit", "--config", str(config), *FAST])
@@ -159,7 +159,7 @@ def test_a_resumed_run_scores_every_edit_as_an_uninterrupted_one(tmp_path, tiny_
 
 
 def test_read_edit_gives_back_what_write_edit_wrote(tmp_path):
-    from framework.outputs import EditResult, read_edit, to_pil, write_edit
+    from framework.io.outputs import EditResult, read_edit, to_pil, write_edit
 
     g = torch.Generator().manual_seed(0)
     image = lambda: torch.rand(1, 3, 32, 32, generator=g)  # noqa: E731
@@ -277,7 +277,7 @@ def test_non_finite_latents_stop_that_edit_and_the_rest_continue(tmp_path, tiny_
 
 
 def test_out_of_memory_names_the_knobs(tmp_path, tiny_dirs, manifest, capsys, monkeypatch):
-    from framework.module import EditModule
+    from framework.lightning.module import EditModule
 
     def no_memory(self, request):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

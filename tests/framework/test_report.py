@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from framework.cli import main
-from framework.report import LABEL_WIDTH, MAX_SHEET_HEIGHT, write_report
+from framework.io.report import LABEL_WIDTH, MAX_SHEET_HEIGHT, write_report
+from framework.lightning.cli import main
 from tests.framework.test_cli import FAST, write_config
 
 

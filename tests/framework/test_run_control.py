@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from framework.cli import EditCLI, main
-from framework.strategy import ShardedEditStrategy
-from framework.threads import apply_cpu_threads, default_threads
+from framework.lightning.cli import EditCLI, main
+from framework.lightning.strategy import ShardedEditStrategy
+from framework.lightning.threads import apply_cpu_threads, default_threads
 from tests.framework.test_cli import FAST, write_config
 
 PLUGIN = '''

@@ -12,17 +12,17 @@ import torch
 import yaml
 from PIL import Image
 
-from framework.config import MaskConfig, SamplingConfig
-from framework.data import load_manifest, load_request
-from framework.engine import EditEngine
-from framework.errors import EditError
-from framework.stages import GivenMask, NoiseDifferenceMask, NoMask, given_mask
+from framework.core.errors import EditError
+from framework.core.procedure import EditEngine
+from framework.core.settings import MaskConfig, SamplingConfig
+from framework.io.manifests import load_manifest, load_request
+from framework.stages import GivenMask, NoiseDifferenceMask, NoMask, given_mask, method_slots
 
 USER_STAGES = textwrap.dedent('''
     """A user's own stages, in a module of their own."""
     import torch
 
-    from framework.inversion import DDIMInversion
+    from framework.stages.inversions import DDIMInversion
     from framework.stages import MaskEstimator
 
     CALLS = {"inversion": 0}
@@ -50,7 +50,7 @@ USER_STAGES = textwrap.dedent('''
 
 
 def test_user_stages_by_class_path(tmp_path, tiny_dirs, manifest):
-    from framework.cli import main
+    from framework.lightning.cli import main
     from tests.framework.test_cli import FAST, write_config
 
     (tmp_path / "my_stages.py").write_text(USER_STAGES)
@@ -77,7 +77,7 @@ def test_user_stages_by_class_path(tmp_path, tiny_dirs, manifest):
 
 def test_shipped_compositions_parse_in_yaml(tmp_path, tiny_dirs, manifest):
     """A baseline as YAML: EditModule with the DiffEdit decoder gives DiffEdit's edit."""
-    from framework.cli import main
+    from framework.lightning.cli import main
     from tests.framework.test_cli import FAST, write_config
 
     runs = {"yaml": {"decoder": {"class_path": "framework.stages.MaskBlendDecode"}}, "class": {}}
@@ -85,7 +85,7 @@ def test_shipped_compositions_parse_in_yaml(tmp_path, tiny_dirs, manifest):
         config = write_config(tmp_path / f"{name}.yaml", tiny_dirs, manifest, tmp_path / name, **slots)
         if name == "class":
             data = yaml.safe_load(config.read_text())
-            data["model"]["class_path"] = "framework.baselines.DiffEdit"
+            data["model"]["class_path"] = "framework.lightning.baselines.DiffEdit"
             config.write_text(yaml.safe_dump(data))
         main(["fit", "--config", str(config), *FAST, "--data.limit", "1"])
     a, b = (np.asarray(Image.open(tmp_path / n / "text" / "edit.png")) for n in runs)
@@ -98,7 +98,8 @@ def test_shipped_compositions_parse_in_yaml(tmp_path, tiny_dirs, manifest):
 def state(backbone, manifest):
     from conditioners.text import TextConditioner
 
-    engine = EditEngine(backbone, [TextConditioner()], [], sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2))
+    engine = EditEngine(backbone, [TextConditioner()], [], sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2),
+                        **method_slots())
     request = load_request(load_manifest(manifest)[0], None)
     s = engine.start(request, 1.0, 0)
     engine.encode(s)
@@ -124,7 +125,7 @@ def test_given_and_no_mask_alone(state):
 
 def test_noise_difference_mask_alone_matches_eq7(state):
     """The estimator's soft map is estimate_soft_mask's (Eq. 7), thresholded at tau."""
-    from framework.masks import binary_mask, estimate_soft_mask
+    from framework.core.masks import binary_mask, estimate_soft_mask
 
     engine, s = state
     mask, soft, source = NoiseDifferenceMask().estimate(engine, s)
@@ -137,8 +138,8 @@ def test_noise_difference_mask_alone_matches_eq7(state):
 def test_noise_encoded_guidance_alone(state):
     """G decoded from the random-noise encoding with lam = 1 ITO; g_t is G's DDIM inversion under C_EDIT
     (guidance.reference: inversion, the paper's)."""
-    from framework.config import GuidanceConfig
-    from framework.ddim import ddim_invert
+    from framework.core.ddim import ddim_invert
+    from framework.core.settings import GuidanceConfig
     from framework.stages import NoiseEncodedGuidance
     from losses.preservation import MaskedMSEPreservation
 
@@ -160,8 +161,8 @@ def test_noise_encoded_guidance_alone(state):
 def test_decode_reference_is_the_latents_g_own_decode_passed(state):
     """guidance.reference: decode (the default): g_t at each timestep G's decode visited is the latents the
     UNet saw there; here without ITO, so exactly the plain CFG decode's trajectory from the noise encoding."""
-    from framework.config import GuidanceConfig
-    from framework.ddim import ddim_decode, noise_encode, seeded_noise
+    from framework.core.ddim import ddim_decode, noise_encode, seeded_noise
+    from framework.core.settings import GuidanceConfig
     from framework.stages import NoiseEncodedGuidance
 
     engine, s = state

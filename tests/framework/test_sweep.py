@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from framework.errors import ConfigError
-from framework.sweep import Run, collect, grid_runs, read_sweep, run_config, set_dotted
+from framework.core.errors import ConfigError
+from framework.evaluation.sweep import Run, collect, grid_runs, read_sweep, run_config, set_dotted
 
 
 def test_dotted_keys_reach_init_args_and_list_items():
@@ -20,10 +20,10 @@ def test_dotted_keys_reach_init_args_and_list_items():
     set_dotted(config, "model.sampling.encode_ratio", 0.7)
     set_dotted(config, "model.backbone.pretrained", "b")
     set_dotted(config, "model.conditioners.0.scale", 0.5)
-    set_dotted(config, "model.class_path", "framework.baselines.DiffEdit")
+    set_dotted(config, "model.class_path", "framework.lightning.baselines.DiffEdit")
     set_dotted(config, "trainer.precision", "bf16-mixed")
     args = config["model"]["init_args"]
-    assert config["model"]["class_path"] == "framework.baselines.DiffEdit" and args["lam"] == "auto"
+    assert config["model"]["class_path"] == "framework.lightning.baselines.DiffEdit" and args["lam"] == "auto"
     assert args["sampling"] == {"encode_ratio": 0.7} and args["backbone"]["init_args"]["pretrained"] == "b"
     assert args["conditioners"][0]["init_args"] == {"modality": "pose", "scale": 0.5}
     assert config["trainer"] == {"precision": "bf16-mixed"}
@@ -104,18 +104,18 @@ def test_collect_tables_runs_and_pick_preference(tmp_path):
 
 
 def test_plain_cli_points_a_sweep_file_to_the_runner(capsys):
-    from framework.cli import main
+    from framework.lightning.cli import main
     from tests.conftest import ROOT
 
     with pytest.raises(SystemExit) as stop:
         main(["test", "--config", str(ROOT / "experiments" / "eval" / "lam_sweep.yaml")])
     assert stop.value.code == 2
-    assert "python -m framework.sweep <file>" in capsys.readouterr().err
+    assert "python -m framework.evaluation.sweep <file>" in capsys.readouterr().err
 
 
 def test_collect_publishes_the_table_for_the_docs(tmp_path):
     """`--collect --publish PAGE` writes the sweep's own table into a page that names how to regenerate it."""
-    from framework.sweep import main
+    from framework.evaluation.sweep import main
 
     out = tmp_path / "runs"
     fake_run(out / "a", "module.EditModule", 0.6, {"gt/background_l1": 0.04})
@@ -123,11 +123,11 @@ def test_collect_publishes_the_table_for_the_docs(tmp_path):
     sweep = tmp_path / "s.yaml"
     sweep.write_text(yaml.safe_dump({
         "model": {"init_args": {"backbone": {"init_args": {"pretrained": "builtin:toyworld"}}}},
-        "data": {"class_path": "framework.datasets.ToyEditDataModule", "init_args": {"edits": 2, "split": "val"}},
+        "data": {"class_path": "framework.evaluation.datasets.ToyEditDataModule", "init_args": {"edits": 2, "split": "val"}},
         "sweep": {"output_dir": str(out), "runs": [{"name": "a", "set": {}}, {"name": "b", "set": {}}]}}))
     page = tmp_path / "docs" / "results" / "s.md"
     main([str(sweep), "--collect", "--publish", str(page)])
     text = page.read_text()
     assert (out / "sweep.md").read_text().strip() in text
-    assert f"python -m framework.sweep {sweep} --collect --publish {page}" in text
+    assert f"python -m framework.evaluation.sweep {sweep} --collect --publish {page}" in text
     assert "| gt/background_l1 | 0.0400 | 0.0300 |" in text and "builtin:toyworld" in text and "split: val" in text

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 from losses import CosineGuidance
 
 

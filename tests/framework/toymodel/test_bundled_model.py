@@ -7,11 +7,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from framework.errors import ConfigError, ModelLoadError
-from framework.models import StableDiffusion, toyworld_folder
-from framework.toymodel.classifier import ToyClassifier, accuracy_on_scenes
-from framework.toymodel.gates import psnr, to_tensor, to_uint8
-from framework.toyworld import make_edit, render, sample_scene
+from framework.backbones.loading import toyworld_folder
+from framework.backbones.sd import StableDiffusion
+from framework.core.errors import ConfigError, ModelLoadError
+from framework.toy.model.classifier import ToyClassifier, accuracy_on_scenes
+from framework.toy.model.gates import psnr, to_tensor, to_uint8
+from framework.toy.world import make_edit, render, sample_scene
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,7 +55,7 @@ def test_bundled_controlnets_load_by_modality_and_a_missing_one_is_named():
 
 
 def test_bundled_model_draws_the_prompted_colour():
-    from framework.toymodel.gates import ToyModel, measure_text
+    from framework.toy.model.gates import ToyModel, measure_text
 
     model = ToyModel(toyworld_folder())
     classifier = ToyClassifier.from_pretrained(toyworld_folder() / "classifier")
@@ -63,7 +64,7 @@ def test_bundled_model_draws_the_prompted_colour():
 
 
 def test_resampling_from_a_lightly_noised_render_keeps_its_shape_and_the_diagnostics_add_up():
-    from framework.toymodel.gates import ToyModel, caption_distances, shape_by_noise_level
+    from framework.toy.model.gates import ToyModel, caption_distances, shape_by_noise_level
 
     model = ToyModel(toyworld_folder())
     classifier = ToyClassifier.from_pretrained(toyworld_folder() / "classifier")
@@ -88,14 +89,14 @@ def _result(image: np.ndarray):
 
 
 def _request(pair):
-    from framework.datasets import toy_meta
+    from framework.toy.datasets import toy_meta
 
     return SimpleNamespace(extra={"meta": toy_meta(pair, pair.kind)})
 
 
 @pytest.mark.parametrize("kind", ["text", "scribble"])
 def test_toy_accuracy_reads_the_target_as_new_and_the_source_as_original(kind):
-    from framework.toymodel.metric import ToyClassifierAccuracy
+    from framework.toy.model.metric import ToyClassifierAccuracy
 
     metric = ToyClassifierAccuracy()
     hits = {"target": [], "source": []}
@@ -117,8 +118,8 @@ def test_toy_accuracy_reads_the_target_as_new_and_the_source_as_original(kind):
 def test_the_quickstart_makes_its_four_edits_towards_the_true_targets(tmp_path, monkeypatch):
     """The quickstart as shipped (bundled model, lam 0.8, tau 0.5, the blend after t_u): each edit comes towards
     the rendered target inside the true edit region, and the background keeps its colour."""
-    from framework.cli import main
-    from framework.toymodel.gates import score_edit_folder
+    from framework.lightning.cli import main
+    from framework.toy.model.gates import score_edit_folder
     from tests.conftest import ROOT
 
     monkeypatch.chdir(ROOT)  # the examples' paths are relative to the repository, as in the README
@@ -142,7 +143,7 @@ def test_the_quickstart_makes_its_four_edits_towards_the_true_targets(tmp_path, 
 def test_two_object_edits_read_the_named_object_and_the_others_on_exact_renders():
     """The two-object gate's measure on known images: the true target scores both gates, the unedited
     input none of the first (its named object still has the old class) and all of the second."""
-    from framework.toymodel.gates import measure_two_object_edits, two_object_text_edits
+    from framework.toy.model.gates import measure_two_object_edits, two_object_text_edits
 
     pairs = two_object_text_edits(4)
     for pair in pairs:
@@ -170,7 +171,7 @@ def test_bundled_vae_does_not_tint_flat_grey_backgrounds():
     """The quickstart's colour cast is not the VAE's: on held-out scenes redrawn on flat greys across the toy
     world's range, the round trip's signed mean colour error on background pixels stays under 0.01 per channel
     (measured at most 0.0065, at grey 200; docs/background.md)."""
-    from framework.toymodel.gates import background_tint
+    from framework.toy.model.gates import background_tint
 
     sd = StableDiffusion("builtin:toyworld").load()
     for level, shift in background_tint(sd, levels=(80, 140, 200), scenes=4).items():

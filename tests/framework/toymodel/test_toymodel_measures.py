@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from framework.toymodel.classifier import crop_boxes, pose_class
-from framework.toymodel.gates import (
+from framework.toy.model.classifier import crop_boxes, pose_class
+from framework.toy.model.gates import (
     dilate,
     foreground_outline,
     iou,
@@ -15,8 +15,8 @@ from framework.toymodel.gates import (
     psnr,
     saturated_box,
 )
-from framework.toyworld import condition_maps, render, sample_scene
-from framework.toyworld.scenes import L_SHO, L_WRI, R_SHO, R_WRI, SHIRT, SKIN, TROUSERS, figure_mask, object_box
+from framework.toy.world import condition_maps, render, sample_scene
+from framework.toy.world.scenes import L_SHO, L_WRI, R_SHO, R_WRI, SHIRT, SKIN, TROUSERS, figure_mask, object_box
 
 
 def _scene(want, size=64):
@@ -83,7 +83,7 @@ def test_pose_class_reads_wrists_against_shoulders():
 def test_figure_pixels_are_the_figure_on_renders_where_a_radius_takes_the_background():
     """On exact renders of the pose gate's scenes (dark greys lie 39 from the trousers, the cream stripe 60
     from the skin), nearest-colour figure pixels are the figure; a 60 radius also takes background."""
-    from framework.toymodel.gates import figure_pixels, held_out
+    from framework.toy.model.gates import figure_pixels, held_out
 
     seeds = held_out(32, 64, lambda s: s.figure is not None)
     nearest, radius = [], []

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from framework.toymodel.data import load_pool, render_pool
-from framework.toymodel.vae import build_vae, cosine_lr, normalised_vae, weighted_reconstruction
+from framework.toy.model.data import load_pool, render_pool
+from framework.toy.model.vae import build_vae, cosine_lr, normalised_vae, weighted_reconstruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +24,7 @@ def test_weighted_reconstruction_matches_formula():
 
 
 def test_weighted_eps_loss_matches_formula():
-    from framework.toymodel.diffusion import weighted_eps_loss
+    from framework.toy.model.diffusion import weighted_eps_loss
 
     torch.manual_seed(0)
     pred, noise = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2)
@@ -38,8 +38,8 @@ def test_weighted_eps_loss_matches_formula():
 
 
 def test_min_snr_weights_cap_the_signal_to_noise_ratio_and_scale_each_sample():
-    from framework.tiny import sd15_scheduler
-    from framework.toymodel.diffusion import min_snr_weights, weighted_eps_loss
+    from framework.toy.model.diffusion import min_snr_weights, weighted_eps_loss
+    from framework.toy.tiny import sd15_scheduler
 
     a = sd15_scheduler().alphas_cumprod
     t = torch.tensor([0, 100, 500, 999])
@@ -104,8 +104,8 @@ def test_pool_is_deterministic_and_cached(tmp_path, monkeypatch):
 
 
 def test_single_object_weight_draws_one_object_scenes_that_much_more_often(tmp_path, monkeypatch):
-    from framework.toymodel.data import ToyWorldData, object_count
-    from framework.toyworld import caption, sample_scene
+    from framework.toy.model.data import ToyWorldData, object_count
+    from framework.toy.world import caption, sample_scene
 
     monkeypatch.setenv("ITO_EDIT_CACHE", str(tmp_path))
     assert [object_count(caption(sample_scene(s, 32))) for s in range(40)] == \
@@ -127,7 +127,7 @@ def test_single_object_weight_draws_one_object_scenes_that_much_more_often(tmp_p
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two-step runs of both stages through the CLI, with tiny widths."""
-    from framework.toymodel.__main__ import main
+    from framework.toy.model.__main__ import main
 
     root = tmp_path_factory.mktemp("toymodel")
     common = ["--trainer.max_steps", "2", "--trainer.logger", "false", "--trainer.callbacks.init_args.every_n_train_steps", "1",
@@ -177,15 +177,15 @@ def test_decoder_tuning_keeps_the_latent_space_and_changes_the_decoder(trained):
 
 
 def test_a_missing_stage1_vae_is_named_with_the_command_that_makes_it(tmp_path):
-    from framework.errors import EditError
-    from framework.toymodel.vae import DecoderTuning
+    from framework.core.errors import EditError
+    from framework.toy.model.vae import DecoderTuning
 
     with pytest.raises(EditError, match="train_vae.yaml"):
         DecoderTuning(vae=str(tmp_path / "nowhere"))
 
 
 def test_the_training_cli_ends_a_project_error_with_one_line(tmp_path, capsys):
-    from framework.toymodel.__main__ import main
+    from framework.toy.model.__main__ import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", "experiments/toyworld/tune_decoder.yaml", "--model.init_args.vae", str(tmp_path / "no"),
@@ -196,7 +196,7 @@ def test_the_training_cli_ends_a_project_error_with_one_line(tmp_path, capsys):
 
 
 def test_exports_load_in_the_engine_and_edit(trained, tmp_path):
-    from framework.models import StableDiffusion
+    from framework.backbones.sd import StableDiffusion
 
     sd = StableDiffusion(str(trained / "model" / "sd")).load()
     assert sd.vae_scale_factor == 4 and sd.vae.config.scaling_factor == 1.0
@@ -212,8 +212,8 @@ def test_exports_load_in_the_engine_and_edit(trained, tmp_path):
 def test_init_from_starts_every_net_and_its_ema_from_an_export(trained):
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from framework.errors import EditError
-    from framework.toymodel.diffusion import DiffusionTraining
+    from framework.core.errors import EditError
+    from framework.toy.model.diffusion import DiffusionTraining
 
     exports = trained / "model"
     fresh = DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), seed=5)
@@ -232,7 +232,7 @@ def test_init_from_starts_every_net_and_its_ema_from_an_export(trained):
 
 
 def test_control_residuals_route_each_sample_to_its_modality(trained):
-    from framework.toymodel.diffusion import DiffusionTraining
+    from framework.toy.model.diffusion import DiffusionTraining
 
     module = DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32))
     b = 4
@@ -260,9 +260,9 @@ def test_control_residuals_route_each_sample_to_its_modality(trained):
 def test_bundle_assembles_the_exports_and_swaps_in_the_tuned_vae(trained, tmp_path):
     from diffusers import AutoencoderKL
 
-    from framework.errors import ModelLoadError
-    from framework.models import StableDiffusion
-    from framework.toymodel.bundle import bundle
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.errors import ModelLoadError
+    from framework.toy.model.bundle import bundle
 
     exports = trained / "model"
     (exports / "classifier").mkdir(exist_ok=True)
@@ -278,7 +278,7 @@ def test_bundle_assembles_the_exports_and_swaps_in_the_tuned_vae(trained, tmp_pa
 
 
 def test_text_lr_scale_gives_the_text_encoder_its_own_learning_rate(trained):
-    from framework.toymodel.diffusion import DiffusionTraining
+    from framework.toy.model.diffusion import DiffusionTraining
 
     module = DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), lr=2e-4, warmup_steps=1,
                                text_lr_scale=5.0)
@@ -300,7 +300,7 @@ def test_a_pose_controlnet_fine_tune_changes_only_that_controlnet(trained, tmp_p
     from diffusers import ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from framework.toymodel.__main__ import main
+    from framework.toy.model.__main__ import main
 
     main(["fit", "--config", "experiments/toyworld/finetune_pose_controlnet.yaml", "--trainer.max_steps", "2",
           "--trainer.logger", "false", "--trainer.callbacks.init_args.every_n_train_steps", "1",
@@ -323,8 +323,8 @@ def test_a_pose_controlnet_fine_tune_changes_only_that_controlnet(trained, tmp_p
 
 
 def test_trained_nets_must_name_nets_of_the_stage(trained):
-    from framework.errors import ConfigError
-    from framework.toymodel.diffusion import DiffusionTraining
+    from framework.core.errors import ConfigError
+    from framework.toy.model.diffusion import DiffusionTraining
 
     with pytest.raises(ConfigError, match=r"\['controlnet_lines'\].*controlnet_pose"):
         DiffusionTraining(vae=str(trained / "vae"), unet_channels=(32, 32, 32), trained_nets=["controlnet_lines"])
@@ -335,8 +335,8 @@ def test_trained_nets_must_name_nets_of_the_stage(trained):
 
 
 def test_unet_attention_chooses_the_levels_with_attention_blocks():
-    from framework.errors import ConfigError
-    from framework.toymodel.diffusion import build_controlnet, build_unet
+    from framework.core.errors import ConfigError
+    from framework.toy.model.diffusion import build_controlnet, build_unet
 
     default = build_unet((8, 16, 16), cross_attention_dim=16, sample_size=8)
     assert default.config.down_block_types == ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")

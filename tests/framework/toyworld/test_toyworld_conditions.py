@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from framework.toyworld.conditions import condition_maps, line_map, pose_map, scribble_map
-from framework.toyworld.scenes import Background, Scene, SceneObject, object_mask, render, sample_scene
+from framework.toy.world.conditions import condition_maps, line_map, pose_map, scribble_map
+from framework.toy.world.scenes import Background, Scene, SceneObject, object_mask, render, sample_scene
 
 
 @pytest.mark.parametrize("size", [64, 128])

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from framework.toyworld.conditions import condition_maps
-from framework.toyworld.edits import EDIT_KINDS, make_edit, move_limb
-from framework.toyworld.scenes import R_ELB, R_SHO, R_WRI, render, sample_scene
+from framework.toy.world.conditions import condition_maps
+from framework.toy.world.edits import EDIT_KINDS, make_edit, move_limb
+from framework.toy.world.scenes import R_ELB, R_SHO, R_WRI, render, sample_scene
 
 SEEDS = range(6)
 

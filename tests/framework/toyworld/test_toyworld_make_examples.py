@@ -4,8 +4,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from framework.toyworld.edits import make_edit
-from framework.toyworld.make_examples import main, write_examples
+from framework.toy.world.edits import make_edit
+from framework.toy.world.make_examples import main, write_examples
 
 KINDS = ["text", "pose", "scribble", "text_pose"]
 EXPECTED_MODALITIES = {"text": set(), "pose": {"pose"}, "scribble": {"scribble"}, "text_pose": {"pose"}}

@@ -4,8 +4,12 @@ import json
 
 import numpy as np
 
-from framework.toyworld.pose import (
-    OPENPOSE_COLOURS, draw_openpose, limb_colour, load_keypoints_json, save_keypoints_json,
+from framework.io.openpose import (
+    OPENPOSE_COLOURS,
+    draw_openpose,
+    limb_colour,
+    load_keypoints_json,
+    save_keypoints_json,
 )
 
 BLACK = (0, 0, 0)

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import framework.toyworld as toyworld
-from framework.toyworld.scenes import Background, Scene, SceneObject, caption, render, sample_scene
+import framework.toy.world as toyworld
+from framework.toy.world.scenes import Background, Scene, SceneObject, caption, render, sample_scene
 
 
 @pytest.mark.parametrize("size", [64, 128])

@@ -1,0 +1,16 @@
+"""Backbones: model families behind the backbone contract (framework.core.backbone), and their loading.
+
+- loading.py: hub ids, local folders and `builtin:` names to diffusers components, with one-line errors;
+  the checkpoint's `model_index.json` decides the family.
+- sd.py: Stable Diffusion 1.x, the first family. The next family is one file beside it.
+"""
+
+from framework.backbones.loading import (  # noqa: F401
+    BUILTIN_PREFIX,
+    builtin_folder,
+    check_family,
+    load_component,
+    load_config,
+    resolve_pretrained,
+)
+from framework.backbones.sd import StableDiffusion  # noqa: F401

@@ -1,0 +1,288 @@
+"""Scalar settings of an edit, grouped; each field's docstring is its `--help` text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from framework.core.errors import ConfigError
+
+BALANCES = ("gradient", "none")
+"""ito.balance: each loss's gradient at unit RMS before the lam mix, or Eq. 6's gradient as it is."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class SamplingConfig:
+    """DDIM sampling and inversion (paper Sec. 3.1 and 4)."""
+
+    steps: int = 25
+    """Number of DDIM steps of the full schedule."""
+    encode_ratio: float = 1.0
+    """t_E / steps: how far the input is DDIM-inverted before decoding (paper: 1.0)."""
+    guidance_scale: float = 7.5
+    """Classifier-free guidance scale of every decode (mask, guidance image, final edit)."""
+    inversion_guidance_scale: float = 1.0
+    """Classifier-free guidance scale of DDIM inversion (1 = conditional only, as DiffEdit)."""
+    inversion_prompt: Optional[str] = None
+    """Prompt used to invert the input; None = the request's source prompt."""
+    negative_prompt: str = ""
+    """Prompt of the unconditional half of classifier-free guidance."""
+    guidance_rescale: float = 0.0
+    """phi of guidance rescale (Lin et al. 2024): each CFG noise prediction is brought back towards the
+    standard deviation of its conditional half, eps <- phi * eps * std(cond) / std(eps) + (1 - phi) * eps,
+    which curbs the colour drift of high CFG scales; 0 = plain CFG (the paper)."""
+
+    def __post_init__(self):
+        _check(self.steps >= 1, f"sampling.steps must be >= 1, got {self.steps}.")
+        _check(0 < self.encode_ratio <= 1, f"sampling.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
+        _check(self.guidance_scale >= 0 and self.inversion_guidance_scale >= 0,
+               "sampling.guidance_scale and inversion_guidance_scale must be >= 0.")
+        _check(0 <= self.guidance_rescale <= 1,
+               f"sampling.guidance_rescale must be in [0, 1], got {self.guidance_rescale}.")
+
+
+@dataclass
+class MaskConfig:
+    """Edit-mask estimation from noise-prediction differences (paper Eq. 7; DiffEdit as an option).
+
+    The defaults are the cost setting: n = 4 seeds on a 10-step grid (5 decode steps), 80 UNet
+    sample-evaluations against the paper's 480 (n = 10 on the 25-step grid: 12 decode steps), chosen on
+    the toy world's ground truth as the cheapest measured setting within 250 per text edit whose edits
+    and masks stayed within the noise of the paper's (docs/performance_cost.md). The paper's procedure
+    is `paper_literal_mask()` and experiments/paper_literal.yaml.
+    """
+
+    seeds: int = 4
+    """n: number of random-noise encodings averaged (paper and DiffEdit: 10; 4 changed the toy-world masks
+    and edits by less than their noise, docs/performance_cost.md)."""
+    strength: float = 0.5
+    """Noise level the input is encoded to for the mask, as a fraction of the schedule (DiffEdit: 0.5)."""
+    threshold: float = 0.1
+    """tau: threshold on the normalised difference map (paper: 0.1; DiffEdit variant: 0.5)."""
+    smoothing: float = 1.0
+    """Sigma of the Gaussian smoothing, in latent pixels; 0 turns it off."""
+    compare_at: str = "last"
+    """'last': decode both conditions to the last step and compare eps there (Eq. 7);
+    'first': compare at the single encoded step (DiffEdit)."""
+    normalize: str = "minmax"
+    """'minmax': scale the map to [0, 1]; 'mean_ratio': clip at mean_ratio x mean and divide (DiffEdit)."""
+    mean_ratio: float = 3.0
+    """Clip level of 'mean_ratio' normalisation, in multiples of the mean."""
+    guidance_scale: Optional[float] = None
+    """CFG scale of the mask decodes; None = sampling.guidance_scale (the paper's 7.5). 1: no CFG, half the
+    UNet samples; on the toy world it cost mask recall together with n = 4 and the 10-step grid
+    (docs/performance_cost.md), so the default keeps CFG."""
+    steps: Optional[int] = 10
+    """Cost: DDIM steps of the mask's own, coarser schedule (it decodes strength x steps of them: 5 of 10);
+    None, or more than sampling.steps = sampling.steps' grid (the paper's 25: 12 decode steps)."""
+    resolution: float = 1.0
+    """Cost: estimate the mask on the input resized by this factor (0 < r <= 1; the map is then
+    upsampled to the latent grid); 1 = full resolution."""
+    early_stop_iou: Optional[float] = None
+    """Cost: add seeds in groups of `seed_group` and stop once the binary mask's IoU with the previous
+    group's exceeds this (1.0 never stops); None = all n seeds in one batch per step."""
+    seed_group: int = 2
+    """Seeds per group when early_stop_iou is set (at least two groups run before a stop)."""
+    given: str = "cover"
+    """How a given mask (the request's own, white = edit) is brought to the latent grid: 'cover': a
+    latent pixel is in the edit region when any image pixel of its block is, so all that was marked
+    may change; 'area': when more than half of its block is (thin or small regions can vanish: on the toy
+    world's true edit regions at /4 it kept 42-56 % of the marked pixels and emptied 23 of 200)."""
+    cache_dir: Optional[str] = None
+    """Store each estimated soft mask in this folder, keyed by everything it depends on, and reuse it
+    (the runs of a sweep share their masks); None: no cache. Given masks are never cached."""
+
+    def __post_init__(self):
+        _check(self.seeds >= 1, f"mask.seeds must be >= 1, got {self.seeds}.")
+        _check(self.given in ("cover", "area"), f"mask.given must be 'cover' or 'area', got '{self.given}'.")
+        _check(self.steps is None or self.steps >= 1, f"mask.steps must be >= 1 or null, got {self.steps}.")
+        _check(0 < self.resolution <= 1, f"mask.resolution must be in (0, 1], got {self.resolution}.")
+        _check(self.early_stop_iou is None or 0 < self.early_stop_iou <= 1,
+               f"mask.early_stop_iou must be in (0, 1] or null, got {self.early_stop_iou}.")
+        _check(self.seed_group >= 1, f"mask.seed_group must be >= 1, got {self.seed_group}.")
+        _check(0 < self.strength <= 1, f"mask.strength must be in (0, 1], got {self.strength}.")
+        _check(0 <= self.threshold < 1, f"mask.threshold must be in [0, 1), got {self.threshold}.")
+        _check(self.smoothing >= 0, f"mask.smoothing must be >= 0, got {self.smoothing}.")
+        _check(self.compare_at in ("last", "first"),
+               f"mask.compare_at must be 'last' or 'first', got '{self.compare_at}'.")
+        _check(self.normalize in ("minmax", "mean_ratio"),
+               f"mask.normalize must be 'minmax' or 'mean_ratio', got '{self.normalize}'.")
+
+
+PAPER_MASK = {"seeds": 10, "steps": None, "resolution": 1.0, "early_stop_iou": None, "guidance_scale": None}
+"""The paper's own mask procedure (Eq. 7 after DiffEdit: n = 10 on the full 25-step grid, CFG as every decode)."""
+
+
+def paper_literal_mask(**changes) -> MaskConfig:
+    """MaskConfig of the paper's unreduced Eq. 7 (480 UNet samples per text edit at 25 steps), with `changes`."""
+    return MaskConfig(**{**PAPER_MASK, **changes})
+
+
+@dataclass
+class ITOConfig:
+    """The final decode's inference-time optimisation (paper Eq. 6, Sec. 4)."""
+
+    update_steps: int = 15
+    """t_u: ITO runs at each of the first t_u decoding steps."""
+    inner_steps: int = 2
+    """k: optimiser steps per timestep. 2 (default): with Adam's ~lr-sized steps, k = 1 (the paper) gives the
+    guidance pull too small a budget for lam = 0 to reach G (its L1 to G stays at 0.4-0.8 of the input's;
+    k = 2 brings it to about 0.1, docs/lam.md); experiments/paper_literal.yaml sets 1."""
+    keep_optimizer_state: bool = False
+    """False: a fresh optimiser at every timestep (Adam's first step ~ lr * sign(grad)).
+    True: one optimiser, and its moments, kept across the timesteps of the decode."""
+    balance: str = "gradient"
+    """'gradient' (default): bring each loss's gradient to unit RMS before the lam mix, so lam is the ratio
+    of their pulls whatever the losses' scales and the latent's size. 'none' (the paper): step along the
+    gradient of lam * L_pres + (1 - lam) * L_guid (Eq. 6), where the losses' scales decide what lam does."""
+    loss_mask: str = "binary"
+    """Mask the ITO losses see: 'binary' (the thresholded Eq. 7 mask, or the given one) or 'soft' (the
+    Eq. 7 map before thresholding, where it was estimated; a given mask stays binary)."""
+    first_step: str = "skip"
+    """'skip' (default): no ITO at the final decode's first step, where y_t is exactly x_t, so the
+    preservation gradient is zero and the guidance alone would move the whole latent, background
+    included, by a full step whatever lam. 'optimize' (the paper): ITO from the first step."""
+    lam_end: Optional[float] = None
+    """lam at the last ITO step (step t_u - 1): lam then moves linearly from the edit's lam at the first ITO
+    step to lam_end, e.g. guidance early and preservation late with t_u = steps and lam_end = 1; None: the
+    edit's lam at every step (the paper)."""
+    blend: str = "after"
+    """Latent blending outside the mask (DiffEdit's way) in the steps ITO does not reach: 'after' (default): from
+    step t_u on, y_t <- y_t + w (1 - m) (x_t - y_t) before each step and the same with x_0 at the end, so the
+    background is pulled back onto the input's own inversion instead of drifting under CFG (docs/background.md);
+    'none' (the paper): the steps after t_u decode freely."""
+    blend_weight: Optional[float] = None
+    """w of the blend: None: the edit's lam at its last ITO step, so lam stays the dial (1: the background ends
+    on the input as DiffEdit's; 0: no blend, the edit lands on G); a number in [0, 1]: that weight always."""
+    feather: float = 0.0
+    """Sigma, in latent pixels, of the blend's soft edge: m becomes m * blur(m), so the blend reaches into the
+    edit region's border and never past it (no seam, the background outside m untouched); 0: the hard mask."""
+    blend_margin: int = 1
+    """Latent pixels the mask is grown by before the blend (a square of side 2 margin + 1): the ring is held by
+    ITO's preservation up to t_u and then decodes freely, so the edit can finish what the mask missed at its
+    border (1, default: on the toy world target L1 -0.009 at +0.001 background, docs/background.md); 0: the
+    mask as is, DiffEdit's blend."""
+    outside_guidance_scale: Optional[float] = None
+    """CFG scale outside the mask in the steps after t_u (inside it stays sampling.guidance_scale): 1 decodes
+    the background under the condition alone, where CFG drifts it from the inversion; None: one scale."""
+
+    def __post_init__(self):
+        _check(self.update_steps >= 0, f"update_steps (t_u) must be >= 0, got {self.update_steps}.")
+        _check(self.inner_steps >= 1, f"inner_steps (k) must be >= 1, got {self.inner_steps}.")
+        _check(self.balance in BALANCES, f"ito.balance must be one of {BALANCES}, got '{self.balance}'.")
+        _check(self.loss_mask in ("binary", "soft"),
+               f"ito.loss_mask must be 'binary' or 'soft', got '{self.loss_mask}'.")
+        _check(self.first_step in ("optimize", "skip"),
+               f"ito.first_step must be 'optimize' or 'skip', got '{self.first_step}'.")
+        _check(self.lam_end is None or 0 <= self.lam_end <= 1, f"ito.lam_end must be in [0, 1], got {self.lam_end}.")
+        _check(self.blend in ("none", "after"), f"ito.blend must be 'none' or 'after', got '{self.blend}'.")
+        _check(self.feather >= 0, f"ito.feather must be >= 0, got {self.feather}.")
+        _check(self.blend_margin >= 0, f"ito.blend_margin must be >= 0, got {self.blend_margin}.")
+        _check(self.blend_weight is None or 0 <= self.blend_weight <= 1,
+               f"ito.blend_weight must be in [0, 1] or null, got {self.blend_weight}.")
+        _check(self.outside_guidance_scale is None or self.outside_guidance_scale >= 0,
+               f"ito.outside_guidance_scale must be >= 0 or null, got {self.outside_guidance_scale}.")
+
+
+@dataclass
+class GuidanceConfig:
+    """The guidance image: ITO with lam = 1 from a random-noise encoding (Sec. 3.2), optional refinement (A.5)."""
+
+    update_steps: int = 15
+    """t_u of the guidance decode (paper: 15; A.2 suggests 20 with k = 30)."""
+    inner_steps: int = 1
+    """k of the guidance decode."""
+    encode_ratio: Optional[float] = None
+    """Noise level of its random-noise encoding; None = sampling.encode_ratio."""
+    reference: str = "decode"
+    """g_t, what the guidance loss compares y_t with: 'decode' (default: the latents G's own decode had at each
+    timestep, after its ITO step; G's inversion fills the timesteps that decode did not visit; with `refine`,
+    the refined G's inversion is used) or 'inversion' (the paper: G DDIM-inverted under C_EDIT). The final
+    decode runs the same CFG decode, so with 'decode' a y_t that reaches g_t at step t_u goes on to G
+    itself, which the inversion (made without CFG) does not ensure: at lam = 0 it is what lets the edit
+    land on G (docs/lam.md)."""
+    refine: bool = False
+    """Refine the guidance image with ITO at lam = 0 towards the input (A.5)."""
+    refine_update_steps: int = 6
+    """t_u of the refinement (A.5: 6)."""
+    refine_inner_steps: int = 1
+    """k of the refinement (A.5: 1)."""
+
+    def __post_init__(self):
+        _check(self.update_steps >= 0 and self.refine_update_steps >= 0, "guidance update steps must be >= 0.")
+        _check(self.inner_steps >= 1 and self.refine_inner_steps >= 1, "guidance inner steps must be >= 1.")
+        _check(self.encode_ratio is None or 0 < self.encode_ratio <= 1,
+               f"guidance.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
+        _check(self.reference in ("inversion", "decode"),
+               f"guidance.reference must be 'inversion' or 'decode', got '{self.reference}'.")
+
+
+def check_lam(lam: float, where: str = "lam") -> float:
+    _check(isinstance(lam, (int, float)) and 0 <= lam <= 1,
+           f"{where} must be in [0, 1] (1 = preservation only, 0 = guidance only), got {lam!r}.")
+    return float(lam)
+
+
+def check_steps(sampling: SamplingConfig, ito: Optional[ITOConfig], guidance: Optional[GuidanceConfig]) -> None:
+    """t_u cannot exceed the number of decoding steps (None: that stage is not used)."""
+    decode_steps = max(1, min(sampling.steps, int(sampling.encode_ratio * sampling.steps + 1e-9)))
+    if ito is not None:
+        _check(ito.update_steps <= decode_steps,
+               f"ito.update_steps (t_u = {ito.update_steps}) exceeds the {decode_steps} decoding steps "
+               f"(sampling.steps x encode_ratio); lower t_u or raise steps.")
+    if guidance is not None:
+        _check(guidance.update_steps <= sampling.steps,
+               f"guidance.update_steps ({guidance.update_steps}) exceeds sampling.steps ({sampling.steps}).")
+
+
+@dataclass
+class AutoLam:
+    """`lam: auto`: lambda per edit from its mask area and whether the edit changes the prompt.
+
+    lam = clip(intercept + slope * area + prompt_change * [the prompt changes], low, high).
+
+    `area` is the fraction of the (latent-resolution) edit mask that is edit region, in [0, 1].
+    The paper (A.3) observes that larger masks go with larger changes, i.e. harder edits, which
+    need more of the guidance image (lower lam), while small edits do well with lam = 1 (Sec. 3.2).
+    Whether the edit prompt differs from the source prompt is the second reading of the task: an edit
+    that only moves a pose or a scribble has its shape drawn in G by the spatial condition, a text edit
+    depends on how well the model draws what it is told. The defaults were fitted on 400 toy 'val'
+    edit-seeds for the target L1 inside the true edit region (benchmarks/fit_auto_lam.py, docs/lam.md):
+    a spatial-only edit gets lam = 1 - 4 area (0.6 at 10 %, the floor 0.3 from 17.5 %), a text edit
+    lam 1 (no guidance image) up to 15 % and 0.6 at 25 %. Fit them per domain from a lam study.
+    """
+
+    intercept: float = 1.0
+    """lam of an empty mask with the prompt unchanged (before clipping)."""
+    slope: float = -4.0
+    """Change of lam per unit of mask area (negative: larger masks get more guidance)."""
+    prompt_change: float = 0.6
+    """Added to lam when the edit prompt differs from the source prompt (0: the mask area alone decides)."""
+    low: float = 0.3
+    """Smallest lam the rule gives."""
+    high: float = 1.0
+    """Largest lam the rule gives (1: edits with small masks skip the guidance image)."""
+
+    def __post_init__(self):
+        _check(0 <= self.low <= self.high <= 1,
+               f"auto_lam needs 0 <= low <= high <= 1, got low={self.low}, high={self.high}.")
+
+    def __call__(self, mask_area: float, prompt_changed: bool = False) -> float:
+        """lam for an edit whose mask covers `mask_area` of the image, and whose prompt changes or not."""
+        lam = self.intercept + self.slope * float(mask_area) + self.prompt_change * bool(prompt_changed)
+        return float(min(self.high, max(self.low, lam)))
+
+
+def check_lam_setting(lam, where: str = "lam"):
+    """A lam setting: a number in [0, 1], or 'auto' (lam from the mask, see AutoLam)."""
+    if lam == "auto":
+        return "auto"
+    _check(isinstance(lam, (int, float)) and not isinstance(lam, bool) and 0 <= lam <= 1,
+           f"{where} must be in [0, 1] (1 = preservation only, 0 = guidance only) or 'auto' (set per edit "
+           f"from its mask), got {lam!r}.")
+    return float(lam)

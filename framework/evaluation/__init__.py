@@ -1,0 +1,1 @@
+"""Evaluation: metrics, evaluation datasets, sweeps, trade-off fronts, paired comparisons and plots."""

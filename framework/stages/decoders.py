@@ -1,0 +1,144 @@
+"""Stage plugins of the edit procedure besides the inversion: mask estimators, guidance-image generators, decoders.
+
+Each slot of EditModule is typed by a base class here and filled in YAML by `class_path`:
+- `mask_estimator` (MaskEstimator): `estimate(engine, state) -> (mask, soft, source)`.
+- `guidance_generator` (GuidanceGenerator): `generate(engine, state, level) -> (G latents, {t: g_t})`.
+- `decoder` (Decoder): `decode(engine, state) -> y_0`, the final decode; it declares whether it starts
+  from the inversion (`uses_inversion`), uses a guidance image (`uses_guidance`) and runs ITO (`uses_ito`).
+A stage reads the engine's settings (`engine.sampling`, `engine.mask_cfg`, `engine.ito_cfg`,
+`engine.guidance_cfg`) and calls its helpers (`engine.eps`, `engine.ito_hook`, `engine.optimizer`), so
+today's YAML keys (`model.mask.threshold`, `model.ito.update_steps` ...) keep their meaning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from framework.core.ddim import ddim_decode, noise_encode, seeded_noise
+from framework.core.errors import ConfigError
+from framework.core.masks import gaussian_blur
+from framework.core.stages import Decoder
+
+if TYPE_CHECKING:
+    from framework.core.procedure import EditEngine, EditState
+
+
+class ITODecode(Decoder):
+    """The method (Eq. 6): decode from x_{t_E} under C_EDIT; at each of the first t_u steps, k optimiser
+    steps on y_t with lam * L_pres + (1 - lam) * L_guid. Settings from `model.ito`: lam may follow a schedule
+    over the ITO steps (`lam_end`); the steps after t_u may blend the background back onto the inversion
+    (`blend`, `feather`) and use another CFG scale outside the mask (`outside_guidance_scale`)."""
+
+    uses_guidance = True
+    uses_ito = True
+
+    def decode(self, engine: "EditEngine", state: "EditState") -> torch.Tensor:
+        cfg, inverted = engine.ito_cfg, state.inverted
+        x_traj, t_u = inverted.trajectory, cfg.update_steps
+        optimizer = engine.optimizer(state.lam, cfg.inner_steps)
+        start = x_traj[state.schedule.decode_timesteps(state.n_final)[0]]
+        first = 1 if cfg.first_step == "skip" else 0  # y_t = x_t at step 0: nothing to preserve yet
+        lam_at = None if cfg.lam_end is None else linear_lam(state.lam, cfg.lam_end, first, t_u - 1)
+        ito = engine.ito_hook(optimizer, t_u, x_traj, state.g_traj, engine.loss_mask(state), first=first,
+                              lam_at=lam_at)
+        keep = feathered(grown(state.mask, cfg.blend_margin), cfg.feather)  # (1, 1, h, w): 0 = the input's latents
+        blend = cfg.blend == "after"
+        if blend:  # the blend's weight: lam where ITO left off, unless set (outside the mask: w x_t + (1 - w) y_t)
+            weight = cfg.blend_weight
+            if weight is None:
+                weight = state.lam if lam_at is None else lam_at(t_u - 1)
+            keep = 1 - weight * (1 - keep)
+
+        def before_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
+            y_t = ito(i, t, y_t)
+            return blend_outside(y_t, x_traj[t], keep) if blend and i >= t_u else y_t
+
+        eps = engine.eps(state.sides.edit, engine.sampling.guidance_scale, inverted)
+        if cfg.outside_guidance_scale is not None:
+            eps = self.outside_guidance(engine, state, feathered(state.mask, cfg.feather), eps)
+        y0 = ddim_decode(start, eps, state.schedule, state.n_final, before_step, engine.step_callback("final"),
+                         engine.corrections(inverted))
+        return blend_outside(y0, state.x0, keep) if blend else y0
+
+    @staticmethod
+    def outside_guidance(engine: "EditEngine", state: "EditState", keep: torch.Tensor, eps):
+        """eps with CFG scale ito.outside_guidance_scale outside the mask in the steps after t_u (one UNet batch:
+        the scale is a map)."""
+        inside = engine.sampling.guidance_scale
+        scale = keep * inside + (1 - keep) * engine.ito_cfg.outside_guidance_scale  # (1, 1, h, w)
+        after = set(state.schedule.decode_timesteps(state.n_final)[engine.ito_cfg.update_steps:])
+        mapped = engine.eps(state.sides.edit, scale, state.inverted)
+        return lambda x, t: mapped(x, t) if t in after else eps(x, t)
+
+
+def linear_lam(lam: float, lam_end: float, first: int, last: int):
+    """lam_at(i): lam at step `first`, lam_end at step `last`, linear between (ito.lam_end)."""
+    span = max(1, last - first)
+    return lambda i: lam + (lam_end - lam) * min(1.0, max(0.0, (i - first) / span))
+
+
+def grown(mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """A binary mask (1, 1, h, w) dilated by `margin` pixels (a square of side 2 margin + 1)."""
+    return F.max_pool2d(mask, 2 * margin + 1, stride=1, padding=margin) if margin > 0 else mask
+
+
+def feathered(mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """m * blur(m, sigma) for a binary mask (1, 1, h, w): a soft edge inside the edit region only, 0 outside it."""
+    if sigma <= 0:
+        return mask
+    return mask * gaussian_blur(mask[0, 0], sigma)[None, None]
+
+
+def blend_outside(y: torch.Tensor, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """keep * y + (1 - keep) * x: the decode inside the mask, the input's latents outside (DiffEdit's blend)."""
+    return keep * y + (1 - keep) * x.to(y.dtype)
+
+
+class MaskBlendDecode(Decoder):
+    """DiffEdit's decode (Couairon et al. 2022): after each step, outside the mask the latents are replaced by
+    the inversion at the same noise level, y_{t-1} <- m y_{t-1} + (1 - m) x_{t-1}, and by x_0 at the end.
+
+    `alignment: diffusers` reproduces diffusers' StableDiffusionDiffEditPipeline, which blends the result of
+    the step from t with the inverted latents at t (one level noisier), and with x_1 instead of x_0 at the end;
+    kept for cross-checking against that implementation."""
+
+    def __init__(self, alignment: str = "exact"):
+        """
+        Args:
+            alignment: 'exact' (blend with the same noise level) or 'diffusers' (as diffusers' pipeline).
+        """
+        if alignment not in ("exact", "diffusers"):
+            raise ConfigError(f"DiffEdit.alignment must be 'exact' or 'diffusers', got '{alignment}'.")
+        self.alignment = alignment
+
+    def decode(self, engine: "EditEngine", state: "EditState") -> torch.Tensor:
+        schedule, mask, inverted = state.schedule, state.mask, state.inverted
+        x_traj = inverted.trajectory
+        timesteps = schedule.decode_timesteps(state.n_final)
+        lag = 1 if self.alignment == "diffusers" else 0
+
+        def blend(i: int, t: int, y: torch.Tensor) -> torch.Tensor:
+            return y if i == 0 else blend_outside(y, x_traj[timesteps[i - lag]], mask)
+
+        eps = engine.eps(state.sides.edit, engine.sampling.guidance_scale, inverted)
+        y0 = ddim_decode(x_traj[timesteps[0]], eps, schedule, state.n_final, blend, engine.step_callback("final"),
+                         engine.corrections(inverted))
+        last = x_traj[timesteps[-1]] if lag else state.x0
+        return blend_outside(y0, last, mask)
+
+
+class NoiseEncodedDecode(Decoder):
+    """ControlNet-SDEdit's decode (Meng et al. 2021): random-noise encoding of x_0 to the encode ratio, then
+    DDIM decoding under the edit condition (ControlNets included). No inversion, mask or ITO."""
+
+    uses_inversion = False
+
+    def decode(self, engine: "EditEngine", state: "EditState") -> torch.Tensor:
+        schedule, x0 = state.schedule, state.x0
+        noise = seeded_noise(tuple(x0.shape), state.seed + 1, x0.device)
+        start = noise_encode(x0, noise, schedule.alpha(schedule.decode_timesteps(state.n_final)[0]))
+        eps = engine.eps(state.sides.edit, engine.sampling.guidance_scale)
+        return ddim_decode(start, eps, schedule, state.n_final, None, engine.step_callback("final"))
