@@ -5,7 +5,7 @@
     python benchmarks/toyworld_gates.py --quickstart    # only the quickstart's gates (about 20 s)
 
 All scenes are held out (seeds below one million; training uses seeds from one million on).
-Measures are defined in `framework/toymodel/gates.py`. The pose gate is relative: the figure IoU
+Measures are defined in `framework/toy/model/gates.py`. The pose gate is relative: the figure IoU
 must be at least twice the IoU with a mismatched figure (what a model that ignores the map gets)
 and at least 0.4; the arm-pose class read by the classifier must beat its 4-class chance twice.
 The two-object gates edit one object of a scene of two or three by the method (the quickstart's

@@ -10,9 +10,9 @@
 
 The pipeline holds the models, the settings and the stage plugins (the model section of an experiment
 YAML: every key there is a keyword of `from_pretrained` / `from_config`) and runs the procedure of
-framework/engine.py on one request per call. The Lightning module (framework.lightning.module.EditModule) is a
+framework/core/procedure.py on one request per call. The Lightning module (framework.lightning.module.EditModule) is a
 shell over it, so `pipe(...)` and `python -m framework fit` give the same pixels for the same config,
-request and seed. Inputs are sized as the data module sizes files (framework/data.py).
+request and seed. Inputs are sized as the data module sizes files (framework/io/manifests.py).
 """
 
 from __future__ import annotations

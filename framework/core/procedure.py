@@ -29,7 +29,15 @@ from framework.core.ito import LatentOptimizer, OptimizerFactory
 from framework.core.loss import EditLoss
 from framework.core.request import EditRequest, EditResult
 from framework.core.settings import AutoLam, GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, check_lam_setting
-from framework.core.stages import Decoder, GuidanceGenerator, Inversion, InversionJob, Inverted, MaskEstimator
+from framework.core.stages import (
+    Decoder,
+    GuidanceGenerator,
+    Inversion,
+    InversionJob,
+    Inverted,
+    MaskEstimator,
+    StageTools,
+)
 
 Side = tuple[Conditioning, Conditioning]  # (cond, uncond)
 Emit = Callable[..., None]  # emit(stage, kind, i, t, latents, **extra)
@@ -114,6 +122,7 @@ class EditEngine:
         self.denoiser.guidance_rescale = self.sampling.guidance_rescale
         self.emit: Emit = emit or (lambda *args, **kwargs: None)
         self.request_id: Optional[str] = None
+        self.tools = StageTools(self)  # what the stages receive
 
     # ------------------------------------------------------------------------------ the procedure
     def edit(self, request: EditRequest, lam_setting, seed: int, auto_lam: AutoLam) -> EditResult:
@@ -173,13 +182,13 @@ class EditEngine:
         self.check_finite(state.x_traj[max(state.x_traj)], "inversion", state.request)
 
     def estimate_mask(self, state: EditState) -> None:
-        state.mask, state.soft, state.mask_source = self.mask_estimator.estimate(self, state)
+        state.mask, state.soft, state.mask_source = self.mask_estimator.estimate(self.tools, state)
 
     def make_guidance(self, state: EditState) -> None:
-        state.g0, state.g_traj = self.guidance_generator.generate(self, state, self.guidance_level(state))
+        state.g0, state.g_traj = self.guidance_generator.generate(self.tools, state, self.guidance_level(state))
 
     def final(self, state: EditState) -> torch.Tensor:
-        y0 = self.decoder.decode(self, state)
+        y0 = self.decoder.decode(self.tools, state)
         self.check_finite(y0, "final decode", state.request)
         return y0
 

@@ -1,4 +1,10 @@
-"""The stage contracts of the procedure: inversion, mask estimator, guidance-image generator, decoder."""
+"""The stage contracts of the procedure: inversion, mask estimator, guidance-image generator, decoder.
+
+A stage plugin fills one slot of the procedure (framework.core.procedure.EditEngine.edit, the paper's Fig. 1).
+It receives the edit's `EditState` (what earlier stages computed) and `StageTools` (what it may use: the
+conditioned noise predictor, the backbone, the run's settings groups and a few helpers), never the engine.
+docs/stages.md states each slot's full contract: what it receives, what it returns, which callbacks it fires.
+"""
 
 from __future__ import annotations
 
@@ -51,8 +57,74 @@ class InversionJob:
         return lambda x, t: self.denoiser(x, t, cond, uncond, scale)
 
 
+class StageTools:
+    """What a mask estimator, guidance generator or decoder may use besides the state (the engine stays hidden).
+
+    - `denoiser`: eps_theta(x_t, t, cond, uncond, scale) with the conditioners and CFG; counts UNet samples.
+    - `backbone`: encode_image / decode_latents / encode_prompt, `scheduler`, `tokenizer`, `unet`.
+    - `conditioners`: the run's conditioners (text first).
+    - `sampling`, `mask`, `ito`, `guidance`: the run's settings groups (`model.sampling` ...); the default stages
+      read theirs here, so `model.mask.threshold` sets the Eq. 7 stage's threshold.
+    - `eps(side, scale, inverted=None)`: x, t -> eps under one condition side, with an inversion's per-step text.
+    - `corrections(inverted)`: the after-step of a decode from an inversion with per-step offsets, or None.
+    - `step_callback(stage)`: the callback a decode must pass on, so progress and previews see each step.
+    - `optimizer(lam, inner_steps)`, `ito_hook(...)`, `loss_mask(state)`: ITO (Eq. 6) on the latents being decoded.
+    - `inversion_job(...)`, `invert(x0, job)`, `trajectory(x0, job)`: the run's inversion plugin, for a stage
+      that inverts another image (the guidance image's refinement).
+    - `sides(request)`: the encoded (cond, uncond) sides of a request (e.g. one resized for the mask).
+    """
+
+    def __init__(self, engine: "EditEngine"):
+        self._engine = engine
+
+    denoiser = property(lambda self: self._engine.denoiser)
+    backbone = property(lambda self: self._engine.backbone)
+    conditioners = property(lambda self: self._engine.conditioners)
+    sampling = property(lambda self: self._engine.sampling)
+    mask = property(lambda self: self._engine.mask_cfg)
+    ito = property(lambda self: self._engine.ito_cfg)
+    guidance = property(lambda self: self._engine.guidance_cfg)
+
+    def eps(self, side: Side, scale, inverted: Optional[Inverted] = None):
+        return self._engine.eps(side, scale, inverted)
+
+    def corrections(self, inverted: Optional[Inverted]):
+        return self._engine.corrections(inverted)
+
+    def step_callback(self, stage: str):
+        return self._engine.step_callback(stage)
+
+    def optimizer(self, lam: float, inner_steps: int):
+        return self._engine.optimizer(lam, inner_steps)
+
+    def ito_hook(self, *args, **kwargs):
+        return self._engine.ito_hook(*args, **kwargs)
+
+    def loss_mask(self, state: "EditState") -> torch.Tensor:
+        return self._engine.loss_mask(state)
+
+    def inversion_job(self, *args, **kwargs) -> InversionJob:
+        return self._engine.inversion_job(*args, **kwargs)
+
+    def invert(self, x0: torch.Tensor, job: InversionJob) -> Inverted:
+        return self._engine.inversion.invert(x0, job)
+
+    def trajectory(self, x0: torch.Tensor, job: InversionJob) -> dict[int, torch.Tensor]:
+        return self._engine.inversion.trajectory(x0, job)
+
+    def sides(self, request):
+        from framework.core.procedure import Sides  # the state's type module imports this one
+
+        return Sides(self.denoiser, self.backbone, request, self.sampling)
+
+
 class Inversion:
-    """Base class of inversion plugins: `invert(x0, job) -> Inverted`. Select one by `class_path`."""
+    """Base class of inversion plugins (`model.inversion`): `invert(x0, job) -> Inverted`.
+
+    Receives x_0 (1, C, h, w) and an `InversionJob` (the denoiser, schedule, number of steps, the inversion and
+    source sides, CFG scales and the step callback). Must return `Inverted` whose `trajectory` holds x*_t for
+    the first `job.num` timesteps of `job.schedule.decode_timesteps(job.num)` reversed, keyed by timestep t
+    (increasing), and call `job.callback(i, t, x)` after each step when it is set."""
 
     def invert(self, x0: torch.Tensor, job: InversionJob) -> Inverted:
         raise NotImplementedError
@@ -68,27 +140,40 @@ MaskResult = tuple[torch.Tensor, Optional[torch.Tensor], str]  # binary (1, 1, h
 
 # ------------------------------------------------------------------------------------- masks
 class MaskEstimator:
-    """Base class of mask estimators: the edit region m (1 = edit) on the latent grid."""
+    """Base class of mask estimators (`model.mask_estimator`): the edit region m (1 = edit) on the latent grid.
 
-    def estimate(self, engine: "EditEngine", state: "EditState") -> MaskResult:
+    `estimate(tools, state)` runs after the inversion (`state.x0`, `state.sides`, `state.schedule`,
+    `state.inverted` when one ran, `state.seed`). Must return (mask, soft, source): the binary mask
+    (1, 1, h, w) on x_0's grid, the soft map before the threshold or None, and 'estimated', 'given', 'cached'
+    or 'none'. A request's own mask (`state.request.mask`) should win over an estimate."""
+
+    def estimate(self, tools: StageTools, state: "EditState") -> MaskResult:
         raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------- guidance image
 class GuidanceGenerator:
-    """Base class of guidance-image generators: G under C_EDIT and its trajectory {t: g_t}."""
+    """Base class of guidance-image generators (`model.guidance_generator`): G under C_EDIT and {t: g_t}.
 
-    def generate(self, engine: "EditEngine", state: "EditState", level: int):
+    `generate(tools, state, level)` runs after the mask (`state.mask`). `level` is the number of steps G is
+    encoded to. Must return (G latents (1, C, h, w), {t: g_t} for the final decode's timesteps), and pass
+    `tools.step_callback("guidance")` to its decode."""
+
+    def generate(self, tools: StageTools, state: "EditState", level: int):
         raise NotImplementedError
 
 
 # ----------------------------------------------------------------------------- final decode
 class Decoder:
-    """Base class of final decodes: y_0 from the state."""
+    """Base class of final decodes (`model.decoder`): y_0 from the state.
+
+    `decode(tools, state)` runs last; it reads `state.inverted` (if `uses_inversion`), `state.mask`,
+    `state.g_traj` (if `uses_guidance`), `state.lam`, `state.n_final` (t_E in steps) and `state.sides.edit`.
+    Must return y_0 latents (1, C, h, w) and pass `tools.step_callback("final")` to its decode."""
 
     uses_inversion = True  # starts from the inversion trajectory
     uses_guidance = False  # reads a guidance image's trajectory
     uses_ito = False  # runs ITO (t_u and k apply)
 
-    def decode(self, engine: "EditEngine", state: "EditState") -> torch.Tensor:
+    def decode(self, tools: StageTools, state: "EditState") -> torch.Tensor:
         raise NotImplementedError

@@ -1,10 +1,10 @@
 """EditModule: the Lightning shell around the edit pipeline; one training step = one whole edit.
 
 The procedure itself (paper Fig. 1: encode, invert, mask, guidance image, final decode) is
-framework/engine.py, run by framework.pipeline.EditPipeline, which holds the models, the settings and
-the stage plugins (framework/inversion.py, framework/stages.py) chosen by `class_path` in the slots
+framework/core/procedure.py, run by framework.pipeline.EditPipeline, which holds the models, the settings and
+the stage plugins (framework/stages/inversions.py, framework/stages/decoders.py) chosen by `class_path` in the slots
 below. This module builds that pipeline from its arguments, feeds it requests, skips edits an earlier
-run finished, scores and writes each edit, and writes the run's summary (framework/records.py).
+run finished, scores and writes each edit, and writes the run's summary (framework/io/records.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ The contracts they fulfil are in framework.core.stages; this package re-exports 
 
 from __future__ import annotations
 
-from framework.core.stages import Decoder, GuidanceGenerator, Inversion, MaskEstimator  # noqa: F401
+from framework.core.stages import (  # noqa: F401  (the contracts, for plugin authors)
+    Decoder, GuidanceGenerator, Inversion, InversionJob, Inverted, MaskEstimator, StageTools)
 from framework.stages.decoders import (  # noqa: F401
     ITODecode,
     MaskBlendDecode,

@@ -1,15 +1,12 @@
-"""Stage plugins of the edit procedure besides the inversion: mask estimators, guidance-image generators, decoders.
+"""Decoder plugins (`model.decoder`): the final decode y_0 under C_EDIT.
 
-Each slot of EditModule is typed by a base class here and filled in YAML by `class_path`:
-- `mask_estimator` (MaskEstimator): `estimate(engine, state) -> (mask, soft, source)`.
-- `guidance_generator` (GuidanceGenerator): `generate(engine, state, level) -> (G latents, {t: g_t})`.
-- `decoder` (Decoder): `decode(engine, state) -> y_0`, the final decode; it declares whether it starts
-  from the inversion (`uses_inversion`), uses a guidance image (`uses_guidance`) and runs ITO (`uses_ito`).
-A stage reads the engine's settings (`engine.sampling`, `engine.mask_cfg`, `engine.ito_cfg`,
-`engine.guidance_cfg`) and calls its helpers (`engine.eps`, `engine.ito_hook`, `engine.optimizer`), so
-today's YAML keys (`model.mask.threshold`, `model.ito.update_steps` ...) keep their meaning.
+- ITODecode: the method's decode, k ITO steps on y_t at each of the first t_u steps (Eq. 6), then the
+  blend outside the mask after t_u (`model.ito.blend`).
+- MaskBlendDecode: DiffEdit's decode, the inversion's x_t pasted outside the mask at every step.
+- NoiseEncodedDecode: SDEdit's decode, from random-noise encoding of x_0 without inversion or mask.
+Each reads its settings from `tools` (`tools.sampling`, `tools.ito`, `tools.mask`); the contract they fulfil,
+`Decoder`, and what `tools` holds are in framework.core.stages and docs/stages.md.
 """
-
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -23,7 +20,8 @@ from framework.core.masks import gaussian_blur
 from framework.core.stages import Decoder
 
 if TYPE_CHECKING:
-    from framework.core.procedure import EditEngine, EditState
+    from framework.core.procedure import EditState
+    from framework.core.stages import StageTools
 
 
 class ITODecode(Decoder):
@@ -35,14 +33,14 @@ class ITODecode(Decoder):
     uses_guidance = True
     uses_ito = True
 
-    def decode(self, engine: "EditEngine", state: "EditState") -> torch.Tensor:
-        cfg, inverted = engine.ito_cfg, state.inverted
+    def decode(self, tools: "StageTools", state: "EditState") -> torch.Tensor:
+        cfg, inverted = tools.ito, state.inverted
         x_traj, t_u = inverted.trajectory, cfg.update_steps
-        optimizer = engine.optimizer(state.lam, cfg.inner_steps)
+        optimizer = tools.optimizer(state.lam, cfg.inner_steps)
         start = x_traj[state.schedule.decode_timesteps(state.n_final)[0]]
         first = 1 if cfg.first_step == "skip" else 0  # y_t = x_t at step 0: nothing to preserve yet
         lam_at = None if cfg.lam_end is None else linear_lam(state.lam, cfg.lam_end, first, t_u - 1)
-        ito = engine.ito_hook(optimizer, t_u, x_traj, state.g_traj, engine.loss_mask(state), first=first,
+        ito = tools.ito_hook(optimizer, t_u, x_traj, state.g_traj, tools.loss_mask(state), first=first,
                               lam_at=lam_at)
         keep = feathered(grown(state.mask, cfg.blend_margin), cfg.feather)  # (1, 1, h, w): 0 = the input's latents
         blend = cfg.blend == "after"
@@ -56,21 +54,21 @@ class ITODecode(Decoder):
             y_t = ito(i, t, y_t)
             return blend_outside(y_t, x_traj[t], keep) if blend and i >= t_u else y_t
 
-        eps = engine.eps(state.sides.edit, engine.sampling.guidance_scale, inverted)
+        eps = tools.eps(state.sides.edit, tools.sampling.guidance_scale, inverted)
         if cfg.outside_guidance_scale is not None:
-            eps = self.outside_guidance(engine, state, feathered(state.mask, cfg.feather), eps)
-        y0 = ddim_decode(start, eps, state.schedule, state.n_final, before_step, engine.step_callback("final"),
-                         engine.corrections(inverted))
+            eps = self.outside_guidance(tools, state, feathered(state.mask, cfg.feather), eps)
+        y0 = ddim_decode(start, eps, state.schedule, state.n_final, before_step, tools.step_callback("final"),
+                         tools.corrections(inverted))
         return blend_outside(y0, state.x0, keep) if blend else y0
 
     @staticmethod
-    def outside_guidance(engine: "EditEngine", state: "EditState", keep: torch.Tensor, eps):
+    def outside_guidance(tools: "StageTools", state: "EditState", keep: torch.Tensor, eps):
         """eps with CFG scale ito.outside_guidance_scale outside the mask in the steps after t_u (one UNet batch:
         the scale is a map)."""
-        inside = engine.sampling.guidance_scale
-        scale = keep * inside + (1 - keep) * engine.ito_cfg.outside_guidance_scale  # (1, 1, h, w)
-        after = set(state.schedule.decode_timesteps(state.n_final)[engine.ito_cfg.update_steps:])
-        mapped = engine.eps(state.sides.edit, scale, state.inverted)
+        inside = tools.sampling.guidance_scale
+        scale = keep * inside + (1 - keep) * tools.ito.outside_guidance_scale  # (1, 1, h, w)
+        after = set(state.schedule.decode_timesteps(state.n_final)[tools.ito.update_steps:])
+        mapped = tools.eps(state.sides.edit, scale, state.inverted)
         return lambda x, t: mapped(x, t) if t in after else eps(x, t)
 
 
@@ -114,7 +112,7 @@ class MaskBlendDecode(Decoder):
             raise ConfigError(f"DiffEdit.alignment must be 'exact' or 'diffusers', got '{alignment}'.")
         self.alignment = alignment
 
-    def decode(self, engine: "EditEngine", state: "EditState") -> torch.Tensor:
+    def decode(self, tools: "StageTools", state: "EditState") -> torch.Tensor:
         schedule, mask, inverted = state.schedule, state.mask, state.inverted
         x_traj = inverted.trajectory
         timesteps = schedule.decode_timesteps(state.n_final)
@@ -123,9 +121,9 @@ class MaskBlendDecode(Decoder):
         def blend(i: int, t: int, y: torch.Tensor) -> torch.Tensor:
             return y if i == 0 else blend_outside(y, x_traj[timesteps[i - lag]], mask)
 
-        eps = engine.eps(state.sides.edit, engine.sampling.guidance_scale, inverted)
-        y0 = ddim_decode(x_traj[timesteps[0]], eps, schedule, state.n_final, blend, engine.step_callback("final"),
-                         engine.corrections(inverted))
+        eps = tools.eps(state.sides.edit, tools.sampling.guidance_scale, inverted)
+        y0 = ddim_decode(x_traj[timesteps[0]], eps, schedule, state.n_final, blend, tools.step_callback("final"),
+                         tools.corrections(inverted))
         last = x_traj[timesteps[-1]] if lag else state.x0
         return blend_outside(y0, last, mask)
 
@@ -136,9 +134,9 @@ class NoiseEncodedDecode(Decoder):
 
     uses_inversion = False
 
-    def decode(self, engine: "EditEngine", state: "EditState") -> torch.Tensor:
+    def decode(self, tools: "StageTools", state: "EditState") -> torch.Tensor:
         schedule, x0 = state.schedule, state.x0
         noise = seeded_noise(tuple(x0.shape), state.seed + 1, x0.device)
         start = noise_encode(x0, noise, schedule.alpha(schedule.decode_timesteps(state.n_final)[0]))
-        eps = engine.eps(state.sides.edit, engine.sampling.guidance_scale)
-        return ddim_decode(start, eps, schedule, state.n_final, None, engine.step_callback("final"))
+        eps = tools.eps(state.sides.edit, tools.sampling.guidance_scale)
+        return ddim_decode(start, eps, schedule, state.n_final, None, tools.step_callback("final"))

@@ -10,7 +10,8 @@ from framework.core.ddim import ddim_decode, ddim_invert, noise_encode, seeded_n
 from framework.core.stages import GuidanceGenerator
 
 if TYPE_CHECKING:
-    from framework.core.procedure import EditEngine, EditState
+    from framework.core.procedure import EditState
+    from framework.core.stages import StageTools
 
 
 class NoiseEncodedGuidance(GuidanceGenerator):
@@ -20,33 +21,33 @@ class NoiseEncodedGuidance(GuidanceGenerator):
     from g_{t_E} towards the input (G's trajectory updated, the input's as the guidance loss's reference);
     that decode starts from G's inversion, so it is inverted with the model's inversion plugin."""
 
-    def generate(self, engine: "EditEngine", state: "EditState", level: int):
-        cfg, schedule, x0 = engine.guidance_cfg, state.schedule, state.x0
+    def generate(self, tools: "StageTools", state: "EditState", level: int):
+        cfg, schedule, x0 = tools.guidance, state.schedule, state.x0
         noise = seeded_noise(tuple(x0.shape), state.seed + 1, x0.device)
         start = noise_encode(x0, noise, schedule.alpha(schedule.decode_timesteps(level)[0]))
-        eps_edit = engine.eps(state.sides.edit, engine.sampling.guidance_scale)
-        optimizer = engine.optimizer(1.0, cfg.inner_steps)
-        hook = engine.ito_hook(optimizer, cfg.update_steps, state.x_traj, None, engine.loss_mask(state), "guidance")
+        eps_edit = tools.eps(state.sides.edit, tools.sampling.guidance_scale)
+        optimizer = tools.optimizer(1.0, cfg.inner_steps)
+        hook = tools.ito_hook(optimizer, cfg.update_steps, state.x_traj, None, tools.loss_mask(state), "guidance")
         visited: dict[int, torch.Tensor] = {}  # G's own decode: the latents the UNet saw at each timestep
 
         def guidance_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
             visited[t] = hook(i, t, y_t)
             return visited[t]
         step = guidance_step if cfg.reference == "decode" else hook
-        g0 = ddim_decode(start, eps_edit, schedule, level, step, engine.step_callback("guidance"))
+        g0 = ddim_decode(start, eps_edit, schedule, level, step, tools.step_callback("guidance"))
         if not cfg.refine:  # g_t is only the guidance loss's reference: the trajectory is all it needs
-            eps_invert = engine.eps(state.sides.edit, engine.sampling.inversion_guidance_scale)
+            eps_invert = tools.eps(state.sides.edit, tools.sampling.inversion_guidance_scale)
             g_traj = ddim_invert(g0, eps_invert, schedule, state.n_final)
             # guidance.reference 'decode': G's decode where it visited, its inversion elsewhere
             g_traj.update({t: y for t, y in visited.items() if t in g_traj})
             return g0, g_traj
-        job = engine.inversion_job(state.sides.edit, state.sides.edit, schedule, state.n_final, state.n_final)
-        inverted = engine.inversion.invert(g0, job)
-        optimizer = engine.optimizer(0.0, cfg.refine_inner_steps)
+        job = tools.inversion_job(state.sides.edit, state.sides.edit, schedule, state.n_final, state.n_final)
+        inverted = tools.invert(g0, job)
+        optimizer = tools.optimizer(0.0, cfg.refine_inner_steps)
         start = inverted.trajectory[schedule.decode_timesteps(state.n_final)[0]]
-        g0 = ddim_decode(start, engine.eps(state.sides.edit, engine.sampling.guidance_scale, inverted), schedule,
+        g0 = ddim_decode(start, tools.eps(state.sides.edit, tools.sampling.guidance_scale, inverted), schedule,
                          state.n_final,
-                         engine.ito_hook(optimizer, cfg.refine_update_steps, inverted.trajectory, state.x_traj,
-                                         engine.loss_mask(state), "refine"),
-                         after_step=engine.corrections(inverted))
-        return g0, engine.inversion.trajectory(g0, job)
+                         tools.ito_hook(optimizer, cfg.refine_update_steps, inverted.trajectory, state.x_traj,
+                                         tools.loss_mask(state), "refine"),
+                         after_step=tools.corrections(inverted))
+        return g0, tools.trajectory(g0, job)

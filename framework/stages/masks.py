@@ -15,7 +15,8 @@ from framework.core.masks import binary_mask, estimate_soft_mask, mask_image_siz
 from framework.core.stages import MaskEstimator, MaskResult
 
 if TYPE_CHECKING:
-    from framework.core.procedure import EditEngine, EditState
+    from framework.core.procedure import EditState
+    from framework.core.stages import StageTools
 
 
 def given_mask(request_mask: torch.Tensor, size: tuple[int, int], rule: str) -> torch.Tensor:
@@ -37,20 +38,20 @@ def warn_degenerate(mask: torch.Tensor, request_id: str, given: bool = False, ru
 class GivenMask(MaskEstimator):
     """Only the request's own mask (manifest `mask:`); a request without one is an error."""
 
-    def estimate(self, engine: "EditEngine", state: "EditState") -> MaskResult:
+    def estimate(self, tools: "StageTools", state: "EditState") -> MaskResult:
         request = state.request
         if request.mask is None:
             raise EditError(f"Edit '{request.id}' has no mask, but the mask estimator is GivenMask: add a `mask:` "
                             "to the request or use framework.stages.NoiseDifferenceMask.")
-        mask = given_mask(request.mask, tuple(state.x0.shape[-2:]), engine.mask_cfg.given)
-        warn_degenerate(mask, request.id, given=True, rule=engine.mask_cfg.given)
+        mask = given_mask(request.mask, tuple(state.x0.shape[-2:]), tools.mask.given)
+        warn_degenerate(mask, request.id, given=True, rule=tools.mask.given)
         return mask, None, "given"
 
 
 class NoMask(MaskEstimator):
     """An empty mask (nothing marked): for methods that do not use one (SDEdit, prompt-to-prompt)."""
 
-    def estimate(self, engine: "EditEngine", state: "EditState") -> MaskResult:
+    def estimate(self, tools: "StageTools", state: "EditState") -> MaskResult:
         return torch.zeros_like(state.x0[:, :1]), None, "none"
 
 
@@ -63,26 +64,26 @@ class NoiseDifferenceMask(MaskEstimator):
     def __init__(self):
         self._store: Optional[MaskCache] = None  # mask.cache_dir, opened on first use
 
-    def estimate(self, engine: "EditEngine", state: "EditState") -> MaskResult:
-        request, x0, cfg = state.request, state.x0, engine.mask_cfg
+    def estimate(self, tools: "StageTools", state: "EditState") -> MaskResult:
+        request, x0, cfg = state.request, state.x0, tools.mask
         if request.mask is not None:
-            return GivenMask().estimate(engine, state)
+            return GivenMask().estimate(tools, state)
         cache = key = soft = None
         source = "estimated"
         if cfg.cache_dir:
             if self._store is None or self._store.folder != Path(cfg.cache_dir):
                 self._store = MaskCache(cfg.cache_dir)  # once per run (it creates the folder)
             cache = self._store
-            key = mask_key(request, engine.backbone, engine.conditioners, engine.sampling, cfg, state.seed,
+            key = mask_key(request, tools.backbone, tools.conditioners, tools.sampling, cfg, state.seed,
                            x0.dtype, x0.device)
             soft = cache.get(key)
             if soft is not None:
                 soft, source = soft.to(x0.device, x0.dtype), "cached"
         if soft is None:
-            scale = engine.sampling.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
-            x_mask, sides = self.inputs(engine, state)
-            grid = mask_schedule(state.schedule, engine.backbone.scheduler, cfg)
-            soft, _ = estimate_soft_mask(x_mask, engine.denoiser, sides.source, sides.edit, grid, cfg, state.seed,
+            scale = tools.sampling.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
+            x_mask, sides = self.inputs(tools, state)
+            grid = mask_schedule(state.schedule, tools.backbone.scheduler, cfg)
+            soft, _ = estimate_soft_mask(x_mask, tools.denoiser, sides.source, sides.edit, grid, cfg, state.seed,
                                          scale, tuple(x0.shape[-2:]))
             if cache is not None:
                 cache.put(key, soft)
@@ -91,16 +92,14 @@ class NoiseDifferenceMask(MaskEstimator):
         return mask, soft[None, None], source
 
     @staticmethod
-    def inputs(engine: "EditEngine", state: "EditState"):
+    def inputs(tools: "StageTools", state: "EditState"):
         """x_0 and the condition sides at `mask.resolution`: the input and its maps resized, re-encoded."""
-        from framework.core.procedure import Sides
-
         request = state.request
-        size = mask_image_size(*request.image.shape[-2:], engine.mask_cfg.resolution)
+        size = mask_image_size(*request.image.shape[-2:], tools.mask.resolution)
         if size == tuple(request.image.shape[-2:]):
             return state.x0, state.sides
         small = lambda image: F.interpolate(image.float(), size=size, mode="area")  # noqa: E731
         low = replace(request, image=small(request.image),
                       source_maps={k: small(v) for k, v in request.source_maps.items()},
                       edit_maps={k: small(v) for k, v in request.edit_maps.items()})
-        return engine.backbone.encode_image(low.image), Sides(engine.denoiser, engine.backbone, low, engine.sampling)
+        return tools.backbone.encode_image(low.image), tools.sides(low)

@@ -27,7 +27,8 @@ from framework.core.errors import ConfigError
 from framework.stages import Decoder
 
 if TYPE_CHECKING:
-    from framework.core.procedure import EditEngine, EditState
+    from framework.core.procedure import EditState
+    from framework.core.stages import StageTools
 
 
 def token_mapping(source_ids: list[int], edit_ids: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,18 +122,18 @@ class PromptToPrompt(Decoder):
         self.cross_replace, self.self_replace = cross_replace, self_replace
         self.last_source: Optional[torch.Tensor] = None  # y_0 of the source branch of the last decode
 
-    def decode(self, engine: "EditEngine", state: "EditState") -> torch.Tensor:
-        chunk = engine.denoiser.chunk_size
+    def decode(self, tools: "StageTools", state: "EditState") -> torch.Tensor:
+        chunk = tools.denoiser.chunk_size
         if chunk is not None and chunk < 4:
             raise ConfigError(f"PromptToPrompt decodes source and edit as one UNet batch of 4 (with CFG); "
                               f"unet_chunk_size {chunk} would split it: set model.unet_chunk_size >= 4 or null.")
-        tokenizer = engine.backbone.tokenizer
+        tokenizer = tools.backbone.tokenizer
         ids = lambda prompt: tokenizer(prompt).input_ids  # noqa: E731 - with start and end tokens
         src, edit = state.sides.source, state.sides.edit
-        length = src[0].parts[engine.denoiser.text_index].shape[1]
+        length = src[0].parts[tools.denoiser.text_index].shape[1]
         exchange = AttentionExchange(*token_mapping(ids(state.request.source_prompt), ids(state.request.edit_prompt),
                                                     length))
-        scale = engine.sampling.guidance_scale
+        scale = tools.sampling.guidance_scale
         exchange.first_pair = 2 if scale != 1.0 else 0
         n, inverted = state.n_final, state.inverted
 
@@ -141,23 +142,23 @@ class PromptToPrompt(Decoder):
             return y
 
         cond = Conditioning.cat([src[0], edit[0]])
-        index = engine.denoiser.text_index
+        index = tools.denoiser.text_index
 
         def eps(x: torch.Tensor, t: int) -> torch.Tensor:
             uncond = [src[1], edit[1]]
             text = None if not inverted.uncond_text else inverted.uncond_text.get(t)
             if text is not None:  # the inversion's per-step unconditional text, in both branches
                 uncond = [u.with_part(index, text) for u in uncond]
-            return engine.denoiser(x, t, cond, Conditioning.cat(uncond), scale)
+            return tools.denoiser(x, t, cond, Conditioning.cat(uncond), scale)
 
-        callback = engine.step_callback("final")
-        unet = engine.backbone.unet
+        callback = tools.step_callback("final")
+        unet = tools.backbone.unet
         saved = unet.attn_processors
         unet.set_attn_processor({name: ExchangingAttnProcessor(exchange) for name in saved})
         try:
             start = inverted.trajectory[state.schedule.decode_timesteps(n)[0]]
             y0 = ddim_decode(torch.cat([start, start]), eps, state.schedule, n, before_step,
-                             lambda i, t, y: callback(i, t, y[1:]), engine.corrections(inverted))
+                             lambda i, t, y: callback(i, t, y[1:]), tools.corrections(inverted))
         finally:
             unet.set_attn_processor(saved)
         self.last_source = y0[:1]

@@ -58,7 +58,7 @@ def test_blend_with_no_ito_steps_is_diffedit(state):
     """t_u = 0 and blend 'after': every step blends outside the mask onto the inversion, as DiffEdit does."""
     engine, s = state
     with_ito(engine, update_steps=0, blend="after", blend_weight=1.0)
-    assert torch.equal(ITODecode().decode(engine, s), MaskBlendDecode().decode(engine, s))
+    assert torch.equal(ITODecode().decode(engine.tools, s), MaskBlendDecode().decode(engine.tools, s))
 
 
 def test_blend_after_t_u_ends_on_the_input_outside_the_mask_and_leaves_the_ito_steps(state):
@@ -66,10 +66,10 @@ def test_blend_after_t_u_ends_on_the_input_outside_the_mask_and_leaves_the_ito_s
     s.g_traj = {t: x + 0.5 * torch.randn_like(x) for t, x in s.x_traj.items()}
     seen = {}
     engine.emit = lambda stage, kind, i, t, y, **_: seen.setdefault((kind, i), y.clone())
-    free = ITODecode().decode(with_ito(engine, update_steps=3), s)
+    free = ITODecode().decode(with_ito(engine, update_steps=3).tools, s)
     free_ito = {k: v for k, v in seen.items() if k[0] == "ito"}
     seen.clear()
-    y0 = ITODecode().decode(with_ito(engine, blend="after", blend_weight=1.0), s)
+    y0 = ITODecode().decode(with_ito(engine, blend="after", blend_weight=1.0).tools, s)
     outside = (s.mask == 0).expand_as(y0)
     assert torch.equal(y0[outside], s.x0[outside])  # y_0 <- m y_0 + (1 - m) x_0
     assert float((free - s.x0)[outside].abs().mean()) > 1e-3  # without it the background drifts
@@ -82,7 +82,7 @@ def test_the_blend_follows_lam_unless_its_weight_is_set(state):
     """blend_weight None: w = lam, so lam 0 blends nothing (the edit may land on G) and lam 1 blends fully."""
     engine, s = state
     s.g_traj = {t: x + 0.5 * torch.randn_like(x) for t, x in s.x_traj.items()}
-    decode = lambda lam, **ito: (setattr(s, "lam", lam), ITODecode().decode(with_ito(engine, **ito), s))[1]  # noqa
+    decode = lambda lam, **ito: (setattr(s, "lam", lam), ITODecode().decode(with_ito(engine, **ito).tools, s))[1]  # noqa
     assert torch.equal(decode(0.0, update_steps=3, blend="after"), decode(0.0, blend="none"))
     assert torch.equal(decode(1.0, blend="after"), decode(1.0, blend_weight=1.0))
     free, full = decode(0.6, blend="none"), decode(0.6, blend="after", blend_weight=1.0)
@@ -104,7 +104,7 @@ def test_lam_schedule_ending_at_one_brings_the_background_back_onto_the_inversio
     for name, lam_end in (("constant", None), ("schedule", 1.0)):
         seen = {}
         engine.emit = lambda stage, kind, i, t, y, **_: seen.update({(kind, i): (t, y.clone())})
-        ITODecode().decode(with_ito(engine, lam_end=lam_end, inner_steps=8), s)
+        ITODecode().decode(with_ito(engine, lam_end=lam_end, inner_steps=8).tools, s)
         t, y = seen[("ito", 5)]
         outside = (s.mask == 0).expand_as(y)
         errors[name] = float((y - s.x_traj[t])[outside].abs().mean())
@@ -130,8 +130,8 @@ def test_outside_guidance_scale_is_a_cfg_map(state):
     inside = s.mask.bool().expand_as(x)
     assert torch.allclose(mixed[inside], engine.denoiser(x, t, cond, uncond, 7.5)[inside], atol=1e-4)
     assert torch.allclose(mixed[~inside], engine.denoiser(x, t, cond, None)[~inside], atol=1e-4)
-    same = ITODecode().decode(with_ito(engine, update_steps=2, outside_guidance_scale=7.5), s)
-    plain = ITODecode().decode(with_ito(engine, outside_guidance_scale=None), s)
+    same = ITODecode().decode(with_ito(engine, update_steps=2, outside_guidance_scale=7.5).tools, s)
+    plain = ITODecode().decode(with_ito(engine, outside_guidance_scale=None).tools, s)
     assert torch.allclose(same, plain, atol=1e-5)
 
 
@@ -195,7 +195,7 @@ def test_the_blend_margin_frees_a_ring_around_the_mask(state):
     engine, s = state
     ring = grown(s.mask, 1) - s.mask
     assert float(ring.sum()) == 8  # the row below the top-half mask
-    y0 = ITODecode().decode(with_ito(engine, update_steps=3, blend="after", blend_weight=1.0, blend_margin=1), s)
+    y0 = ITODecode().decode(with_ito(engine, update_steps=3, blend="after", blend_weight=1.0, blend_margin=1).tools, s)
     far = (grown(s.mask, 1) == 0).expand_as(y0)
     assert torch.equal(y0[far], s.x0[far])
     assert float((y0 - s.x0)[ring.bool().expand_as(y0)].abs().mean()) > 1e-3

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -17,48 +17,27 @@ from framework.core.procedure import EditEngine
 from framework.core.settings import MaskConfig, SamplingConfig
 from framework.io.manifests import load_manifest, load_request
 from framework.stages import GivenMask, NoiseDifferenceMask, NoMask, given_mask, method_slots
-
-USER_STAGES = textwrap.dedent('''
-    """A user's own stages, in a module of their own."""
-    import torch
-
-    from framework.stages.inversions import DDIMInversion
-    from framework.stages import MaskEstimator
-
-    CALLS = {"inversion": 0}
+from tests.conftest import ROOT
 
 
-    class CountingInversion(DDIMInversion):
-        """DDIM inversion that counts its calls."""
-
-        def invert(self, x0, job):
-            CALLS["inversion"] += 1
-            return super().invert(x0, job)
-
-
-    class LeftColumns(MaskEstimator):
-        """The left `columns` latent columns are the edit region."""
-
-        def __init__(self, columns: int = 3):
-            self.columns = columns
-
-        def estimate(self, engine, state):
-            mask = torch.zeros_like(state.x0[:, :1])
-            mask[..., : self.columns] = 1
-            return mask, None, "given"
-''')
+def user_stages() -> str:
+    """The `my_stages.py` block of docs/stages.md: a user's inversion and mask estimator, from the page alone."""
+    page = (ROOT / "docs" / "stages.md").read_text()
+    blocks = re.findall(r"```python\n(# my_stages.py\n.*?)```", page, flags=re.S)
+    assert len(blocks) == 1, "docs/stages.md must show one `# my_stages.py` block"
+    return blocks[0]
 
 
 def test_user_stages_by_class_path(tmp_path, tiny_dirs, manifest):
     from framework.lightning.cli import main
     from tests.framework.test_cli import FAST, write_config
 
-    (tmp_path / "my_stages.py").write_text(USER_STAGES)
+    (tmp_path / "my_stages.py").write_text(user_stages())
     sys.path.insert(0, str(tmp_path))
     try:
         out = tmp_path / "out"
         config = write_config(tmp_path / "exp.yaml", tiny_dirs, manifest, out,
-                              inversion={"class_path": "my_stages.CountingInversion"},
+                              inversion={"class_path": "my_stages.PlainDDIMInversion"},
                               mask_estimator={"class_path": "my_stages.LeftColumns", "init_args": {"columns": 2}})
         main(["fit", "--config", str(config), *FAST, "--data.limit", "1"])
         import my_stages
@@ -69,7 +48,7 @@ def test_user_stages_by_class_path(tmp_path, tiny_dirs, manifest):
         assert mask[:, :16].all() and not mask[:, 16:].any()
         summary = json.loads((out / "summary.json").read_text())
         assert summary["parameters"]["stages"]["mask_estimator"] == {"class": "my_stages.LeftColumns", "columns": 2}
-        assert summary["parameters"]["stages"]["inversion"]["class"] == "my_stages.CountingInversion"
+        assert summary["parameters"]["stages"]["inversion"]["class"] == "my_stages.PlainDDIMInversion"
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("my_stages", None)
@@ -106,20 +85,41 @@ def state(backbone, manifest):
     return engine, s
 
 
+def test_the_pages_inversion_is_the_shipped_ddim_inversion(state, tmp_path):
+    """The inversion written from docs/stages.md alone gives the shipped DDIMInversion's trajectory exactly."""
+    from framework.stages import DDIMInversion
+
+    engine, s = state
+    (tmp_path / "my_stages.py").write_text(user_stages())
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import my_stages
+
+        job = engine.inversion_job(s.sides.inversion, s.sides.source, s.schedule, s.n_final, s.n_final)
+        mine, shipped = my_stages.PlainDDIMInversion().invert(s.x0, job), DDIMInversion().invert(s.x0, job)
+        assert list(mine.trajectory) == list(shipped.trajectory) and len(mine.trajectory) == s.n_final
+        assert all(torch.equal(mine.trajectory[t], shipped.trajectory[t]) for t in shipped.trajectory)
+        mask, soft, source = my_stages.LeftColumns(columns=3).estimate(engine.tools, s)
+        assert mask.shape == (1, 1, 8, 8) and mask[..., :3].all() and not mask[..., 3:].any() and source == "estimated"
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("my_stages", None)
+
+
 def test_given_and_no_mask_alone(state):
     engine, s = state
     with pytest.raises(EditError, match="has no mask"):
-        GivenMask().estimate(engine, s)
+        GivenMask().estimate(engine.tools, s)
     s.request.mask = torch.zeros(1, 1, 64, 64)
     s.request.mask[..., :20, :9] = 1
-    mask, soft, source = GivenMask().estimate(engine, s)
+    mask, soft, source = GivenMask().estimate(engine.tools, s)
     expected = torch.zeros(1, 1, 8, 8)
     expected[..., :3, :2] = 1  # 'cover': every 8 px block touched by the marked pixels
     assert torch.equal(mask, expected) and soft is None and source == "given"
     area = torch.zeros(1, 1, 8, 8)
     area[..., :2, :1] = 1  # 'area': only blocks more than half marked (row block 2 is half, column block 1 1/8)
     assert torch.equal(given_mask(s.request.mask, (8, 8), "area"), area)
-    empty, _, source = NoMask().estimate(engine, s)
+    empty, _, source = NoMask().estimate(engine.tools, s)
     assert float(empty.sum()) == 0 and empty.shape == (1, 1, 8, 8) and source == "none"
 
 
@@ -128,7 +128,7 @@ def test_noise_difference_mask_alone_matches_eq7(state):
     from framework.core.masks import binary_mask, estimate_soft_mask
 
     engine, s = state
-    mask, soft, source = NoiseDifferenceMask().estimate(engine, s)
+    mask, soft, source = NoiseDifferenceMask().estimate(engine.tools, s)
     expected, _ = estimate_soft_mask(s.x0, engine.denoiser, s.sides.source, s.sides.edit, s.schedule,
                                      engine.mask_cfg, 0, 7.5)
     assert torch.equal(soft[0, 0], expected) and torch.equal(mask, binary_mask(expected, 0.1))
@@ -149,12 +149,12 @@ def test_noise_encoded_guidance_alone(state):
     engine.invert(s)
     s.mask = torch.zeros_like(s.x0[:, :1])
     s.mask[..., :4, :] = 1
-    g0, g_traj = NoiseEncodedGuidance().generate(engine, s, s.n_final)
+    g0, g_traj = NoiseEncodedGuidance().generate(engine.tools, s, s.n_final)
     assert g0.shape == s.x0.shape and list(g_traj) == list(s.x_traj)
     expected = ddim_invert(g0, engine.eps(s.sides.edit, 1.0), s.schedule, s.n_final)
     assert all(torch.equal(expected[t], g_traj[t]) for t in expected)
     engine.losses = []  # no ITO: the guidance decode is the plain CFG decode from the noise encoding
-    plain, _ = NoiseEncodedGuidance().generate(engine, s, s.n_final)
+    plain, _ = NoiseEncodedGuidance().generate(engine.tools, s, s.n_final)
     assert float((plain - g0).abs().max()) > 1e-3  # preservation ITO pulled G towards the input
 
 
@@ -170,7 +170,7 @@ def test_decode_reference_is_the_latents_g_own_decode_passed(state):
     assert engine.guidance_cfg.reference == "decode"
     engine.invert(s)
     s.mask = torch.zeros_like(s.x0[:, :1])
-    g0, g_traj = NoiseEncodedGuidance().generate(engine, s, s.n_final)
+    g0, g_traj = NoiseEncodedGuidance().generate(engine.tools, s, s.n_final)
     start = noise_encode(s.x0, seeded_noise(tuple(s.x0.shape), s.seed + 1, s.x0.device),
                          s.schedule.alpha(s.schedule.decode_timesteps(s.n_final)[0]))
     seen = {}
