@@ -52,7 +52,7 @@ def test_round_trip_through_the_loader_is_bit_identical(tiny_dirs, backbone):
 def test_builtin_tiny_model_is_built_once_and_announced(caplog):
     import logging
 
-    from framework import models
+    from framework.backbones import loading as models
 
     models._announced.clear()
     with caplog.at_level(logging.WARNING, logger="framework"):

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from framework.core.errors import EditError
-from framework.evaluation.plots import MARGIN, PALETTE, main, nice_ticks, plot_all, read_sources
-from framework.toy.photos import SIZE
+from framework.evaluation.plots import MARGIN, PALETTE, SIZE, main, nice_ticks, plot_all, read_sources
 
 
 def write_run(folder, rows, t_u=15, k=1, lam=0.6):
