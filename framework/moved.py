@@ -52,7 +52,8 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         real = importlib.util.find_spec(new)
         if real is None:
             return None
-        spec = importlib.util.spec_from_loader(name, self, is_package=real.submodule_search_locations is not None)
+        spec = importlib.util.spec_from_loader(name, self, origin=real.origin,
+                                               is_package=real.submodule_search_locations is not None)
         spec.loader_state = new
         return spec
 
