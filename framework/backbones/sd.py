@@ -17,6 +17,7 @@ from framework.backbones.loading import (
     load_component,
     resolve_pretrained,
 )
+from framework.core.ddim import Schedule
 from framework.core.errors import ConfigError, ModelLoadError
 
 _SD_PARTS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
@@ -178,6 +179,10 @@ class StableDiffusion(nn.Module):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
+    def sampler(self, steps: int) -> Schedule:
+        """The DDIM sampler on `steps` steps of this checkpoint's schedule (its scheduler converted to DDIM)."""
+        return Schedule.from_scheduler(self.scheduler, steps)
+
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Image in [0, 1], (b, 3, H, W) -> scaled latents (b, 4, H/8, W/8); the posterior mean, so it is
         deterministic."""

@@ -155,13 +155,12 @@ class DemoEngine:
         """Load the manifest's request with the data module's loader and edit it with the pipeline."""
         import torch
 
-        from framework.core.ddim import Schedule
         from framework.io.manifests import load_manifest, load_request
 
         pipe = self.pipe
         spec = load_manifest(manifest, self.annotators, self.allow_pickle)[0]
         request = load_request(spec, pipe.resolution)
-        schedule = Schedule.from_scheduler(pipe.backbone.scheduler, pipe.sampling.steps)
+        schedule = pipe.backbone.sampler(pipe.sampling.steps)
         n_final = schedule.encode_level(pipe.sampling.encode_ratio)
         n_guide = schedule.encode_level(pipe.guidance.encode_ratio or pipe.sampling.encode_ratio)
         steps = {"inversion": max(n_final, n_guide), "guidance": n_guide, "refine": n_final, "final": n_final}

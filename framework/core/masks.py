@@ -8,8 +8,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from framework.core.ddim import Schedule, ddim_step, noise_encode, seeded_noise
 from framework.core.denoiser import Conditioning, Denoiser
+from framework.core.sampling import Sampler, seeded_noise
 from framework.core.settings import MaskConfig
 
 
@@ -41,7 +41,7 @@ def normalise(m: torch.Tensor, cfg: MaskConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def noise_difference(x0: torch.Tensor, denoiser: Denoiser, source: tuple[Conditioning, Conditioning],
-                     edit: tuple[Conditioning, Conditioning], schedule: Schedule, cfg: MaskConfig,
+                     edit: tuple[Conditioning, Conditioning], schedule: Sampler, cfg: MaskConfig,
                      seed: int, guidance_scale: float, group: Optional[slice] = None) -> torch.Tensor:
     """(1/n) sum_i |eps(x_1, C_EDIT, s_i) - eps(x_1, C_0, s_i)|, averaged over channels: (h, w).
 
@@ -53,7 +53,7 @@ def noise_difference(x0: torch.Tensor, denoiser: Denoiser, source: tuple[Conditi
     timesteps = schedule.decode_timesteps(schedule.encode_level(cfg.strength))
     noise = seeded_noise((cfg.seeds, *x0.shape[1:]), seed, x0.device)[group or slice(None)]
     n = noise.shape[0]
-    x = noise_encode(x0, noise, schedule.alpha(timesteps[0]))  # (n, 4, h, w)
+    x = schedule.encode(x0, noise, timesteps[0])  # (n, 4, h, w)
     latents = torch.cat([x, x])  # source half, then edit half
     cond = Conditioning.cat([source[0].repeat(n), edit[0].repeat(n)])
     uncond = Conditioning.cat([source[1].repeat(n), edit[1].repeat(n)])
@@ -62,7 +62,7 @@ def noise_difference(x0: torch.Tensor, denoiser: Denoiser, source: tuple[Conditi
     for i, t in enumerate(timesteps):
         eps = denoiser(latents, t, cond, uncond, guidance_scale)
         if i < len(timesteps) - 1:
-            latents = ddim_step(latents, eps, schedule.alpha(t), schedule.alpha(t - schedule.stride))
+            latents = schedule.step(latents, eps, t)
     eps_source, eps_edit = eps.chunk(2)
     return (eps_edit - eps_source).abs().mean(dim=(0, 1))
 
@@ -91,11 +91,11 @@ def seed_groups(cfg: MaskConfig) -> list[slice]:
     return [slice(i, min(i + cfg.seed_group, cfg.seeds)) for i in range(0, cfg.seeds, cfg.seed_group)]
 
 
-def mask_schedule(schedule: Schedule, scheduler, cfg: MaskConfig) -> Schedule:
-    """The mask's DDIM grid: the edit's, or a coarser one of `cfg.steps` steps (never a finer one)."""
+def mask_schedule(schedule: Sampler, cfg: MaskConfig) -> Sampler:
+    """The mask's grid: the edit's, or a coarser one of `cfg.steps` steps (never a finer one)."""
     if cfg.steps is None or cfg.steps >= len(schedule.timesteps):
         return schedule
-    return Schedule.from_scheduler(scheduler, cfg.steps)
+    return schedule.with_steps(cfg.steps)
 
 
 def mask_image_size(height: int, width: int, resolution: float) -> tuple[int, int]:
@@ -105,7 +105,7 @@ def mask_image_size(height: int, width: int, resolution: float) -> tuple[int, in
 
 @torch.no_grad()
 def estimate_soft_mask(x0: torch.Tensor, denoiser: Denoiser, source: tuple[Conditioning, Conditioning],
-                       edit: tuple[Conditioning, Conditioning], schedule: Schedule, cfg: MaskConfig, seed: int,
+                       edit: tuple[Conditioning, Conditioning], schedule: Sampler, cfg: MaskConfig, seed: int,
                        guidance_scale: float, size: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, int]:
     """Soft mask (h, w) on the latent grid `size` (default: x0's) and the number of seeds it used.
 

@@ -22,12 +22,12 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from framework.core.conditioning import Conditioner, ConditionSide
-from framework.core.ddim import Schedule
 from framework.core.denoiser import Conditioning, Denoiser
 from framework.core.errors import EditError
 from framework.core.ito import LatentOptimizer, OptimizerFactory
 from framework.core.loss import EditLoss
 from framework.core.request import EditRequest, EditResult
+from framework.core.sampling import Sampler
 from framework.core.settings import AutoLam, GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, check_lam_setting
 from framework.core.stages import (
     Decoder,
@@ -79,7 +79,7 @@ class EditState:
     request: EditRequest
     x0: torch.Tensor  # (1, 4, h, w)
     sides: Sides
-    schedule: Schedule
+    schedule: Sampler  # the run's timesteps and the moves between them (the backbone's sampler)
     n_final: int  # t_E in steps
     lam: float
     seed: int
@@ -165,7 +165,7 @@ class EditEngine:
         """A fresh state for `request`: its schedule, t_E, lam and seed (nothing computed yet)."""
         self.request_id = request.id
         self.denoiser.reset_counts()
-        schedule = Schedule.from_scheduler(self.backbone.scheduler, self.sampling.steps)
+        schedule = self.backbone.sampler(self.sampling.steps)
         return EditState(request, None, None, schedule, schedule.encode_level(self.sampling.encode_ratio),
                          float(check_lam_setting(lam)), seed)
 
@@ -207,7 +207,7 @@ class EditEngine:
     def guidance_level(self, state: EditState) -> int:
         return state.schedule.encode_level(self.guidance_cfg.encode_ratio or self.sampling.encode_ratio)
 
-    def inversion_job(self, inversion: Side, source: Side, schedule: Schedule, num: int, decode_num: int,
+    def inversion_job(self, inversion: Side, source: Side, schedule: Sampler, num: int, decode_num: int,
                       callback=None) -> InversionJob:
         return InversionJob(self.denoiser, schedule, num, decode_num, inversion,
                             self.sampling.inversion_guidance_scale, source, self.sampling.guidance_scale, callback)

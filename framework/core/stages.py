@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
-from framework.core.ddim import Schedule, StepCallback, ddim_invert
 from framework.core.denoiser import Conditioning, Denoiser
+from framework.core.sampling import Sampler, StepCallback, invert
 
 if TYPE_CHECKING:
     from framework.core.procedure import EditEngine, EditState
@@ -33,9 +33,9 @@ class Inverted:
     corrections: Optional[dict[int, torch.Tensor]] = None
     """{t: (1, 4, h, w)} added to the latents after the decode step from t."""
 
-    def previous(self, t: int, schedule: Schedule) -> torch.Tensor:
-        """x*_{t - stride}: the trajectory one level less noisy than t (x_0 below the first level)."""
-        return self.trajectory.get(t - schedule.stride, self.x0)
+    def previous(self, t: int, schedule: Sampler) -> torch.Tensor:
+        """The trajectory one level less noisy than t (x_0 below the first level)."""
+        return self.trajectory.get(schedule.below(t), self.x0)
 
 
 @dataclass
@@ -43,7 +43,7 @@ class InversionJob:
     """What an inversion gets: the model, the grid, how deep to go and the condition sides."""
 
     denoiser: Denoiser
-    schedule: Schedule
+    schedule: Sampler
     num: int  # invert through the first `num` timesteps
     decode_num: int  # the decode that starts from the trajectory has this many steps
     inversion: Side  # the side the trajectory is computed under (C_0 or sampling.inversion_prompt)
@@ -131,8 +131,8 @@ class Inversion:
 
     @staticmethod
     def trajectory(x0: torch.Tensor, job: InversionJob) -> dict[int, torch.Tensor]:
-        """DDIM inversion of x_0 under the inversion side (Eq. 2)."""
-        return ddim_invert(x0, job.eps(job.inversion, job.inversion_scale), job.schedule, job.num, job.callback)
+        """The sampler's inversion of x_0 under the inversion side (Eq. 2)."""
+        return invert(x0, job.eps(job.inversion, job.inversion_scale), job.schedule, job.num, job.callback)
 
 
 MaskResult = tuple[torch.Tensor, Optional[torch.Tensor], str]  # binary (1, 1, h, w), soft or None, source

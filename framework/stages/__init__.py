@@ -12,7 +12,14 @@ The contracts they fulfil are in framework.core.stages; this package re-exports 
 from __future__ import annotations
 
 from framework.core.stages import (  # noqa: F401  (the contracts, for plugin authors)
-    Decoder, GuidanceGenerator, Inversion, InversionJob, Inverted, MaskEstimator, StageTools)
+    Decoder,
+    GuidanceGenerator,
+    Inversion,
+    InversionJob,
+    Inverted,
+    MaskEstimator,
+    StageTools,
+)
 from framework.stages.decoders import (  # noqa: F401
     ITODecode,
     MaskBlendDecode,

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from framework.core.ddim import ddim_decode, noise_encode, seeded_noise
 from framework.core.errors import ConfigError
 from framework.core.masks import gaussian_blur
+from framework.core.sampling import decode, seeded_noise
 from framework.core.stages import Decoder
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class ITODecode(Decoder):
         eps = tools.eps(state.sides.edit, tools.sampling.guidance_scale, inverted)
         if cfg.outside_guidance_scale is not None:
             eps = self.outside_guidance(tools, state, feathered(state.mask, cfg.feather), eps)
-        y0 = ddim_decode(start, eps, state.schedule, state.n_final, before_step, tools.step_callback("final"),
+        y0 = decode(start, eps, state.schedule, state.n_final, before_step, tools.step_callback("final"),
                          tools.corrections(inverted))
         return blend_outside(y0, state.x0, keep) if blend else y0
 
@@ -122,7 +122,7 @@ class MaskBlendDecode(Decoder):
             return y if i == 0 else blend_outside(y, x_traj[timesteps[i - lag]], mask)
 
         eps = tools.eps(state.sides.edit, tools.sampling.guidance_scale, inverted)
-        y0 = ddim_decode(x_traj[timesteps[0]], eps, schedule, state.n_final, blend, tools.step_callback("final"),
+        y0 = decode(x_traj[timesteps[0]], eps, schedule, state.n_final, blend, tools.step_callback("final"),
                          tools.corrections(inverted))
         last = x_traj[timesteps[-1]] if lag else state.x0
         return blend_outside(y0, last, mask)
@@ -137,6 +137,6 @@ class NoiseEncodedDecode(Decoder):
     def decode(self, tools: "StageTools", state: "EditState") -> torch.Tensor:
         schedule, x0 = state.schedule, state.x0
         noise = seeded_noise(tuple(x0.shape), state.seed + 1, x0.device)
-        start = noise_encode(x0, noise, schedule.alpha(schedule.decode_timesteps(state.n_final)[0]))
+        start = schedule.encode(x0, noise, schedule.decode_timesteps(state.n_final)[0])
         eps = tools.eps(state.sides.edit, tools.sampling.guidance_scale)
-        return ddim_decode(start, eps, schedule, state.n_final, None, tools.step_callback("final"))
+        return decode(start, eps, schedule, state.n_final, None, tools.step_callback("final"))

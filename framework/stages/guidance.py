@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from framework.core.ddim import ddim_decode, ddim_invert, noise_encode, seeded_noise
+from framework.core.sampling import decode, invert, seeded_noise
 from framework.core.stages import GuidanceGenerator
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ class NoiseEncodedGuidance(GuidanceGenerator):
     def generate(self, tools: "StageTools", state: "EditState", level: int):
         cfg, schedule, x0 = tools.guidance, state.schedule, state.x0
         noise = seeded_noise(tuple(x0.shape), state.seed + 1, x0.device)
-        start = noise_encode(x0, noise, schedule.alpha(schedule.decode_timesteps(level)[0]))
+        start = schedule.encode(x0, noise, schedule.decode_timesteps(level)[0])
         eps_edit = tools.eps(state.sides.edit, tools.sampling.guidance_scale)
         optimizer = tools.optimizer(1.0, cfg.inner_steps)
         hook = tools.ito_hook(optimizer, cfg.update_steps, state.x_traj, None, tools.loss_mask(state), "guidance")
@@ -34,10 +34,10 @@ class NoiseEncodedGuidance(GuidanceGenerator):
             visited[t] = hook(i, t, y_t)
             return visited[t]
         step = guidance_step if cfg.reference == "decode" else hook
-        g0 = ddim_decode(start, eps_edit, schedule, level, step, tools.step_callback("guidance"))
+        g0 = decode(start, eps_edit, schedule, level, step, tools.step_callback("guidance"))
         if not cfg.refine:  # g_t is only the guidance loss's reference: the trajectory is all it needs
             eps_invert = tools.eps(state.sides.edit, tools.sampling.inversion_guidance_scale)
-            g_traj = ddim_invert(g0, eps_invert, schedule, state.n_final)
+            g_traj = invert(g0, eps_invert, schedule, state.n_final)
             # guidance.reference 'decode': G's decode where it visited, its inversion elsewhere
             g_traj.update({t: y for t, y in visited.items() if t in g_traj})
             return g0, g_traj
@@ -45,7 +45,7 @@ class NoiseEncodedGuidance(GuidanceGenerator):
         inverted = tools.invert(g0, job)
         optimizer = tools.optimizer(0.0, cfg.refine_inner_steps)
         start = inverted.trajectory[schedule.decode_timesteps(state.n_final)[0]]
-        g0 = ddim_decode(start, tools.eps(state.sides.edit, tools.sampling.guidance_scale, inverted), schedule,
+        g0 = decode(start, tools.eps(state.sides.edit, tools.sampling.guidance_scale, inverted), schedule,
                          state.n_final,
                          tools.ito_hook(optimizer, cfg.refine_update_steps, inverted.trajectory, state.x_traj,
                                          tools.loss_mask(state), "refine"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from framework.core.ddim import ddim_step
 from framework.core.denoiser import Conditioning, Denoiser
 from framework.core.errors import ConfigError
 from framework.core.stages import Inversion, InversionJob, Inverted, Side
@@ -56,7 +55,7 @@ def decode_step(job: InversionJob, z: torch.Tensor, t: int, side: Side) -> torch
     compute it (one UNet batch for both halves), so the per-step data fit the decode to float precision."""
     schedule = job.schedule
     eps = job.eps(side, job.decode_scale)(z, t)
-    return ddim_step(z, eps.to(z.dtype), schedule.alpha(t), schedule.alpha(t - schedule.stride))
+    return schedule.step(z, eps.to(z.dtype), t)
 
 
 def cfg_step(job: InversionJob, z: torch.Tensor, t: int, eps_cond: torch.Tensor, uncond: Conditioning,
@@ -65,7 +64,7 @@ def cfg_step(job: InversionJob, z: torch.Tensor, t: int, eps_cond: torch.Tensor,
     eps_uncond = job.denoiser(z, t, uncond, grad=grad)
     eps = eps_uncond + job.decode_scale * (eps_cond - eps_uncond)
     schedule = job.schedule
-    return ddim_step(z, eps, schedule.alpha(t), schedule.alpha(t - schedule.stride))
+    return schedule.step(z, eps, t)
 
 
 class NullTextInversion(Inversion):

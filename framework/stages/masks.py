@@ -82,7 +82,7 @@ class NoiseDifferenceMask(MaskEstimator):
         if soft is None:
             scale = tools.sampling.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
             x_mask, sides = self.inputs(tools, state)
-            grid = mask_schedule(state.schedule, tools.backbone.scheduler, cfg)
+            grid = mask_schedule(state.schedule, cfg)
             soft, _ = estimate_soft_mask(x_mask, tools.denoiser, sides.source, sides.edit, grid, cfg, state.seed,
                                          scale, tuple(x0.shape[-2:]))
             if cache is not None:

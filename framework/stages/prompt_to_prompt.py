@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from framework.core.ddim import ddim_decode
 from framework.core.denoiser import Conditioning
 from framework.core.errors import ConfigError
+from framework.core.sampling import decode
 from framework.stages import Decoder
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class PromptToPrompt(Decoder):
         unet.set_attn_processor({name: ExchangingAttnProcessor(exchange) for name in saved})
         try:
             start = inverted.trajectory[state.schedule.decode_timesteps(n)[0]]
-            y0 = ddim_decode(torch.cat([start, start]), eps, state.schedule, n, before_step,
+            y0 = decode(torch.cat([start, start]), eps, state.schedule, n, before_step,
                              lambda i, t, y: callback(i, t, y[1:]), tools.corrections(inverted))
         finally:
             unet.set_attn_processor(saved)

@@ -64,6 +64,6 @@ def test_the_mask_grid_is_never_finer_than_the_edits(backbone):
     from framework.core.masks import mask_schedule
 
     six = Schedule.from_scheduler(backbone.scheduler, 6)
-    assert mask_schedule(six, backbone.scheduler, MaskConfig()) is six  # default 10 steps > 6: the edit's grid
-    coarse = mask_schedule(Schedule.from_scheduler(backbone.scheduler, 25), backbone.scheduler, MaskConfig())
+    assert mask_schedule(six, MaskConfig()) is six  # default 10 steps > 6: the edit's grid
+    coarse = mask_schedule(Schedule.from_scheduler(backbone.scheduler, 25), MaskConfig())
     assert len(coarse.timesteps) == 10 and coarse.encode_level(0.5) == 5  # 5 decode steps from strength 0.5

@@ -112,7 +112,7 @@ def _estimate(setup, cfg, schedule_steps=10, edit_prompt="a blue square"):
 
     backbone, denoiser, x0 = setup
     sides = _sides(backbone, denoiser, ConditionSide("a red circle"), ConditionSide(edit_prompt))
-    schedule = mask_schedule(Schedule.from_scheduler(backbone.scheduler, schedule_steps), backbone.scheduler, cfg)
+    schedule = mask_schedule(Schedule.from_scheduler(backbone.scheduler, schedule_steps), cfg)
     return _counted(denoiser, lambda: estimate_soft_mask(x0, denoiser, *sides, schedule, cfg, 0, 7.5))
 
 
