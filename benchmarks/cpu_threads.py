@@ -1,6 +1,6 @@
 """Edit time on the CPU with one torch thread against all cores, on an idle and on a loaded machine.
 
-    python benchmarks/cpu_threads.py [--request text_000] [--repeats 3] [--steps 25] [--json out.json]
+    python -m benchmarks.cpu_threads [--request text_000] [--repeats 3] [--steps 25] [--json out.json]
 
 One bundled toy-world edit (`builtin:toyworld`, the quickstart's model and settings, 64 px) is run
 in this process with `torch.set_num_threads(1)` and with `torch.set_num_threads(os.cpu_count())`,
@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 

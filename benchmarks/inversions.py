@@ -1,7 +1,7 @@
 """Reconstruction of each inversion under CFG: invert the input, decode under C_0, compare with the input.
 
-    python benchmarks/inversions.py [--edits 40] [--split test] [--steps 25] [--cfg 7.5] [--json out.json]
-    python benchmarks/inversions.py --quickstart     # the quickstart's four edits, whole, per inversion
+    python -m benchmarks.inversions [--edits 40] [--split test] [--steps 25] [--cfg 7.5] [--json out.json]
+    python -m benchmarks.inversions --quickstart     # the quickstart's four edits, whole, per inversion
 
 For every toy-world edit of the split (framework.evaluation.datasets.ToyEditDataModule's seeds), the input is
 VAE-encoded, inverted with each inversion plugin (framework.stages.inversions) and decoded under the source
@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 

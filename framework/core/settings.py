@@ -252,7 +252,7 @@ class AutoLam:
     Whether the edit prompt differs from the source prompt is the second reading of the task: an edit
     that only moves a pose or a scribble has its shape drawn in G by the spatial condition, a text edit
     depends on how well the model draws what it is told. The defaults were fitted on 400 toy 'val'
-    edit-seeds for the target L1 inside the true edit region (benchmarks/fit_auto_lam.py, docs/lam.md):
+    edit-seeds for the target L1 inside the true edit region (`python -m framework fit-auto-lam`, docs/lam.md):
     a spatial-only edit gets lam = 1 - 4 area (0.6 at 10 %, the floor 0.3 from 17.5 %), a text edit
     lam 1 (no guidance image) up to 15 % and 0.6 at 25 %. Fit them per domain from a lam study.
     """

@@ -1,6 +1,6 @@
 """Cost against quality of a cost sweep (experiments/eval/cost.yaml): each run beside the unreduced one.
 
-    python benchmarks/cost_quality.py outputs/eval/cost [--md table.md] [--png plot.png] [--json out.json]
+    python -m framework cost-quality outputs/eval/cost [--md table.md] [--png plot.png] [--json out.json]
 
 Per run, from its run.yaml and its edits' result.json files (an unfinished run counts the edits it has): the UNet sample-evaluations and seconds per edit and
 stage (means over its edits), and per quality metric the mean with its 95 % bootstrap interval and the
@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from framework.evaluation.metrics.bootstrap import bootstrap_ci, paired_difference_ci  # noqa: E402
+from framework.evaluation.metrics.bootstrap import bootstrap_ci, paired_difference_ci
 
 # metric key -> +1 when higher is better, -1 when lower is better
 METRICS = {"gt/background_l1": -1, "gt/target_l1": -1, "toy/new_class": 1, "mask/recall": 1, "mask/iou": 1}
@@ -34,7 +30,7 @@ STAGES = ("inversion", "mask", "guidance", "final")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m framework cost-quality", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path, help="the sweep's output folder (one folder per run)")
     p.add_argument("--reference", default="unreduced", help="the run the others are compared with")
     p.add_argument("--md", type=Path, default=None, help="write the table here (Markdown)")
@@ -128,10 +124,14 @@ def compare(run: dict, reference: dict, resamples: int) -> dict[str, dict]:
 
 
 def analyse(sweep: Path, reference: str = "unreduced", resamples: int = 2000, min_edits: int = 10) -> dict:
+    if not sweep.is_dir():
+        raise SystemExit(f"error: no sweep folder at {sweep}; run `python -m framework sweep experiments/eval/cost.yaml` "
+                         f"first and pass its output_dir.")
     runs = [r for r in (read_run(f) for f in sorted(sweep.iterdir()) if f.is_dir()) if r is not None]
     by_name = {r["name"]: r for r in runs}
     if reference not in by_name:
-        raise SystemExit(f"error: the reference run '{reference}' has no results in {sweep} yet.")
+        raise SystemExit(f"error: the reference run '{reference}' has no results in {sweep} yet; run it (sweep "
+                         f"--only {reference}) or name another with --reference.")
     masks = estimated_masks(runs)
     table = []
     for run in runs:
