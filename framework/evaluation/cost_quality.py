@@ -174,28 +174,27 @@ def format_table(result: dict) -> str:
 def plot(result: dict, path: Path, highlight: tuple[str, ...] = ()) -> Path:
     """One panel per metric (mean and 95 % bootstrap interval against UNet evaluations per edit), two a row;
     the references and the runs named in `highlight` drawn filled."""
-    from PIL import Image
+    from framework.evaluation.plots import IntervalPoint, draw_intervals, new_axes, save
 
-    from framework.evaluation.plots import IntervalPoint, plot_intervals
-
-    panels = []
     chosen = {result["reference"], f"lam1_{result['reference']}", *highlight}
-    for key in METRICS:
-        points = [IntervalPoint(r["run"], r["unet"]["total"], m["mean"], m["low"], m["high"], r["run"] in chosen)
-                  for r in result["runs"] if (m := r["metrics"].get(key))]
-        if points:
-            tmp = path.with_name(f".{path.stem}_{key.replace('/', '_')}.png")
-            plot_intervals(points, f"{key} (mean, 95 % bootstrap CI) vs cost; filled: references, chosen",
-                           "UNet sample-evaluations per edit", key, tmp)
-            panels.append(Image.open(tmp).convert("RGB"))
-            tmp.unlink()
-    w, h = panels[0].size
-    sheet = Image.new("RGB", (2 * w, (len(panels) + 1) // 2 * h), "white")
-    for n, panel in enumerate(panels):
-        sheet.paste(panel, (n % 2 * w, n // 2 * h))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, format="PNG")
-    return path
+    panels = {key: [IntervalPoint(r["run"], r["unet"]["total"], m["mean"], m["low"], m["high"], r["run"] in chosen)
+                    for r in result["runs"] if (m := r["metrics"].get(key))] for key in METRICS}
+    panels = {key: points for key, points in panels.items() if points}
+    if not panels:
+        raise SystemExit("error: no run of the sweep has a metric to plot yet; let its runs finish some edits first.")
+    figure, first = new_axes("", "", "")
+    figure.set_size_inches(14.4, 4.6 * ((len(panels) + 1) // 2))
+    first.remove()
+    rows = (len(panels) + 1) // 2
+    for n, (key, points) in enumerate(panels.items()):
+        axes = figure.add_subplot(rows, 2, n + 1)
+        axes.set_title(f"{key} (mean, 95 % bootstrap CI) vs cost; filled: references, chosen", fontsize=9)
+        axes.set_xlabel("UNet sample-evaluations per edit")
+        axes.set_ylabel(key)
+        axes.grid(True, color="0.88")
+        draw_intervals(axes, points)
+    figure.tight_layout()
+    return save(figure, path)
 
 
 def main(argv=None) -> dict:
@@ -208,7 +207,12 @@ def main(argv=None) -> dict:
         args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(text + "\n")
     if args.png:
-        print(plot(result, args.png, tuple(args.highlight)))
+        from framework.core.errors import EditError
+
+        try:
+            print(plot(result, args.png, tuple(args.highlight)))
+        except EditError as err:  # matplotlib missing: the table is printed already
+            raise SystemExit(f"error: {err}") from None
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result
