@@ -132,13 +132,15 @@ def quickstart(names: list[str]) -> dict:
 
 def main(argv=None) -> dict:
     import framework.stages.inversions as inv
+    from framework.core.settings import SamplingConfig
     from framework.toy.datasets import ToyEditDataModule
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edits", type=int, default=40)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--cfg", type=float, default=7.5)
+    parser.add_argument("--steps", type=int, default=SamplingConfig().steps, help="DDIM steps (default: the product's)")
+    parser.add_argument("--cfg", type=float, default=SamplingConfig().guidance_scale,
+                        help="CFG scale of the decode (default: the product's)")
     parser.add_argument("--pretrained", default="builtin:toyworld")
     parser.add_argument("--only", nargs="*", default=list(INVERSIONS))
     parser.add_argument("--json", type=Path, default=None)

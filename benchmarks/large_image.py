@@ -160,7 +160,8 @@ def run_children(args, argv: list[str]) -> list[dict]:
             continue
         command = [sys.executable, "-m", "benchmarks.large_image", *argv, "--child", variant]
         try:
-            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=left)  # stderr shows
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=left,
+                                  cwd=Path(__file__).resolve().parents[1])  # stderr shows
         except subprocess.TimeoutExpired:
             print(f"[{variant}] stopped: past --timeout", flush=True)
             continue
