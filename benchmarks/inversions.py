@@ -3,7 +3,7 @@
     python -m benchmarks.inversions [--edits 40] [--split test] [--steps 25] [--cfg 7.5] [--json out.json]
     python -m benchmarks.inversions --quickstart     # the quickstart's four edits, whole, per inversion
 
-For every toy-world edit of the split (framework.evaluation.datasets.ToyEditDataModule's seeds), the input is
+For every toy-world edit of the split (framework.toy.datasets.ToyEditDataModule's seeds), the input is
 VAE-encoded, inverted with each inversion plugin (framework.stages.inversions) and decoded under the source
 condition (prompt and maps) at CFG `--cfg` through the engine's own decode (framework.stages.ITODecode
 with t_u = 0, i.e. the final decode without ITO). It prints, side by side in one run: PSNR to the input

@@ -198,7 +198,10 @@ def check_steps(sampling: SamplingConfig, ito: Optional[ITOConfig], guidance: Op
 
 @dataclass
 class AutoLam:
-    """`lam: auto`: lam = clip(intercept + slope * area + prompt_change * [the prompt changes], low, high) per edit."""
+    """`lam: auto`: lam = clip(intercept + slope * area + prompt_change * [prompt changes], low, high) per edit.
+
+    Fit the constants per domain from a lam study: `python -m framework fit-auto-lam` (docs/settings.md, docs/lam.md).
+    """
 
     intercept: float = 1.0
     """lam of an empty mask with the prompt unchanged (before clipping)."""

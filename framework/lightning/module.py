@@ -94,7 +94,7 @@ class EditModule(pl.LightningModule):
             unet_chunk_size: Most samples per UNet call (bounds memory of the batched mask); None: no cap.
             overwrite: Redo edits already finished in output_dir (default: skip them, so a rerun resumes).
             metrics: Scores of each edit and of the run (framework.evaluation.metrics), written to results.md/.csv.
-            auto_lam: The rule of `lam: auto` (and of requests with `lam: auto`), lam from the mask area.
+            auto_lam: The rule of `lam: auto`: lam from the mask area (fit it: python -m framework fit-auto-lam).
             inversion: Inversion plugin (None: DDIMInversion, the paper's; framework.stages.inversions has others).
             mask_estimator: Mask plugin (None: NoiseDifferenceMask, Eq. 7 by `mask`; GivenMask, NoMask, your own).
             guidance_generator: Guidance-image plugin (None: NoiseEncodedGuidance by `guidance`).

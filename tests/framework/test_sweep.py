@@ -123,7 +123,7 @@ def test_collect_publishes_the_table_for_the_docs(tmp_path):
     sweep = tmp_path / "s.yaml"
     sweep.write_text(yaml.safe_dump({
         "model": {"init_args": {"backbone": {"init_args": {"pretrained": "builtin:toyworld"}}}},
-        "data": {"class_path": "framework.evaluation.datasets.ToyEditDataModule", "init_args": {"edits": 2, "split": "val"}},
+        "data": {"class_path": "framework.toy.datasets.ToyEditDataModule", "init_args": {"edits": 2, "split": "val"}},
         "sweep": {"output_dir": str(out), "runs": [{"name": "a", "set": {}}, {"name": "b", "set": {}}]}}))
     page = tmp_path / "docs" / "results" / "s.md"
     main([str(sweep), "--collect", "--publish", str(page)])

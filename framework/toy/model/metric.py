@@ -1,7 +1,7 @@
 """`ToyClassifierAccuracy`: the toy world's stand-in for Table 1's classification accuracy.
 
 The toy classifier reads the edited image where the edit should have acted, using the request's
-`meta` (written by `framework.evaluation.datasets.ToyEditDataModule`):
+`meta` (written by `framework.toy.datasets.ToyEditDataModule`):
 
 - text edits: colour and shape at the object's box; `toy/new_class` is 1 when both are the target
   class, `toy/original_class` when both are the source class;
