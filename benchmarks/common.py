@@ -10,39 +10,36 @@ same modules.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` without the package installed
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from conditioners.base import ConditionSide  # noqa: E402
-from framework.core.denoiser import Conditioning  # noqa: E402
-from framework.core.procedure import EditEngine, EditState, Sides  # noqa: E402
-from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, paper_literal_mask  # noqa: E402
-from framework.io.manifests import EditRequest  # noqa: E402
+from conditioners.base import ConditionSide
+from framework.core.denoiser import Conditioning
+from framework.core.procedure import EditEngine, EditState, Sides
+from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, paper_literal_mask
+from framework.io.manifests import EditRequest
 from framework.stages import method_slots
-from framework.stages.inversions import Inverted  # noqa: E402
-from losses.guidance import CosineGuidance  # noqa: E402
-from losses.preservation import MaskedMSEPreservation  # noqa: E402
+from framework.stages.inversions import Inverted
+from losses.guidance import CosineGuidance
+from losses.preservation import MaskedMSEPreservation
 
-# The paper's settings (Sec. 4), as in the engine's defaults.
-STEPS = 25
-CFG = 7.5
-INVERSION_CFG = 1.0
-LAM = 0.6
-T_U = 15
-K = 1
-MASK_SEEDS = 10
-MASK_STRENGTH = 0.5
-PAPER_MASK = paper_literal_mask()  # Eq. 7 unreduced: n 10, full grid, CFG; last step, min-max, tau 0.1, sigma 1
+ROOT = Path(__file__).resolve().parents[1]
+# Every setting is the product's default, read from its settings (nothing restated here).
+SAMPLING, ITO, GUIDANCE = SamplingConfig(), ITOConfig(), GuidanceConfig()
+STEPS = SAMPLING.steps
+CFG = SAMPLING.guidance_scale
+INVERSION_CFG = SAMPLING.inversion_guidance_scale
+T_U = ITO.update_steps
+K = ITO.inner_steps
+LAM = 0.6  # not the default (1: no guidance image): the paper's Fig. 1 setting, so the guidance stage runs and is timed
+PAPER_MASK = paper_literal_mask()
+MASK_SEEDS = PAPER_MASK.seeds  # DiffEdit's generate_mask runs the paper's n (its own default is 10 too)
+MASK_STRENGTH = PAPER_MASK.strength  # Eq. 7 unreduced: n 10, full grid, CFG; last step, min-max, tau 0.1, sigma 1
 DIFFEDIT_MASK = paper_literal_mask(compare_at="first", normalize="mean_ratio", threshold=0.5)  # DiffEdit's mask variant
 
 
@@ -222,8 +219,8 @@ class OurStages:
         self.engine = EditEngine(
             backbone, self.conditioners, [MaskedMSEPreservation(), CosineGuidance()], **method_slots(),
             sampling=SamplingConfig(steps=steps, guidance_scale=CFG, inversion_guidance_scale=INVERSION_CFG),
-            ito=ITOConfig(update_steps=min(T_U, steps), inner_steps=K),
-            guidance=GuidanceConfig(update_steps=min(T_U, steps), inner_steps=K), unet_chunk_size=unet_chunk_size)
+            ito=ITOConfig(update_steps=min(T_U, steps)),
+            guidance=GuidanceConfig(update_steps=min(GUIDANCE.update_steps, steps)), unet_chunk_size=unet_chunk_size)
         self.denoiser = self.engine.denoiser
         self.steps = steps
         self.request: Optional[EditRequest] = None  # the last encoded one (the mask reads its image size)
@@ -269,16 +266,17 @@ class OurStages:
         self.engine.estimate_mask(state)
         return state.mask
 
-    def guidance(self, x0, x_traj, mask, edit, seed: int = 0, scale: float = CFG, update_steps: int = T_U):
+    def guidance(self, x0, x_traj, mask, edit, seed: int = 0, scale: float = CFG,
+                 update_steps: int = GUIDANCE.update_steps):
         """The guidance-image stage: random-noise encoding, decode under C_EDIT with lam = 1 ITO, invert G."""
-        self.engine.guidance_cfg = GuidanceConfig(update_steps=update_steps, inner_steps=K)
+        self.engine.guidance_cfg = GuidanceConfig(update_steps=update_steps)
         state = self._state(x0, None, edit, x_traj, mask, seed=seed)
         self.engine.make_guidance(state)
         return state.g0, state.g_traj
 
     def final(self, x_traj, g_traj, mask, edit, lam: float = LAM, update_steps: int = T_U, scale: float = CFG):
         """The final decode from x_{t_E} under C_EDIT with ITO on the first t_u steps (Eq. 6)."""
-        self.engine.ito_cfg = ITOConfig(update_steps=update_steps, inner_steps=K)
+        self.engine.ito_cfg = ITOConfig(update_steps=update_steps)
         x0 = next(iter(x_traj.values()))
         return self.engine.final(self._state(x0, None, edit, x_traj, mask, g_traj, lam))
 
@@ -407,13 +405,13 @@ def stage_tasks(ours: OurStages, theirs: DiffusersStages, req: dict, size: int, 
           "DiffEdit.generate_mask", "yes"),
         R("mask", "last (Eq. 7, paper), text", "mask[last,text]", "diffedit.generate_mask",
           "DiffEdit.generate_mask", "no: decodes 12 steps"),
-        R("guidance", "text+pose, lam=1 ITO t_u=15", "guidance[text+pose]", "cn_img2img+diffedit.invert",
+        R("guidance", f"text+pose, lam=1 ITO t_u={GUIDANCE.update_steps}", "guidance[text+pose]", "cn_img2img+diffedit.invert",
           "CN img2img + DiffEdit.invert", "~: our invert + ControlNet"),
-        R("final", "text, ITO t_u=15", "final[text,ito]", "diffedit.__call__", "DiffEdit.__call__", "yes"),
+        R("final", f"text, ITO t_u={T_U}", "final[text,ito]", "diffedit.__call__", "DiffEdit.__call__", "yes"),
         R("final", "text, ITO off (t_u=0)", "final[text,no-ito]", "diffedit.__call__", "DiffEdit.__call__", "yes"),
-        R("final", "text+pose, ITO t_u=15", "final[text+pose,ito]", "cn_img2img", "CN img2img", "yes"),
+        R("final", f"text+pose, ITO t_u={T_U}", "final[text+pose,ito]", "cn_img2img", "CN img2img", "yes"),
         R("final", "text+pose, ITO off (t_u=0)", "final[text+pose,no-ito]", "cn_img2img", "CN img2img", "yes"),
-        R("final", "ITO steps alone (t_u=15, k=1)", "ito-alone", None, "-", "-"),
+        R("final", f"ITO steps alone (t_u={T_U}, k={K})", "ito-alone", None, "-", "-"),
     ]
     return tasks, rows
 

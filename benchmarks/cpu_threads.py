@@ -1,6 +1,6 @@
 """Edit time on the CPU with one torch thread against all cores, on an idle and on a loaded machine.
 
-    python benchmarks/cpu_threads.py [--request text_000] [--repeats 3] [--steps 25] [--json out.json]
+    python -m benchmarks.cpu_threads [--request text_000] [--repeats 3] [--steps 25] [--json out.json]
 
 One bundled toy-world edit (`builtin:toyworld`, the quickstart's model and settings, 64 px) is run
 in this process with `torch.set_num_threads(1)` and with `torch.set_num_threads(os.cpu_count())`,
@@ -21,10 +21,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -38,7 +37,7 @@ def _spin(stop) -> None:
             x += 1
 
 
-def _module(steps: int, output_dir: str):
+def _module(steps: Optional[int], output_dir: str):
     from conditioners import ControlNetConditioner
     from framework.backbones.loading import TOYWORLD
     from framework.backbones.sd import StableDiffusion
@@ -47,7 +46,9 @@ def _module(steps: int, output_dir: str):
     from framework.lightning.module import EditModule
 
     quiet_libraries()
-    t_u = round(steps * 15 / 25)  # the paper's t_u = 15 of 25 steps, scaled with --steps
+    default_t_u, default_steps = ITOConfig().update_steps, SamplingConfig().steps
+    steps = steps or default_steps
+    t_u = round(steps * default_t_u / default_steps)  # the default t_u, scaled to --steps
     module = EditModule(StableDiffusion(TOYWORLD), [ControlNetConditioner("pose", TOYWORLD),
                                                     ControlNetConditioner("scribble", TOYWORLD)],
                         sampling=SamplingConfig(steps=steps), mask=MaskConfig(threshold=0.5),
@@ -86,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--request", default="text_000", help="id of a request of experiments/examples")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps (the paper's 25; t_u scales with it)")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the product's; t_u scales with it)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
 
@@ -109,7 +110,7 @@ def main() -> None:
         for p in spinners:
             p.join()
 
-    print(f"{cores} cores, request {args.request}, {args.steps} steps, {args.repeats} repeats; "
+    print(f"{cores} cores, request {args.request}, {module.sampling.steps} steps, {args.repeats} repeats; "
           f"1-min load average before the first rows: {load_before:.2f}")
     print(f"| machine | 1 thread (s) | {cores} threads (s) | {cores} threads / 1 thread |")
     print("|---|---|---|---|")

@@ -1,13 +1,14 @@
 """Edit speed on the CPU, per stage, ours against diffusers on the same tiny SD-geometry model.
 
-    python benchmarks/edit_speed.py --sizes 64 256 --repeats 3 [--threads 2] [--json out.json]
+    python -m benchmarks.edit_speed --sizes 64 256 --repeats 3 [--threads 2] [--json out.json]
 
 The tiny model (`framework.toy.tiny`: UNet (32, 64), /8 VAE, CLIP text, a ControlNet) is written to a
 temporary folder and loaded through `framework.backbones.loading.StableDiffusion` and the project's
 conditioners; diffusers' `StableDiffusionDiffEditPipeline` (DDIMScheduler + DDIMInverseScheduler)
 and `StableDiffusionControlNetImg2ImgPipeline` are built from the very same modules. Every stage
-is run at the paper's settings (25 steps, CFG 7.5, inversion guidance 1, mask n = 10 from strength
-0.5, t_u = 15, k = 1, lam = 0.6), ours and diffusers' interleaved, `--repeats` times (the order
+is run at the product's defaults, read from framework.core.settings (today 25 steps, CFG 7.5, inversion
+guidance 1, t_u = 15, k = 2), with lam = 0.6 and the paper's mask (n = 10 from strength 0.5, DiffEdit's own
+setting) on both sides of the mask rows, ours and diffusers' interleaved, `--repeats` times (the order
 reverses every repeat); the table shows medians. Per-stage rows give diffusers the same VAE
 latents x0 as ours (their VAE encode is skipped), so they time the denoising loops; the 'total'
 rows run whole procedures from pixels (EditModule.edit against generate_mask + invert + __call__,
@@ -35,9 +36,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 import torch  # noqa: E402
 
 

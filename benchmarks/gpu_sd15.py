@@ -1,8 +1,8 @@
 """A full paper-setting edit at SD 1.5 size on one GPU, ours against diffusers' DiffEdit, per stage.
 
-    python benchmarks/gpu_sd15.py                                  # H100: 512 px, fp16 and bf16
-    python benchmarks/gpu_sd15.py --channels-last --compile --dtypes fp16
-    python benchmarks/gpu_sd15.py --device cpu --size 64 --tiny    # a quick check on the CPU
+    python -m benchmarks.gpu_sd15                                  # H100: 512 px, fp16 and bf16
+    python -m benchmarks.gpu_sd15 --channels-last --compile --dtypes fp16
+    python -m benchmarks.gpu_sd15 --device cpu --size 64 --tiny    # a quick check on the CPU
 
 No downloads: the SD 1.5 UNet, its ControlNet (`ControlNetModel.from_unet`), the VAE and the CLIP
 ViT-L/14 text encoder are built from their published configs (written below) with random weights,
@@ -12,7 +12,8 @@ so timings and memory are those of the real networks; the tokenizer is the proje
 
 Per precision (weights cast to fp16 / bf16, as diffusers' `torch_dtype`): the whole edit at the
 paper's settings (25 steps, encode ratio 1, mask from n = 10 seeds decoded from strength 0.5 with
-CFG 7.5 (Eq. 7) under the pose ControlNet, guidance image, final decode with ITO t_u = 15, k = 1),
+CFG 7.5 (Eq. 7) under the pose ControlNet, guidance image, final decode with ITO at the defaults of
+framework.core.settings.ITOConfig),
 timed per stage with peak GPU memory (torch.cuda.max_memory_allocated, reset per stage), against
 DiffEdit's generate_mask + invert + __call__ from the same pixels; then the per-stage like-for-like
 table of benchmarks/edit_speed.py. One untimed warm-up first (it also compiles, with --compile),
@@ -34,9 +35,8 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 import torch  # noqa: E402
 
 # --------------------------------------------------------------------------- published configs

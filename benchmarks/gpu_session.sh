@@ -29,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 python3 -c "import torch, diffusers, transformers, lightning; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__)" >>"$log" 2>&1
 
 # 1. Issue 6's headline: the paper-setting edit at 512 px, fp16 then bf16, per stage, against DiffEdit.
-step 200 "gpu_sd15 fp16 bf16" python3 benchmarks/gpu_sd15.py --max-seconds 140 --json "$out/gpu_sd15.json"
+step 200 "gpu_sd15 fp16 bf16" python3 -m benchmarks.gpu_sd15 --max-seconds 140 --json "$out/gpu_sd15.json"
 
 # 2. The framework as a user runs it, on the GPU (16-mixed by default there): the quickstart.
 qs=/tmp/quickstart_gpu
@@ -38,7 +38,7 @@ step 80 "quickstart on the GPU" python3 -m framework fit --config experiments/qu
 tar czf "$out/quickstart.tgz" -C /tmp quickstart_gpu 2>>"$log"
 
 # 3. A 1024 px edit's peak memory with and without attention slicing / VAE tiling.
-step 110 "large_image 1024 px" python3 benchmarks/large_image.py --size 1024 --variants both off --timeout 95 --json "$out/large_image.json"
+step 110 "large_image 1024 px" python3 -m benchmarks.large_image --size 1024 --variants both off --timeout 95 --json "$out/large_image.json"
 
 # 4. The toy model's stage 2 continued on the GPU from the bundled weights.
 step 200 "toy model fine-tune" python3 -m framework.toy.model fit --config experiments/toyworld/finetune_diffusion_gpu.yaml \
@@ -49,7 +49,7 @@ find outputs/toymodel/gpu_run -name metrics.csv -exec cp {} "$out/train_metrics.
 # 5. With what is left: channels_last on the whole edit.
 left=$(( 570 - ($(date +%s) - start) ))
 if [ "$left" -gt 60 ]; then
-    step $(( left - 10 )) "gpu_sd15 fp16 channels_last" python3 benchmarks/gpu_sd15.py --dtypes fp16 --channels-last \
+    step $(( left - 10 )) "gpu_sd15 fp16 channels_last" python3 -m benchmarks.gpu_sd15 --dtypes fp16 --channels-last \
         --no-stages --repeats 2 --max-seconds $(( left - 40 ))
 fi
 say "done"

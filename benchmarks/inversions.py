@@ -1,7 +1,7 @@
 """Reconstruction of each inversion under CFG: invert the input, decode under C_0, compare with the input.
 
-    python benchmarks/inversions.py [--edits 40] [--split test] [--steps 25] [--cfg 7.5] [--json out.json]
-    python benchmarks/inversions.py --quickstart     # the quickstart's four edits, whole, per inversion
+    python -m benchmarks.inversions [--edits 40] [--split test] [--steps 25] [--cfg 7.5] [--json out.json]
+    python -m benchmarks.inversions --quickstart     # the quickstart's four edits, whole, per inversion
 
 For every toy-world edit of the split (framework.toy.datasets.ToyEditDataModule's seeds), the input is
 VAE-encoded, inverted with each inversion plugin (framework.stages.inversions) and decoded under the source
@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -134,13 +132,15 @@ def quickstart(names: list[str]) -> dict:
 
 def main(argv=None) -> dict:
     import framework.stages.inversions as inv
+    from framework.core.settings import SamplingConfig
     from framework.toy.datasets import ToyEditDataModule
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edits", type=int, default=40)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--cfg", type=float, default=7.5)
+    parser.add_argument("--steps", type=int, default=SamplingConfig().steps, help="DDIM steps (default: the product's)")
+    parser.add_argument("--cfg", type=float, default=SamplingConfig().guidance_scale,
+                        help="CFG scale of the decode (default: the product's)")
     parser.add_argument("--pretrained", default="builtin:toyworld")
     parser.add_argument("--only", nargs="*", default=list(INVERSIONS))
     parser.add_argument("--json", type=Path, default=None)

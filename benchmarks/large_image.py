@@ -1,8 +1,8 @@
 """Peak memory of a large-image edit with and without the backbone's memory options, side by side.
 
-    python benchmarks/large_image.py                                   # GPU: SD 1.5 size, 1024 px, fp16
-    python benchmarks/large_image.py --attention classic               # against diffusers' classic attention
-    python benchmarks/large_image.py --device cpu --tiny --size 512 --steps 3 --seeds 2   # CPU check (tiny)
+    python -m benchmarks.large_image                                   # GPU: SD 1.5 size, 1024 px, fp16
+    python -m benchmarks.large_image --attention classic               # against diffusers' classic attention
+    python -m benchmarks.large_image --device cpu --tiny --size 512 --steps 3 --seeds 2   # CPU check (tiny)
 
 The models are benchmarks/gpu_sd15.py's (SD 1.5-size UNet, ControlNet, VAE and CLIP text encoder
 from their published configs with random weights, or `--tiny`: framework.toy.tiny's). The edit is
@@ -36,9 +36,8 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 import torch  # noqa: E402
 
 VARIANTS = ("off", "attention_slicing", "vae_tiling", "both")
@@ -81,7 +80,7 @@ def options(variant: str, args) -> dict:
 
 def vae_child(args, device, dtype) -> dict:
     """One variant, VAE only: VAE-encode the toy image at --size and decode its latents, each measured."""
-    import gpu_sd15 as G
+    from benchmarks import gpu_sd15 as G
     from diffusers import AutoencoderKL
 
     from framework.backbones.sd import StableDiffusion
@@ -108,7 +107,7 @@ def vae_child(args, device, dtype) -> dict:
 
 def child(args) -> dict:
     """One variant in this process: build, apply the options, run the edit once, measure."""
-    import gpu_sd15 as G
+    from benchmarks import gpu_sd15 as G
 
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
@@ -159,9 +158,10 @@ def run_children(args, argv: list[str]) -> list[dict]:
         if left <= 0:
             print(f"[{variant}] skipped: past --timeout", flush=True)
             continue
-        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", variant]
+        command = [sys.executable, "-m", "benchmarks.large_image", *argv, "--child", variant]
         try:
-            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=left)  # stderr shows
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=left,
+                                  cwd=Path(__file__).resolve().parents[1])  # stderr shows
         except subprocess.TimeoutExpired:
             print(f"[{variant}] stopped: past --timeout", flush=True)
             continue

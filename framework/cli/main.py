@@ -41,6 +41,24 @@ def _plots(argv: list[str]) -> None:
     main(argv)
 
 
+def _fit_auto_lam(argv: list[str]) -> None:
+    from framework.evaluation.auto_lam_fit import main
+
+    main(argv)
+
+
+def _cost_quality(argv: list[str]) -> None:
+    from framework.evaluation.cost_quality import main
+
+    main(argv)
+
+
+def _gates(argv: list[str]) -> None:
+    from framework.toy.model.gate_report import main
+
+    main(argv)
+
+
 def _demo(argv: list[str]) -> None:
     from framework.cli.demo import main
 
@@ -68,6 +86,9 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "fronts": (_fronts, "trade-off fronts of finished sweeps (one line per method)"),
     "paired": (_paired, "paired comparison of a sweep's settings against a base run"),
     "plots": (_plots, "each metric against lam, t_u or k over several runs"),
+    "fit-auto-lam": (_fit_auto_lam, "fit the constants of `lam: auto` on a lam study's per-edit results"),
+    "cost-quality": (_cost_quality, "cost against quality of a cost sweep, each run beside the unreduced one"),
+    "gates": (_gates, "the toy model's quality gates, each measured value against its gate"),
     "demo": (_demo, "the interactive editing page (needs the [demo] extra)"),
     "condition-map": (_condition_map, "draw a pose map from keypoints or detect a map in a photo"),
     "toy-examples": (_toy_examples, "write toy-world edit requests (a manifest with images and maps)"),

@@ -33,9 +33,7 @@ class SamplingConfig:
     negative_prompt: str = ""
     """Prompt of the unconditional half of classifier-free guidance."""
     guidance_rescale: float = 0.0
-    """phi of guidance rescale (Lin et al. 2024): each CFG noise prediction is brought back towards the
-    standard deviation of its conditional half, eps <- phi * eps * std(cond) / std(eps) + (1 - phi) * eps,
-    which curbs the colour drift of high CFG scales; 0 = plain CFG (the paper)."""
+    """phi of guidance rescale (Lin et al. 2024), against the colour drift of high CFG; 0 = plain CFG (the paper)."""
 
     def __post_init__(self):
         _check(self.steps >= 1, f"sampling.steps must be >= 1, got {self.steps}.")
@@ -48,18 +46,10 @@ class SamplingConfig:
 
 @dataclass
 class MaskConfig:
-    """Edit-mask estimation from noise-prediction differences (paper Eq. 7; DiffEdit as an option).
-
-    The defaults are the cost setting: n = 4 seeds on a 10-step grid (5 decode steps), 80 UNet
-    sample-evaluations against the paper's 480 (n = 10 on the 25-step grid: 12 decode steps), chosen on
-    the toy world's ground truth as the cheapest measured setting within 250 per text edit whose edits
-    and masks stayed within the noise of the paper's (docs/performance_cost.md). The paper's procedure
-    is `paper_literal_mask()` and experiments/paper_literal.yaml.
-    """
+    """Edit-mask estimation from noise-prediction differences (paper Eq. 7; DiffEdit as an option; docs/settings.md)."""
 
     seeds: int = 4
-    """n: number of random-noise encodings averaged (paper and DiffEdit: 10; 4 changed the toy-world masks
-    and edits by less than their noise, docs/performance_cost.md)."""
+    """n: random-noise encodings averaged (paper and DiffEdit: 10)."""
     strength: float = 0.5
     """Noise level the input is encoded to for the mask, as a fraction of the schedule (DiffEdit: 0.5)."""
     threshold: float = 0.1
@@ -67,35 +57,25 @@ class MaskConfig:
     smoothing: float = 1.0
     """Sigma of the Gaussian smoothing, in latent pixels; 0 turns it off."""
     compare_at: str = "last"
-    """'last': decode both conditions to the last step and compare eps there (Eq. 7);
-    'first': compare at the single encoded step (DiffEdit)."""
+    """'last': compare eps after decoding both conditions (Eq. 7); 'first': at the encoded step (DiffEdit)."""
     normalize: str = "minmax"
     """'minmax': scale the map to [0, 1]; 'mean_ratio': clip at mean_ratio x mean and divide (DiffEdit)."""
     mean_ratio: float = 3.0
     """Clip level of 'mean_ratio' normalisation, in multiples of the mean."""
     guidance_scale: Optional[float] = None
-    """CFG scale of the mask decodes; None = sampling.guidance_scale (the paper's 7.5). 1: no CFG, half the
-    UNet samples; on the toy world it cost mask recall together with n = 4 and the 10-step grid
-    (docs/performance_cost.md), so the default keeps CFG."""
+    """CFG scale of the mask decodes; None = sampling.guidance_scale."""
     steps: Optional[int] = 10
-    """Cost: DDIM steps of the mask's own, coarser schedule (it decodes strength x steps of them: 5 of 10);
-    None, or more than sampling.steps = sampling.steps' grid (the paper's 25: 12 decode steps)."""
+    """DDIM steps of the mask's own coarser schedule (it decodes strength x steps); None = sampling.steps."""
     resolution: float = 1.0
-    """Cost: estimate the mask on the input resized by this factor (0 < r <= 1; the map is then
-    upsampled to the latent grid); 1 = full resolution."""
+    """Estimate the mask on the input resized by this factor in (0, 1]; 1 = full resolution."""
     early_stop_iou: Optional[float] = None
-    """Cost: add seeds in groups of `seed_group` and stop once the binary mask's IoU with the previous
-    group's exceeds this (1.0 never stops); None = all n seeds in one batch per step."""
+    """Add seeds in groups until the mask's IoU with the previous group's exceeds this; None = all n at once."""
     seed_group: int = 2
-    """Seeds per group when early_stop_iou is set (at least two groups run before a stop)."""
+    """Seeds per group when early_stop_iou is set."""
     given: str = "cover"
-    """How a given mask (the request's own, white = edit) is brought to the latent grid: 'cover': a
-    latent pixel is in the edit region when any image pixel of its block is, so all that was marked
-    may change; 'area': when more than half of its block is (thin or small regions can vanish: on the toy
-    world's true edit regions at /4 it kept 42-56 % of the marked pixels and emptied 23 of 200)."""
+    """A given mask on the latent grid: 'cover' (any marked pixel of a block) or 'area' (more than half of it)."""
     cache_dir: Optional[str] = None
-    """Store each estimated soft mask in this folder, keyed by everything it depends on, and reuse it
-    (the runs of a sweep share their masks); None: no cache. Given masks are never cached."""
+    """Folder where estimated soft masks are stored and reused (runs of a sweep share them); None: no cache."""
 
     def __post_init__(self):
         _check(self.seeds >= 1, f"mask.seeds must be >= 1, got {self.seeds}.")
@@ -130,46 +110,27 @@ class ITOConfig:
     update_steps: int = 15
     """t_u: ITO runs at each of the first t_u decoding steps."""
     inner_steps: int = 2
-    """k: optimiser steps per timestep. 2 (default): with Adam's ~lr-sized steps, k = 1 (the paper) gives the
-    guidance pull too small a budget for lam = 0 to reach G (its L1 to G stays at 0.4-0.8 of the input's;
-    k = 2 brings it to about 0.1, docs/lam.md); experiments/paper_literal.yaml sets 1."""
+    """k: optimiser steps per timestep (the paper: 1; experiments/paper_literal.yaml)."""
     keep_optimizer_state: bool = False
-    """False: a fresh optimiser at every timestep (Adam's first step ~ lr * sign(grad)).
-    True: one optimiser, and its moments, kept across the timesteps of the decode."""
+    """False: a fresh optimiser at every timestep; True: one optimiser (and its moments) for the whole decode."""
     balance: str = "gradient"
-    """'gradient' (default): bring each loss's gradient to unit RMS before the lam mix, so lam is the ratio
-    of their pulls whatever the losses' scales and the latent's size. 'none' (the paper): step along the
-    gradient of lam * L_pres + (1 - lam) * L_guid (Eq. 6), where the losses' scales decide what lam does."""
+    """'gradient': each loss's gradient at unit RMS before the lam mix; 'none': Eq. 6 as printed (the paper)."""
     loss_mask: str = "binary"
-    """Mask the ITO losses see: 'binary' (the thresholded Eq. 7 mask, or the given one) or 'soft' (the
-    Eq. 7 map before thresholding, where it was estimated; a given mask stays binary)."""
+    """Mask the ITO losses see: 'binary' (thresholded Eq. 7 mask, or the given one) or 'soft' (the map before it)."""
     first_step: str = "skip"
-    """'skip' (default): no ITO at the final decode's first step, where y_t is exactly x_t, so the
-    preservation gradient is zero and the guidance alone would move the whole latent, background
-    included, by a full step whatever lam. 'optimize' (the paper): ITO from the first step."""
+    """'skip': no ITO at the final decode's first step (where y_t = x_t); 'optimize' (the paper): ITO from it."""
     lam_end: Optional[float] = None
-    """lam at the last ITO step (step t_u - 1): lam then moves linearly from the edit's lam at the first ITO
-    step to lam_end, e.g. guidance early and preservation late with t_u = steps and lam_end = 1; None: the
-    edit's lam at every step (the paper)."""
+    """lam at the last ITO step, moving linearly from the edit's lam; None: the edit's lam throughout (the paper)."""
     blend: str = "after"
-    """Latent blending outside the mask (DiffEdit's way) in the steps ITO does not reach: 'after' (default): from
-    step t_u on, y_t <- y_t + w (1 - m) (x_t - y_t) before each step and the same with x_0 at the end, so the
-    background is pulled back onto the input's own inversion instead of drifting under CFG (docs/background.md);
-    'none' (the paper): the steps after t_u decode freely."""
+    """'after': pull the latents outside the mask back to the input's after t_u (DiffEdit's way); 'none' (the paper)."""
     blend_weight: Optional[float] = None
-    """w of the blend: None: the edit's lam at its last ITO step, so lam stays the dial (1: the background ends
-    on the input as DiffEdit's; 0: no blend, the edit lands on G); a number in [0, 1]: that weight always."""
+    """w of the blend in [0, 1]; None: the edit's lam at its last ITO step."""
     feather: float = 0.0
-    """Sigma, in latent pixels, of the blend's soft edge: m becomes m * blur(m), so the blend reaches into the
-    edit region's border and never past it (no seam, the background outside m untouched); 0: the hard mask."""
+    """Sigma, in latent pixels, of the blend's soft edge inside the mask; 0: the hard mask."""
     blend_margin: int = 1
-    """Latent pixels the mask is grown by before the blend (a square of side 2 margin + 1): the ring is held by
-    ITO's preservation up to t_u and then decodes freely, so the edit can finish what the mask missed at its
-    border (1, default: on the toy world target L1 -0.009 at +0.001 background, docs/background.md); 0: the
-    mask as is, DiffEdit's blend."""
+    """Latent pixels the mask is grown by before the blend; 0: the mask as is (DiffEdit's blend)."""
     outside_guidance_scale: Optional[float] = None
-    """CFG scale outside the mask in the steps after t_u (inside it stays sampling.guidance_scale): 1 decodes
-    the background under the condition alone, where CFG drifts it from the inversion; None: one scale."""
+    """CFG scale outside the mask in the steps after t_u (1: condition alone); None: one scale."""
 
     def __post_init__(self):
         _check(self.update_steps >= 0, f"update_steps (t_u) must be >= 0, got {self.update_steps}.")
@@ -200,12 +161,7 @@ class GuidanceConfig:
     encode_ratio: Optional[float] = None
     """Noise level of its random-noise encoding; None = sampling.encode_ratio."""
     reference: str = "decode"
-    """g_t, what the guidance loss compares y_t with: 'decode' (default: the latents G's own decode had at each
-    timestep, after its ITO step; G's inversion fills the timesteps that decode did not visit; with `refine`,
-    the refined G's inversion is used) or 'inversion' (the paper: G DDIM-inverted under C_EDIT). The final
-    decode runs the same CFG decode, so with 'decode' a y_t that reaches g_t at step t_u goes on to G
-    itself, which the inversion (made without CFG) does not ensure: at lam = 0 it is what lets the edit
-    land on G (docs/lam.md)."""
+    """g_t of the guidance loss: 'decode' (G's own decode latents) or 'inversion' (G DDIM-inverted, the paper)."""
     refine: bool = False
     """Refine the guidance image with ITO at lam = 0 towards the input (A.5)."""
     refine_update_steps: int = 6
@@ -242,19 +198,9 @@ def check_steps(sampling: SamplingConfig, ito: Optional[ITOConfig], guidance: Op
 
 @dataclass
 class AutoLam:
-    """`lam: auto`: lambda per edit from its mask area and whether the edit changes the prompt.
+    """`lam: auto`: lam = clip(intercept + slope * area + prompt_change * [prompt changes], low, high) per edit.
 
-    lam = clip(intercept + slope * area + prompt_change * [the prompt changes], low, high).
-
-    `area` is the fraction of the (latent-resolution) edit mask that is edit region, in [0, 1].
-    The paper (A.3) observes that larger masks go with larger changes, i.e. harder edits, which
-    need more of the guidance image (lower lam), while small edits do well with lam = 1 (Sec. 3.2).
-    Whether the edit prompt differs from the source prompt is the second reading of the task: an edit
-    that only moves a pose or a scribble has its shape drawn in G by the spatial condition, a text edit
-    depends on how well the model draws what it is told. The defaults were fitted on 400 toy 'val'
-    edit-seeds for the target L1 inside the true edit region (benchmarks/fit_auto_lam.py, docs/lam.md):
-    a spatial-only edit gets lam = 1 - 4 area (0.6 at 10 %, the floor 0.3 from 17.5 %), a text edit
-    lam 1 (no guidance image) up to 15 % and 0.6 at 25 %. Fit them per domain from a lam study.
+    Fit the constants per domain from a lam study: `python -m framework fit-auto-lam` (docs/settings.md, docs/lam.md).
     """
 
     intercept: float = 1.0

@@ -129,33 +129,32 @@ def value_at(rows: list[dict], method: str, x_key: str, y_key: str, x: float) ->
     return next((y for xv, y in line if xv == x), None)
 
 
-def draw_front(rows: list[dict], x_key: str, y_key: str, path: Path) -> Path:
-    """One line per method through its points, each with its 95 % intervals in both metrics."""
-    from framework.evaluation.plots import PALETTE, _Canvas
+def draw_front(rows: list[dict], x_key: str, y_key: str, path: Path):
+    """One line per method through its points, each with its 95 % intervals in both metrics; returns the PlotInfo
+    (its `figure` is the matplotlib Figure, `series` the number of points per method)."""
+    from framework.evaluation.plots import PALETTE, PlotInfo, new_axes, save
 
     used = [r for r in rows if x_key in r and y_key in r]
-    xs = [v for r in used for v in r[x_key]]
-    ys = [v for r in used for v in r[y_key]]
-    canvas = _Canvas(xs, ys, f"{y_key} vs {x_key} (95 % bootstrap intervals over edits)", x_key, y_key)
-    legend = []
-    methods = sorted({r["method"] for r in used})
-    for n, method in enumerate(methods):
+    figure, axes = new_axes(f"{y_key} vs {x_key} (95 % bootstrap intervals over edits)", x_key, y_key)
+    info = PlotInfo(Path(path), figure=figure)
+    for n, method in enumerate(sorted({r["method"] for r in used})):
         colour = PALETTE[n % len(PALETTE)]
         line = [r for r in used if r["method"] == method]
-        legend.append((f"{method} ({line[0]['knob']})", colour))
-        centres = [canvas.px(r[x_key][0], r[y_key][0]) for r in line]
-        if len(centres) > 1:
-            canvas.draw.line(centres, fill=colour, width=2)
-        for r, (cx, cy) in zip(line, centres):
-            (_, xl, xh), (_, yl, yh) = r[x_key], r[y_key]
-            canvas.draw.line([canvas.px(xl, r[y_key][0]), canvas.px(xh, r[y_key][0])], fill=colour)
-            canvas.draw.line([canvas.px(r[x_key][0], yl), canvas.px(r[x_key][0], yh)], fill=colour)
-            canvas.draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
-            canvas.draw.text((cx + 5, cy - 12), f"{r['value']:g}", fill=colour)
-    canvas.legend(legend)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.image.save(path, format="PNG")
-    return path
+        label = f"{method} ({line[0]['knob']})"
+        xs, ys = [r[x_key][0] for r in line], [r[y_key][0] for r in line]
+        xerr = [[x - r[x_key][1] for x, r in zip(xs, line)], [r[x_key][2] - x for x, r in zip(xs, line)]]
+        yerr = [[y - r[y_key][1] for y, r in zip(ys, line)], [r[y_key][2] - y for y, r in zip(ys, line)]]
+        axes.errorbar(xs, ys, xerr=xerr, yerr=yerr, color=colour, marker="o", markersize=4, linewidth=1.5,
+                      elinewidth=0.8, label=label)
+        for r, x, y in zip(line, xs, ys):
+            axes.annotate(f"{r['value']:g}", (x, y), xytext=(4, 5), textcoords="offset points", color=colour,
+                          fontsize=7)
+        info.series[label] = len(line)
+        info.points += list(zip(xs, ys))
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.subplots_adjust(left=0.1, right=0.7)
+    save(figure, info.path)
+    return info
 
 
 def _cell(stat: Optional[tuple[float, float, float]]) -> str:
@@ -171,7 +170,8 @@ def write_fronts(folder: Path, pairs: Sequence[tuple[str, str]] = PAIRS,
         raise EditError(f"'{folder}' holds no finished run (summary.json + results.csv); run the sweep first.")
     rows, ids = front_table(points, pairs)
     out = folder / "fronts"
-    paths = [draw_front(rows, x, y, out / f"{x.replace('/', '_')}_vs_{y.replace('/', '_')}.png") for x, y in pairs]
+    paths = [draw_front(rows, x, y, out / f"{x.replace('/', '_')}_vs_{y.replace('/', '_')}.png").path
+             for x, y in pairs]
     keys = sorted({k for pair in pairs for k in pair})
     md = [f"Means over the {len(ids)} edits every run scored, with 95 % bootstrap intervals (1000 resamples of "
           "the edits; a metric some edits lack, e.g. the classifier's, is averaged over those that have it).", "",
@@ -201,7 +201,7 @@ def publish(folder: Path, paths: list[Path], page: Path) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
-    parser = argparse.ArgumentParser(prog="python -m framework.evaluation.fronts", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m framework fronts", description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="a sweep's output folder (its runs' folders inside)")
     parser.add_argument("--pair", nargs=2, action="append", metavar=("X", "Y"), default=None,
                         help="a pair of metric keys (repeatable; default: background L1 vs target L1 and new class)")

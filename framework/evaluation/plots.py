@@ -1,7 +1,7 @@
-"""Plots of each metric against lam, t_u or k over several runs (PNG, drawn with Pillow).
+"""Plots of each metric against lam, t_u or k over several runs (PNG, drawn with matplotlib).
 
-    python -m framework.evaluation.plots outputs/eval/lam_sweep --out outputs/eval/lam_sweep/plots
-    python -m framework.evaluation.plots runA/results.csv runB/ --x lam
+    python -m framework plots outputs/eval/lam_sweep --out outputs/eval/lam_sweep/plots
+    python -m framework plots runA/results.csv runB/ --x lam
 
 A source is a run's `results.csv`, a run folder (its results.csv), or a folder of run folders (a
 sweep). Each edit of each run is a point: x its lam (results.csv), t_u or k (the run's
@@ -9,6 +9,8 @@ summary.json: ito.update_steps, ito.inner_steps), y its metric. Runs with the sa
 other parameters form a series, drawn as a line through the mean at each x; a run whose x varies
 from edit to edit (lam: auto) is drawn as its own series of points with a dashed line at its mean.
 One PNG per metric and axis that varies: `<metric>_vs_<axis>.png` ('/' in names becomes '_').
+Needs matplotlib (the `[eval]` extra); each plot's `PlotInfo.figure` is the matplotlib Figure, to restyle
+or save again.
 """
 
 from __future__ import annotations
@@ -23,16 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from PIL import Image, ImageDraw
-
 from framework.core.errors import EditError
 
 AXES = {"lam": ("lam",), "t_u": ("ito", "update_steps"), "k": ("ito", "inner_steps")}
 """Plot axes and where a run's summary.json parameters hold them."""
 _NOT_METRICS = {"id", "method", "lam", "run", *AXES}
-PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
-           (140, 86, 75), (227, 119, 194)]
-SIZE, MARGIN = (720, 460), (70, 170, 40, 50)  # image; margins left, right (legend), top, bottom
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+"""Series colours, in order (matplotlib's tab10, reordered so the first two contrast)."""
+SIZE, DPI = (7.2, 4.6), 100  # inches and dots per inch: 720 x 460 pixels
 
 
 @dataclass
@@ -46,12 +46,13 @@ class EditRow:
 
 @dataclass
 class PlotInfo:
-    """What a plot shows, with pixel positions (for checks): one point per edit, one mean per series and x."""
+    """What a plot shows, in data coordinates: one point per edit, one mean per series and x; and its figure."""
 
     path: Path
-    points: list[tuple[int, int]] = field(default_factory=list)
-    means: list[tuple[int, int]] = field(default_factory=list)
+    points: list[tuple[float, float]] = field(default_factory=list)
+    means: list[tuple[float, float]] = field(default_factory=list)
     series: dict[str, int] = field(default_factory=dict)  # label -> number of points
+    figure: Any = None  # the matplotlib Figure that was saved
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -117,75 +118,43 @@ def read_sources(sources: Sequence[str | Path]) -> list[EditRow]:
 # ---------------------------------------------------------------------------------- drawing
 
 
-def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
-    """At most about `count` round tick values within [low, high] (steps of 1, 2, 2.5 or 5 x 10^n)."""
-    raw = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step - 1e-9) * step
-    return [round(first + i * step, 10) for i in range(int((high - first) / step + 1e-9) + 1)]
+class PlotsUnavailable(EditError):
+    """matplotlib is not installed."""
 
 
-def _limits(values: list[float]) -> tuple[float, float]:
-    low, high = min(values), max(values)
-    pad = (high - low) * 0.06 if high > low else max(abs(low) * 0.1, 0.5)
-    return low - pad, high + pad
+def new_axes(title: str, x_name: str, y_name: str):
+    """A figure of SIZE at DPI with one axes, titled and labelled (matplotlib's object API, Agg: no display)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlotsUnavailable("plots need matplotlib, which is not installed: pip install 'ito-edit[eval]' "
+                               "(or pip install matplotlib).") from None
+    figure = Figure(figsize=SIZE, dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title(title, fontsize=9)
+    axes.set_xlabel(x_name)
+    axes.set_ylabel(y_name)
+    axes.grid(True, color="0.88")
+    return figure, axes
+
+
+def save(figure, path: Path) -> Path:
+    """Write the figure as PNG (SIZE at DPI, so every plot has the same pixel size), creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=DPI)
+    return path
 
 
 def _label(value: float) -> str:
     return f"{value:.4g}"
 
 
-class _Canvas:
-    """A plot area mapping data coordinates to pixels, with axes, ticks and a legend."""
-
-    def __init__(self, xs: list[float], ys: list[float], title: str, x_name: str, y_name: str):
-        self.image = Image.new("RGB", SIZE, "white")
-        self.draw = ImageDraw.Draw(self.image)
-        self.x_range, self.y_range = _limits(xs), _limits(ys)
-        left, right, top, bottom = MARGIN
-        self.box = (left, top, SIZE[0] - right, SIZE[1] - bottom)
-        self._axes(title, x_name, y_name)
-
-    def px(self, x: float, y: float) -> tuple[int, int]:
-        (x0, x1), (y0, y1), (left, top, right, bottom) = self.x_range, self.y_range, self.box
-        return (round(left + (x - x0) / (x1 - x0) * (right - left)),
-                round(bottom - (y - y0) / (y1 - y0) * (bottom - top)))
-
-    def _axes(self, title: str, x_name: str, y_name: str) -> None:
-        left, top, right, bottom = self.box
-        draw, grey = self.draw, (225, 225, 225)
-        for x in nice_ticks(*self.x_range):
-            px = self.px(x, self.y_range[0])[0]
-            if left <= px <= right:
-                draw.line([(px, top), (px, bottom)], fill=grey)
-                draw.text((px, bottom + 6), _label(x), fill="black", anchor="mt")
-        for y in nice_ticks(*self.y_range):
-            py = self.px(self.x_range[0], y)[1]
-            if top <= py <= bottom:
-                draw.line([(left, py), (right, py)], fill=grey)
-                draw.text((left - 6, py), _label(y), fill="black", anchor="rm")
-        draw.rectangle(self.box, outline="black")
-        draw.text(((left + right) // 2, 12), title, fill="black", anchor="mt")
-        draw.text(((left + right) // 2, SIZE[1] - 14), x_name, fill="black", anchor="mt")
-        draw.text((8, top - 16), y_name, fill="black")
-
-    def legend(self, entries: list[tuple[str, tuple[int, int, int]]]) -> None:
-        x, y = self.box[2] + 14, self.box[1]
-        for label, colour in entries:
-            self.draw.rectangle([x, y + 2, x + 10, y + 12], fill=colour)
-            self.draw.text((x + 16, y + 1), label[:24], fill="black")
-            y += 18
-
-
 def _natural(item: tuple[str, Any]) -> list:
     """Sort key of a series label with its numbers compared as numbers ('t_u=5' before 't_u=15')."""
     return [(0, float(part), "") if re.fullmatch(r"\d+(\.\d+)?", part) else (1, 0.0, part)
             for part in re.split(r"(\d+(?:\.\d+)?)", item[0]) if part]
-
-
-def _lighter(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(round(c + (255 - c) * 0.55) for c in colour)
 
 
 def _series(rows: list[EditRow], x: str, others: list[str]) -> dict[str, tuple[list[EditRow], bool]]:
@@ -210,35 +179,29 @@ def plot_metric(rows: list[EditRow], x: str, metric: str, path: str | Path,
     if not rows:
         raise EditError(f"no edit has both '{x}' and '{metric}' to plot.")
     others = [o for o in (others or []) if o != x]
-    canvas = _Canvas([r.params[x] for r in rows], [r.metrics[metric] for r in rows],
-                     f"{metric} vs {x} ({len(rows)} edit scores, {len({r.run for r in rows})} runs)", x, metric)
-    info, legend = PlotInfo(Path(path)), []
+    figure, axes = new_axes(f"{metric} vs {x} ({len(rows)} edit scores, {len({r.run for r in rows})} runs)",
+                            x, metric)
+    info = PlotInfo(Path(path), figure=figure)
     for n, (label, (series_rows, varies)) in enumerate(sorted(_series(rows, x, others).items(), key=_natural)):
         colour = PALETTE[n % len(PALETTE)]
-        legend.append((label, colour))
         info.series[label] = len(series_rows)
+        points = [(r.params[x], r.metrics[metric]) for r in series_rows]
         if varies:  # e.g. lam: auto: where its edits fall, and its mean as a dashed level
-            mean = sum(r.metrics[metric] for r in series_rows) / len(series_rows)
-            y = canvas.px(canvas.x_range[0], mean)[1]
-            for start in range(canvas.box[0], canvas.box[2], 12):
-                canvas.draw.line([(start, y), (min(start + 6, canvas.box[2]), y)], fill=colour, width=2)
+            axes.axhline(sum(y for _, y in points) / len(points), color=colour, linestyle="--", linewidth=1.5,
+                         label=label)
+            axes.scatter(*zip(*points), s=12, color=colour, zorder=3)
         else:
             groups: dict[float, list[float]] = defaultdict(list)
-            for r in series_rows:
-                groups[r.params[x]].append(r.metrics[metric])
-            means = [canvas.px(v, sum(ys) / len(ys)) for v, ys in sorted(groups.items())]
-            if len(means) > 1:
-                canvas.draw.line(means, fill=colour, width=2)
-            for cx, cy in means:
-                canvas.draw.rectangle([cx - 4, cy - 4, cx + 4, cy + 4], outline=colour, width=2)
+            for xv, yv in points:
+                groups[xv].append(yv)
+            means = [(xv, sum(ys) / len(ys)) for xv, ys in sorted(groups.items())]
+            axes.plot(*zip(*means), color=colour, marker="s", markerfacecolor="white", linewidth=1.5, label=label)
+            axes.scatter(*zip(*points), s=12, color=colour, alpha=0.45, zorder=3)
             info.means += means
-        for r in series_rows:
-            cx, cy = canvas.px(r.params[x], r.metrics[metric])
-            canvas.draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=_lighter(colour) if not varies else colour)
-            info.points.append((cx, cy))
-    canvas.legend(legend)
-    info.path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.image.save(info.path, format="PNG")
+        info.points += points
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.subplots_adjust(left=0.1, right=0.74)
+    save(figure, info.path)
     return info
 
 
@@ -254,26 +217,25 @@ class IntervalPoint:
     highlight: bool = False  # drawn filled (e.g. the chosen setting and the reference)
 
 
-def plot_intervals(points: Sequence[IntervalPoint], title: str, x_name: str, y_name: str,
-                   path: str | Path) -> PlotInfo:
-    """Each point as a square with a vertical interval bar and its label: e.g. a metric's mean and bootstrap
-    interval against the UNet evaluations of each run of a cost sweep."""
-    if not points:
-        raise EditError(f"no point to plot for '{y_name}'.")
-    canvas = _Canvas([p.x for p in points], [v for p in points for v in (p.low, p.high)], title, x_name, y_name)
-    info = PlotInfo(Path(path))
+def draw_intervals(axes, points: Sequence[IntervalPoint]) -> list[tuple[float, float]]:
+    """Each point as a square with a vertical interval bar and its label, on `axes`; the centres drawn."""
     for n, p in enumerate(points):
         colour = PALETTE[n % len(PALETTE)]
-        (cx, cy), top, bottom = canvas.px(p.x, p.y), canvas.px(p.x, p.high)[1], canvas.px(p.x, p.low)[1]
-        canvas.draw.line([(cx, top), (cx, bottom)], fill=colour, width=2)
-        for end in (top, bottom):
-            canvas.draw.line([(cx - 4, end), (cx + 4, end)], fill=colour, width=2)
-        canvas.draw.rectangle([cx - 4, cy - 4, cx + 4, cy + 4], outline=colour, width=2,
-                              fill=colour if p.highlight else "white")
-        canvas.draw.text((cx + 7, cy), p.label[:18], fill=colour, anchor="lm")
-        info.points.append((cx, cy))
-    info.path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.image.save(info.path, format="PNG")
+        axes.errorbar([p.x], [p.y], yerr=[[p.y - p.low], [p.high - p.y]], color=colour, marker="s", capsize=4,
+                      markerfacecolor=colour if p.highlight else "white", linewidth=1.5)
+        axes.annotate(p.label[:18], (p.x, p.y), xytext=(7, 0), textcoords="offset points", va="center",
+                      color=colour, fontsize=8)
+    return [(p.x, p.y) for p in points]
+
+
+def plot_intervals(points: Sequence[IntervalPoint], title: str, x_name: str, y_name: str,
+                   path: str | Path) -> PlotInfo:
+    """e.g. a metric's mean and bootstrap interval against the UNet evaluations of each run of a cost sweep."""
+    if not points:
+        raise EditError(f"no point to plot for '{y_name}'.")
+    figure, axes = new_axes(title, x_name, y_name)
+    info = PlotInfo(Path(path), points=draw_intervals(axes, points), figure=figure)
+    save(figure, info.path)
     return info
 
 
@@ -297,7 +259,7 @@ def plot_all(rows: list[EditRow], out: str | Path, axes: Optional[Sequence[str]]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[PlotInfo]:
-    parser = argparse.ArgumentParser(prog="python -m framework.evaluation.plots", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m framework plots", description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", help="results.csv files, run folders or sweep folders")
     parser.add_argument("--out", default=None, help="folder of the PNGs (default: <first source>/plots)")
     parser.add_argument("--x", nargs="+", choices=list(AXES), default=None, help="axes (default: those that vary)")

@@ -377,14 +377,19 @@ def _main(args: argparse.Namespace, extra: list[str]) -> list[dict[str, Any]]:
     rows = collect(out, names)
     axes = sorted({AXIS_OF_KEY[k.rsplit(".", 1)[-1]] for k in sweep.get("grid") or {}
                    if k.rsplit(".", 1)[-1] in AXIS_OF_KEY})
-    for path in plot_sweep(out, names, axes):
-        print(path)
-    if sweep.get("fronts") and rows:  # trade-off fronts (framework.evaluation.fronts): true, or a list of metric pairs
-        from framework.evaluation.fronts import PAIRS, write_fronts
+    from framework.evaluation.plots import PlotsUnavailable
 
-        pairs = [tuple(p) for p in sweep["fronts"]] if isinstance(sweep["fronts"], list) else PAIRS
-        for path in write_fronts(out, pairs, names):
+    try:  # the runs and tables are done: a missing matplotlib costs only the drawings
+        for path in plot_sweep(out, names, axes):
             print(path)
+        if sweep.get("fronts") and rows:  # trade-off fronts (framework.evaluation.fronts): true, or metric pairs
+            from framework.evaluation.fronts import PAIRS, write_fronts
+
+            pairs = [tuple(p) for p in sweep["fronts"]] if isinstance(sweep["fronts"], list) else PAIRS
+            for path in write_fronts(out, pairs, names):
+                print(path)
+    except PlotsUnavailable as err:
+        print(f"[sweep {name}] no plots: {err}", file=sys.stderr)
     print(f"[sweep {name}] {len(rows)}/{len(names)} runs with results: {out / 'sweep.md'}", file=sys.stderr)
     if args.publish is not None:
         print(f"[sweep {name}] published: {publish(out / 'sweep.md', args.publish, str(args.file), base, out)}",

@@ -20,7 +20,14 @@ from framework.core.errors import ConfigError, edit_error_in, note
 from framework.io.records import OutputLock, writable_folder
 from framework.lightning.callbacks import RunGuard, StopRequested, WandbEditLogger
 from framework.lightning.data import EditDataModule
-from framework.lightning.messages import WarningLines, check_yaml_files, config_files, explain, settings_help
+from framework.lightning.messages import (
+    WarningLines,
+    check_yaml_files,
+    compact_help,
+    config_files,
+    explain,
+    settings_help,
+)
 from framework.lightning.module import EditModule
 from framework.lightning.preflight import after_load
 from framework.lightning.threads import apply_cpu_threads
@@ -105,17 +112,18 @@ class EditArgumentParser(LightningArgumentParser):
         self.exit(2)
 
     def format_help(self) -> str:
-        text = super().format_help()
+        """A subcommand's `--help` is one line per option (messages.compact_help); the full texts stay in the group
+        helps (`--model.sampling.help`), `--model.help EditModule` and docs/settings.md."""
         options = self._option_string_actions
         if "--model.help" not in options or "--trainer.max_epochs" not in options:  # not a subcommand's parser
-            return text
+            return super().format_help()
         from jsonargparse import ArgumentParser
 
         models = ArgumentParser(prog="model", add_help=False)
         models.add_class_arguments(EditModule, "model")
-        return (f"{text}\nSettings of the default model, framework.EditModule (another model class: "
-                f"--model.help CLASS; a group alone: --model.sampling.help):\n"
-                + models.format_help().split("\n", 1)[1])
+        data = ArgumentParser(prog="data", add_help=False)
+        data.add_class_arguments(EditDataModule, "data")
+        return compact_help(self, models, data, self.prog.split()[-1])
 
 
 class EditSaveConfig(SaveConfigCallback):

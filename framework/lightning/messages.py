@@ -286,3 +286,86 @@ def settings_help(cls, group: str, prefix: str = "model") -> Optional[str]:
         if hint is not None:
             return None
     return None
+
+
+# ------------------------------------------------------------------------------ compact help
+HELP_WIDTH = 150
+"""Longest line of the compact `--help`: each option is one line, a longer text is clipped to fit."""
+_ABBREVIATIONS = ("Eq", "Eqs", "Fig", "al", "e.g", "i.e", "etc", "cf", "vs", "approx")
+
+
+def first_sentence(text: Optional[str]) -> str:
+    """A help text's first sentence on one line (reST markup dropped; 'Eq. 7', 'e.g.' do not end it)."""
+    text = " ".join((text or "").replace("``", "`").split())
+    for match in re.finditer(r"\.(\s|$)", text):
+        word = re.search(r"([\w.]*)$", text[:match.start()]).group(1)
+        if word and word not in _ABBREVIATIONS and not word.endswith(_ABBREVIATIONS):
+            return text[:match.start() + 1]
+    return text
+
+
+def _default_text(value) -> str:
+    if isinstance(value, str) and value == "==SUPPRESS==":
+        return ""
+    class_path = getattr(value, "class_path", None)
+    if class_path is not None:
+        return class_path.rsplit(".", 1)[-1]
+    if isinstance(value, (list, tuple)):
+        return "[...]" if value else "[]"
+    if dataclasses.is_dataclass(value) or isinstance(value, dict):
+        return ""
+    if value == "":
+        return "''"
+    return "null" if value is None else str(value)
+
+
+def _shown(action) -> bool:
+    """Options the compact help lists: not -h, not the `.help` actions, not the config-file loaders of groups."""
+    if not action.option_strings or action.option_strings[0] in ("-h", "--help"):
+        return False
+    return not action.option_strings[0].endswith(".help") and type(action).__name__ != "_ActionConfigLoad"
+
+
+def option_lines(actions: list, prefix: str = "", width: int = HELP_WIDTH) -> list[str]:
+    """One line per option: `  NAME  DEFAULT  meaning`, NAME without `prefix`, the meaning clipped to `width`."""
+    rows = [(a.option_strings[0][len(prefix):], _default_text(a.default), first_sentence(a.help)) for a in actions]
+    if not rows:
+        return []
+    names = max(len(name) for name, _, _ in rows)
+    defaults = min(max(len(default) for _, default, _ in rows), 14)
+    lines = []
+    for name, default, text in rows:
+        head = f"  {name.ljust(names)}  {default.ljust(defaults)}  "
+        room = width - len(head)
+        if len(text) > room:
+            text = text[:max(room - 3, 0)].rstrip() + "..."
+        lines.append((head + text).rstrip())
+    return lines
+
+
+def compact_help(parser, models, data, command: str) -> str:
+    """The subcommand's `--help`, one line per option (name, default, meaning): its own options, the Trainer's, the
+    model's settings (`models`: a parser of the default model's arguments) and the data module's (`data`)."""
+    lines = [f"usage: python -m framework {command} [-c CONFIG.yaml] [--print_config] [--KEY VALUE ...]", "",
+             f"{first_sentence(parser.description)} Each option: name, default, meaning. The full reference: a group's",
+             "--model.sampling.help (also mask, ito, guidance, auto_lam), a plugin's --model.conditioners.help CLASS, the",
+             "model's --model.help EditModule; what the defaults rest on (measurements): docs/settings.md.", ""]
+    own, trainer = [], []
+    for action in parser._actions:
+        if _shown(action) and not action.option_strings[0].startswith(("--model", "--data")):
+            (trainer if action.option_strings[0].startswith("--trainer.") else own).append(action)
+    lines += ["options:", *option_lines(own), "",
+              "trainer: --trainer.NAME VALUE, Lightning's Trainer(NAME=VALUE); the project's defaults shown:",
+              *option_lines(trainer, "--trainer.", width=120)]
+    for key, cls, sub in (("model", "framework.EditModule", models), ("data", "framework.EditDataModule", data)):
+        lines += ["", f"{key}: --{key}.NAME VALUE, the settings of {cls} (another class: --{key} CLASS, its "
+                      f"settings: --{key}.help CLASS):"]
+        for group in sub._action_groups:
+            shown = [a for a in group._group_actions if _shown(a)]
+            if not shown:
+                continue
+            group_key = shown[0].option_strings[0][len(f"--{key}."):].rpartition(".")[0]
+            if group_key:  # a settings group (--model.mask.NAME): its title, then its fields
+                lines.append(f" {group_key}: {first_sentence(group.title).rstrip(':')}")
+            lines += option_lines(shown, f"--{key}.")
+    return "\n".join(lines) + "\n"

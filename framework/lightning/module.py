@@ -82,17 +82,9 @@ class EditModule(pl.LightningModule):
         Args:
             backbone: The Stable Diffusion 1.x model (None: SD 1.5 from the Hub).
             conditioners: Condition plugins; a text conditioner is put first when none is listed.
-            losses: ITO loss plugins (None: masked-MSE preservation + cosine guidance, the paper's losses, scaled
-                so that lam weighs them: mean MSE, per-pixel cosine with a norm term; experiments/paper_literal.yaml
-                prints them as Eqs. 4-5 do).
+            losses: ITO loss plugins (None: masked-MSE preservation + cosine guidance, scaled so lam weighs them).
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1, the paper's).
-            lam: lambda, the dial between keeping and changing (Eq. 6, Fig. 5): the preservation loss (and the
-                blend after t_u) gets lam, the guidance loss 1 - lam. 1 (default; the paper: 0.6) keeps the
-                background most and skips the guidance image, which on the toy world gave the lowest background and
-                target L1 (docs/background.md); lower values follow the guidance image G more, background included;
-                0 lands on G (docs/lam.md; experiments/paper_literal.yaml, where lam acts as a switch). 'auto': set
-                per edit from its mask area and whether its prompt changes, by `auto_lam` (recorded in result.json
-                as lam and lam_rule).
+            lam: lambda of Eq. 6 in [0, 1]: 1 keeps the input most (no guidance image), 0 lands on G; 'auto': per edit.
             sampling: DDIM steps, encode ratio, CFG scales, inversion prompt.
             mask: Edit-mask estimation (Eq. 7) settings.
             ito: t_u, k and optimiser-state policy of the final decode.
@@ -101,19 +93,12 @@ class EditModule(pl.LightningModule):
             output_dir: Folder that receives one sub-folder per edit and summary.json.
             unet_chunk_size: Most samples per UNet call (bounds memory of the batched mask); None: no cap.
             overwrite: Redo edits already finished in output_dir (default: skip them, so a rerun resumes).
-            metrics: Scores of each edit and of the run (framework.evaluation.metrics: L1Distance, GroundTruthL1,
-                CSFID, FID, ClassifierAccuracy, PickScore, your own); written to results.md/.csv.
-            auto_lam: The rule of `lam: auto` (also of requests with `lam: auto`): lam = clip(intercept +
-                slope * mask_area + prompt_change * [prompt changes], low, high); None: AutoLam's defaults
-                (fitted on toy 'val' edits, docs/lam.md).
-            inversion: Inversion plugin (framework.stages.inversions: DDIMInversion, the default and the paper's;
-                NullTextInversion, NegativePromptInversion, DirectInversion; your own).
-            mask_estimator: Mask plugin (framework.stages: NoiseDifferenceMask, Eq. 7 by `mask`, the default;
-                GivenMask; NoMask; your own).
-            guidance_generator: Guidance-image plugin (framework.stages.NoiseEncodedGuidance by `guidance`,
-                the default; your own).
-            decoder: Final decode (framework.stages: ITODecode, Eq. 6, the default; MaskBlendDecode, DiffEdit;
-                NoiseEncodedDecode, SDEdit; framework.stages.prompt_to_prompt.PromptToPrompt; your own).
+            metrics: Scores of each edit and of the run (framework.evaluation.metrics), written to results.md/.csv.
+            auto_lam: The rule of `lam: auto`: lam from the mask area (fit it: python -m framework fit-auto-lam).
+            inversion: Inversion plugin (None: DDIMInversion, the paper's; framework.stages.inversions has others).
+            mask_estimator: Mask plugin (None: NoiseDifferenceMask, Eq. 7 by `mask`; GivenMask, NoMask, your own).
+            guidance_generator: Guidance-image plugin (None: NoiseEncodedGuidance by `guidance`).
+            decoder: Final decode (None: ITODecode, Eq. 6; MaskBlendDecode, NoiseEncodedDecode, PromptToPrompt).
         """
         super().__init__()
         self.pipeline = EditPipeline(backbone, conditioners, losses, optimizer, lam, sampling, mask, ito, guidance,

@@ -1,4 +1,4 @@
-"""Plots from synthetic results.csv files: one point per edit, one mean per series and x, at the right pixels."""
+"""Plots (matplotlib) from synthetic results: one point per edit, one mean per series and x, drawn where the data says."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from framework.core.errors import EditError
-from framework.evaluation.plots import MARGIN, PALETTE, SIZE, main, nice_ticks, plot_all, read_sources
+from framework.evaluation.plots import DPI, PALETTE, SIZE, IntervalPoint, main, plot_all, plot_intervals, read_sources
 
 
 def write_run(folder, rows, t_u=15, k=1, lam=0.6):
@@ -37,19 +37,27 @@ def test_plot_of_a_metric_against_lam_has_a_point_per_edit(tmp_path):
     assert len(info.points) == 8 and len(info.means) == 3  # 8 edits; fixed-lam means at 0.2, 0.6, 1.0
     assert info.series == {"fixed lam": 6, "lam-auto": 2}
     image = np.asarray(Image.open(info.path).convert("RGB")).astype(int)
-    assert image.shape == (SIZE[1], SIZE[0], 3)
-    # Means left to right by lam, at heights 0.15, 0.4, 0.8 (pixel y grows downwards).
-    xs, ys = zip(*info.means)
-    assert xs[0] < xs[1] < xs[2] and ys[0] > ys[1] > ys[2]
-    # x is linear in lam: 0.2 -> 0.6 is half of 0.2 -> 1.0.
-    assert abs((xs[1] - xs[0]) - (xs[2] - xs[0]) / 2) <= 1
-    # Every point lies in the plot area and is drawn in a series colour (lightened for fixed-lam points).
-    left, right, top, bottom = MARGIN[0], SIZE[0] - MARGIN[1], MARGIN[2], SIZE[1] - MARGIN[3]
-    for x, y in info.points:
-        assert left < x < right and top < y < bottom
-        assert tuple(image[y, x]) != (255, 255, 255)
-    auto_colour = PALETTE[1]  # series sorted by label: 'fixed lam', then 'lam-auto'
-    assert all(tuple(image[y, x]) == auto_colour for x, y in info.points[-2:])
+    assert image.shape == (round(SIZE[1] * DPI), round(SIZE[0] * DPI), 3)  # 460 x 720 pixels
+    # Means left to right by lam at the series' mean heights: 0.15, 0.4, 0.8.
+    assert info.means == [(0.2, pytest.approx(0.15)), (0.6, pytest.approx(0.4)), (1.0, pytest.approx(0.8))]
+    axes = info.figure.axes[0]
+    lines = [line for line in axes.get_lines() if line.get_label() == "fixed lam"]
+    assert len(lines) == 1 and list(lines[0].get_xdata()) == [0.2, 0.6, 1.0]  # one line through the 3 means
+    auto = [line for line in axes.get_lines() if line.get_label() == "lam-auto"]
+    assert len(auto) == 1 and auto[0].get_ydata()[0] == pytest.approx((0.70 + 0.05) / 2)  # its dashed mean level
+    assert sum(len(c.get_offsets()) for c in axes.collections) == 8  # one dot per edit
+    # Every point is inside the axes and drawn in its series colour where the PNG shows it (display pixels:
+    # y grows upwards in matplotlib, downwards in the image).
+    height = image.shape[0]
+    box = axes.get_window_extent()
+    auto_colour = tuple(int(PALETTE[1][i:i + 2], 16) for i in (1, 3, 5))  # series sorted: 'fixed lam', 'lam-auto'
+    for n, (x, y) in enumerate(info.points):
+        px, py = axes.transData.transform((x, y))
+        assert box.x0 < px < box.x1 and box.y0 < py < box.y1
+        pixel = tuple(image[int(round(height - py)), int(round(px))])
+        assert pixel != (255, 255, 255)
+        if n >= 6:  # the lam-auto edits, drawn opaque
+            assert max(abs(a - b) for a, b in zip(pixel, auto_colour)) <= 40
 
 
 def test_t_u_and_k_plots_with_a_line_per_other_parameter(tmp_path):
@@ -72,6 +80,33 @@ def test_plot_sources_must_hold_results(tmp_path, capsys):
     assert "Nothing to plot" in capsys.readouterr().out
 
 
-def test_nice_ticks():
-    assert nice_ticks(-0.05, 1.05) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert nice_ticks(4, 26) == [5, 10, 15, 20, 25]
+def test_interval_plot_and_the_missing_matplotlib_error(tmp_path, monkeypatch):
+    points = [IntervalPoint("unreduced", 480, 0.10, 0.08, 0.12, True), IntervalPoint("seeds4", 80, 0.11, 0.09, 0.14)]
+    info = plot_intervals(points, "background L1 vs cost", "UNet evaluations", "gt/background_l1", tmp_path / "i.png")
+    assert info.points == [(480, 0.10), (80, 0.11)] and (tmp_path / "i.png").stat().st_size > 1000
+    bars = [c for c in info.figure.axes[0].collections if len(c.get_segments()) == 1]
+    assert sorted(tuple(c.get_segments()[0][:, 1]) for c in bars) == [(0.08, 0.12), (0.09, 0.14)]  # low..high
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)  # as if matplotlib were missing
+    with pytest.raises(EditError, match=r"plots need matplotlib.*pip install 'ito-edit\[eval\]'"):
+        plot_intervals(points, "t", "x", "y", tmp_path / "j.png")
+
+
+def test_fronts_draw_one_line_per_method_with_both_intervals(tmp_path):
+    from framework.evaluation.fronts import draw_front
+
+    rows = [{"method": m, "knob": "lam", "value": v, "gt/background_l1": (bg, bg - 0.01, bg + 0.02),
+             "gt/target_l1": (t, t - 0.03, t + 0.01)}
+            for m, pts in (("ito", [(0.2, 0.03, 0.30), (0.6, 0.02, 0.35), (1.0, 0.01, 0.40)]),
+                           ("diffedit", [(0.5, 0.05, 0.33), (0.9, 0.04, 0.38)]))
+            for v, bg, t in pts]
+    info = draw_front(rows, "gt/background_l1", "gt/target_l1", tmp_path / "front.png")
+    assert info.series == {"diffedit (lam)": 2, "ito (lam)": 3} and len(info.points) == 5
+    assert Image.open(tmp_path / "front.png").size == (720, 460)
+    axes = info.figure.axes[0]
+    lines = {bars.get_label(): bars.lines[0] for bars in axes.containers}  # errorbar: (data line, caps, bars)
+    assert list(lines["ito (lam)"].get_xdata()) == [0.03, 0.02, 0.01]
+    assert list(lines["ito (lam)"].get_ydata()) == [0.30, 0.35, 0.40]
+    # Each point has an x and a y interval bar: 5 of each, spanning (x - 0.01, x + 0.02) and (y - 0.03, y + 0.01).
+    spans = sorted(tuple(np.round(seg.ravel(), 4)) for c in axes.collections for seg in c.get_segments())
+    assert len(spans) == 10
+    assert (0.02, 0.3, 0.05, 0.3) in spans and (0.03, 0.27, 0.03, 0.31) in spans

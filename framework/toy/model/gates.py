@@ -1,6 +1,6 @@
 """Quality measures of a trained toy model, on held-out toy-world scenes (seeds below one million).
 
-Used by `benchmarks/toyworld_gates.py`. Every measure reads images the way the evaluation does:
+Used by `python -m framework gates`. Every measure reads images the way the evaluation does:
 with the toy classifier at a box, or with masks of the world's palette.
 
 - VAE: PSNR of reconstructions; classifier accuracy on reconstructions vs on renders.

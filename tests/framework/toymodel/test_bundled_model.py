@@ -37,7 +37,7 @@ def test_bundled_model_loads_and_reconstructs_held_out_scenes():
         out = sd.decode_latents(latents)
         assert out.shape == (1, 3, 64, 64)
         values.append(psnr(to_uint8(out), image))
-    assert np.mean(values) > 26  # measured 28.5 dB on 64 scenes when bundled (benchmarks/toyworld_gates.py)
+    assert np.mean(values) > 26  # measured 28.5 dB on 64 scenes when bundled (`python -m framework gates`)
 
 
 def test_bundled_controlnets_load_by_modality_and_a_missing_one_is_named():

@@ -1,59 +1,23 @@
-"""benchmarks/lam_study.py's Fig. 5 report and benchmarks/fit_auto_lam.py's held-out check, on hand-made rows."""
+"""framework.evaluation.auto_lam_fit (`python -m framework fit-auto-lam`): rules scored, the cross-seed oracle and
+the held-out check, on hand-made rows."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from framework.core.settings import AutoLam
-from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def scripts():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import fit_auto_lam
-    import lam_study
+def fit():
+    from framework.evaluation import auto_lam_fit
 
-    yield lam_study, fit_auto_lam
-    sys.path.remove(str(ROOT / "benchmarks"))
+    return auto_lam_fit
 
 
-def _rows():
-    """Two edits x two repeats at lam 1 and 0.5: background L1 0.03 + 0.02 * (1 - lam) + a repeat offset."""
-    rows = {}
-    for lam in ("1", "0.5"):
-        rows[lam] = []
-        for edit in ("a", "b"):
-            for repeat in (0, 1):
-                bg = 0.03 + 0.02 * (1 - float(lam)) + 0.001 * repeat + (0.004 if edit == "b" else 0.0)
-                step_noise = 0.0005 * repeat * (float(lam) == 0.5)  # the step itself differs between repeats
-                rows[lam].append({"id": edit, "repeat": repeat, "gt/background_l1": bg + step_noise,
-                                  "gt/target_l1": 0.15, "guide/edit_l1": 0.01 + 0.04 * float(lam),
-                                  "guide/input_l1": 0.05, "toy/new_class": 0.5, "mask_area": 0.1})
-    return rows
-
-
-def test_fig5_report_levels_steps_and_floors(scripts):
-    lam_study, _ = scripts
-    report = lam_study.fig5_report(_rows())
-    lines = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("|")}
-    # lam 1: mean background 0.03 + 0.002 (edit b) + 0.0005 (repeat 1); the floor is the std of the two
-    # repeats' means (0.0320, 0.0330): 0.000707.
-    assert "0.0325 (0.0007)" in lines["1"]
-    # L1(edit, G) / L1(input, G) at lam 0.5: 0.03 / 0.05, as the ratio of means and per edit.
-    assert "0.60 (0.60)" in lines["0.5"]
-    # The step 1 -> 0.5 raises background L1 by 0.01 (+ 0.00025 on average); its floor is the spread of
-    # the step between the repeats (0.0100, 0.0105): 0.000354.
-    step = lines["1 -> 0.5"]
-    assert "+0.0102 [+0.0100, +0.0105] (0.0004)" in step  # 0.01025, printed to 4 places
-    assert "-0.0200" in step  # L1 to G: 0.05 -> 0.03
-
-
-def test_auto_lam_rules_scored_on_a_sweeps_held_out_runs(scripts, tmp_path):
-    _, fit = scripts
+def test_auto_lam_rules_scored_on_a_sweeps_held_out_runs(fit, tmp_path):
     # Three held-out edits at lam 0 and 1: a small and a large spatial-only edit, and a large text edit.
     objective = {"0.0": {"small": 0.5, "large": 0.1, "text": 0.3}, "1.0": {"small": 0.2, "large": 0.4, "text": 0.1}}
     for lam, values in objective.items():
@@ -80,8 +44,7 @@ def test_auto_lam_rules_scored_on_a_sweeps_held_out_runs(scripts, tmp_path):
     assert AutoLam(**best)(0.3, False) < 0.5 <= AutoLam(**best)(0.3, True)
 
 
-def test_cross_seed_oracle_picks_each_edits_lam_from_its_other_seed(scripts):
-    _, fit = scripts
+def test_cross_seed_oracle_picks_each_edits_lam_from_its_other_seed(fit):
     # Edit "a" prefers lam 0 at both seeds (a reproducible preference); edit "b" prefers lam 0 at seed 0 and
     # lam 1 at seed 1 (seed noise). Values as (objective, mask area, prompt changed).
     table = {("a", 0): {0.0: (0.1, 0.2, False), 1.0: (0.3, 0.2, False)},
@@ -96,8 +59,7 @@ def test_cross_seed_oracle_picks_each_edits_lam_from_its_other_seed(scripts):
     assert scores == [0.1, 0.2, 0.2, 0.5]
 
 
-def test_fit_names_the_missing_run_when_the_test_sweep_lacks_the_val_best_lam(scripts, tmp_path, capsys):
-    _, fit = scripts
+def test_fit_names_the_missing_run_when_the_test_sweep_lacks_the_val_best_lam(fit, tmp_path, capsys):
     # 'val': lam 0.8 is best for both edits; the 'test' sweep ran only lam 0 and 1.
     val = {lam: [{"id": e, "repeat": 0, "mask_area": 0.1, "prompt_changed": False, "gt/target_l1": score}
                  for e in ("a", "b")] for lam, score in (("0", 0.3), ("0.8", 0.1), ("1", 0.2))}

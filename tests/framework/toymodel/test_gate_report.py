@@ -1,21 +1,15 @@
-"""benchmarks/toyworld_gates.py: the two-object rows pass and fail at their levels."""
+"""framework.toy.model.gate_report (`python -m framework gates`): the two-object rows pass and fail at their levels."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-
-from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import toyworld_gates
+    from framework.toy.model import gate_report
 
-    yield toyworld_gates
-    sys.path.remove(str(ROOT / "benchmarks"))
+    return gate_report
 
 
 @pytest.mark.parametrize("named, kept, passed", [(0.5, 0.8, [True, True]), (0.46, 0.95, [False, True]),

@@ -1,10 +1,10 @@
-"""benchmarks/gpu_toymodel.py: its dry run trains every stage of the GPU configs on the CPU, packs tars
+"""experiments/studies/toymodel_gpu_run.py: its dry run trains every stage of the GPU configs on the CPU, packs tars
 that would come back, and unpacks them into a model folder the engine loads."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 
 import pytest
 import torch
@@ -16,11 +16,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import gpu_toymodel
-
-    yield gpu_toymodel
-    sys.path.remove(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("toymodel_gpu_run", ROOT / "experiments/studies/toymodel_gpu_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_dry_run_trains_packs_and_unpacks_a_loadable_model(script, tmp_path, monkeypatch):

@@ -1,23 +1,19 @@
-"""benchmarks/cost_quality.py on hand-made sweep folders: cached masks charged, the within-noise test, the pick."""
+"""framework.evaluation.cost_quality (`python -m framework cost-quality`) on hand-made sweep folders: cached masks
+charged, the within-noise test, the pick."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import cost_quality
+    from framework.evaluation import cost_quality
 
-    yield cost_quality
-    sys.path.remove(str(ROOT / "benchmarks"))
+    return cost_quality
 
 
 def _run(root, name, lam, mask, edits):

@@ -1,8 +1,8 @@
 """Quality gates of the toy model: each measured value printed against its gate.
 
-    python benchmarks/toyworld_gates.py [--model framework/toy/assets/toyworld] [--classifier ...] [--quick]
+    python -m framework gates [--model framework/toy/assets/toyworld] [--classifier ...] [--quick]
         [--diagnose-shape] [--guidance 5] [--controlnet-scale 1] [--no-edits]
-    python benchmarks/toyworld_gates.py --quickstart    # only the quickstart's gates (about 20 s)
+    python -m framework gates --quickstart    # only the quickstart's gates (about 20 s)
 
 All scenes are held out (seeds below one million; training uses seeds from one million on).
 Measures are defined in `framework/toy/model/gates.py`. The pose gate is relative: the figure IoU
@@ -30,12 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 import torch
 
+from framework.backbones.loading import toyworld_folder
 from framework.toy.model.classifier import ToyClassifier
 from framework.toy.model.gates import (
     ToyModel,
@@ -50,7 +47,10 @@ from framework.toy.model.gates import (
 )
 from framework.toy.world.scenes import SHAPES
 
-DEFAULT_MODEL = ROOT / "framework" / "assets" / "toyworld"
+
+ROOT = Path(__file__).resolve().parents[3]
+"""The repository root: the quickstart gate runs `experiments/quickstart.yaml` from there, as a user would."""
+DEFAULT_MODEL = toyworld_folder()
 TEXT_SAMPLES = 192
 """Single-object captions behind the text gates: at 48 the standard error near 80 % is 6 points, and
 the first 48 captions read 9-11 points above all 192 on two models (2026-11-29)."""
@@ -138,7 +138,7 @@ def run_quickstart(output_dir: Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m framework gates", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="folder with sd/ and controlnet-*/")
     parser.add_argument("--classifier", type=Path, default=None, help="default: <model>/classifier")
     parser.add_argument("--quick", action="store_true", help="a quarter of the samples")

@@ -1,9 +1,11 @@
 """Mask cost reduction: each reduced mask against the unreduced Eq. 7 mask, IoU and cost side by side.
 
-    python benchmarks/mask_reduction.py                                   # tiny model, bundled examples
-    python benchmarks/mask_reduction.py --generate 8 --size 64            # 8 fresh toy-world edits per kind
-    python benchmarks/mask_reduction.py --pretrained path/to/sd --controlnet pose=path/to/cn ...
-    python benchmarks/mask_reduction.py --variant seeds=4,steps=10 --variant early_stop_iou=0.95,seed_group=2
+A one-off study script: its numbers live in docs/performance_cost.md (the mask rows that chose today's defaults).
+
+    python experiments/studies/mask_reduction.py                                   # tiny model, bundled examples
+    python experiments/studies/mask_reduction.py --generate 8 --size 64            # 8 fresh toy-world edits per kind
+    python experiments/studies/mask_reduction.py --pretrained path/to/sd --controlnet pose=path/to/cn ...
+    python experiments/studies/mask_reduction.py --variant seeds=4,steps=10 --variant early_stop_iou=0.95,seed_group=2
 
 The mask is the engine's own stage (`EditModule._mask`: `estimate_soft_mask` on the mask's DDIM grid,
 at `mask.resolution`, with seed groups and the early stop), run per request for the unreduced config
@@ -21,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -31,8 +32,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -1,6 +1,6 @@
 """Cost against quality of a cost sweep (experiments/eval/cost.yaml): each run beside the unreduced one.
 
-    python benchmarks/cost_quality.py outputs/eval/cost [--md table.md] [--png plot.png] [--json out.json]
+    python -m framework cost-quality outputs/eval/cost [--md table.md] [--png plot.png] [--json out.json]
 
 Per run, from its run.yaml and its edits' result.json files (an unfinished run counts the edits it has): the UNet sample-evaluations and seconds per edit and
 stage (means over its edits), and per quality metric the mean with its 95 % bootstrap interval and the
@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from framework.evaluation.metrics.bootstrap import bootstrap_ci, paired_difference_ci  # noqa: E402
+from framework.evaluation.metrics.bootstrap import bootstrap_ci, paired_difference_ci
 
 # metric key -> +1 when higher is better, -1 when lower is better
 METRICS = {"gt/background_l1": -1, "gt/target_l1": -1, "toy/new_class": 1, "mask/recall": 1, "mask/iou": 1}
@@ -34,7 +30,7 @@ STAGES = ("inversion", "mask", "guidance", "final")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m framework cost-quality", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path, help="the sweep's output folder (one folder per run)")
     p.add_argument("--reference", default="unreduced", help="the run the others are compared with")
     p.add_argument("--md", type=Path, default=None, help="write the table here (Markdown)")
@@ -128,10 +124,14 @@ def compare(run: dict, reference: dict, resamples: int) -> dict[str, dict]:
 
 
 def analyse(sweep: Path, reference: str = "unreduced", resamples: int = 2000, min_edits: int = 10) -> dict:
+    if not sweep.is_dir():
+        raise SystemExit(f"error: no sweep folder at {sweep}; run `python -m framework sweep experiments/eval/cost.yaml` "
+                         f"first and pass its output_dir.")
     runs = [r for r in (read_run(f) for f in sorted(sweep.iterdir()) if f.is_dir()) if r is not None]
     by_name = {r["name"]: r for r in runs}
     if reference not in by_name:
-        raise SystemExit(f"error: the reference run '{reference}' has no results in {sweep} yet.")
+        raise SystemExit(f"error: the reference run '{reference}' has no results in {sweep} yet; run it (sweep "
+                         f"--only {reference}) or name another with --reference.")
     masks = estimated_masks(runs)
     table = []
     for run in runs:
@@ -174,28 +174,27 @@ def format_table(result: dict) -> str:
 def plot(result: dict, path: Path, highlight: tuple[str, ...] = ()) -> Path:
     """One panel per metric (mean and 95 % bootstrap interval against UNet evaluations per edit), two a row;
     the references and the runs named in `highlight` drawn filled."""
-    from PIL import Image
+    from framework.evaluation.plots import IntervalPoint, draw_intervals, new_axes, save
 
-    from framework.evaluation.plots import IntervalPoint, plot_intervals
-
-    panels = []
     chosen = {result["reference"], f"lam1_{result['reference']}", *highlight}
-    for key in METRICS:
-        points = [IntervalPoint(r["run"], r["unet"]["total"], m["mean"], m["low"], m["high"], r["run"] in chosen)
-                  for r in result["runs"] if (m := r["metrics"].get(key))]
-        if points:
-            tmp = path.with_name(f".{path.stem}_{key.replace('/', '_')}.png")
-            plot_intervals(points, f"{key} (mean, 95 % bootstrap CI) vs cost; filled: references, chosen",
-                           "UNet sample-evaluations per edit", key, tmp)
-            panels.append(Image.open(tmp).convert("RGB"))
-            tmp.unlink()
-    w, h = panels[0].size
-    sheet = Image.new("RGB", (2 * w, (len(panels) + 1) // 2 * h), "white")
-    for n, panel in enumerate(panels):
-        sheet.paste(panel, (n % 2 * w, n // 2 * h))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, format="PNG")
-    return path
+    panels = {key: [IntervalPoint(r["run"], r["unet"]["total"], m["mean"], m["low"], m["high"], r["run"] in chosen)
+                    for r in result["runs"] if (m := r["metrics"].get(key))] for key in METRICS}
+    panels = {key: points for key, points in panels.items() if points}
+    if not panels:
+        raise SystemExit("error: no run of the sweep has a metric to plot yet; let its runs finish some edits first.")
+    figure, first = new_axes("", "", "")
+    figure.set_size_inches(14.4, 4.6 * ((len(panels) + 1) // 2))
+    first.remove()
+    rows = (len(panels) + 1) // 2
+    for n, (key, points) in enumerate(panels.items()):
+        axes = figure.add_subplot(rows, 2, n + 1)
+        axes.set_title(f"{key} (mean, 95 % bootstrap CI) vs cost; filled: references, chosen", fontsize=9)
+        axes.set_xlabel("UNet sample-evaluations per edit")
+        axes.set_ylabel(key)
+        axes.grid(True, color="0.88")
+        draw_intervals(axes, points)
+    figure.tight_layout()
+    return save(figure, path)
 
 
 def main(argv=None) -> dict:
@@ -208,7 +207,12 @@ def main(argv=None) -> dict:
         args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(text + "\n")
     if args.png:
-        print(plot(result, args.png, tuple(args.highlight)))
+        from framework.core.errors import EditError
+
+        try:
+            print(plot(result, args.png, tuple(args.highlight)))
+        except EditError as err:  # matplotlib missing: the table is printed already
+            raise SystemExit(f"error: {err}") from None
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result

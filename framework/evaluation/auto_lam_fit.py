@@ -1,7 +1,7 @@
 """Fit `lam: auto`'s constants (framework.core.settings.AutoLam) on a lam study's per-edit results.
 
-    python benchmarks/lam_study.py --edits 200 --split val --variants default --repeats 2 --out outputs/lam_val
-    python benchmarks/fit_auto_lam.py outputs/lam_val/results.json --test outputs/eval/fronts
+    python experiments/studies/lam_study.py --edits 200 --split val --variants default --repeats 2 --out outputs/lam_val
+    python -m framework fit-auto-lam outputs/lam_val/results.json --test outputs/eval/fronts
 
 `lam: auto` sets lam = clip(intercept + slope * mask_area + prompt_change * [the prompt changes], low, high)
 per edit. Given every edit's scores at each studied lam, a rule's score is the mean over edits of the
@@ -148,17 +148,28 @@ def compare(label: str, rows: dict, objective: str, rule: dict, lam: float) -> N
             print(f"{label}, background L1: rule - fixed: {ci(rule_scores(bg, rule), fixed_bg)}")
 
 
+def read_study(path: Path, variant: str) -> dict:
+    """One variant's rows of a lam study's results.json: {lam: [per-edit scores]}."""
+    if not path.is_file():
+        raise SystemExit(f"error: no lam study results at {path}; run experiments/studies/lam_study.py --out FOLDER "
+                         f"first and pass FOLDER/results.json.")
+    study = json.loads(path.read_text())
+    if variant not in study:
+        raise SystemExit(f"error: {path} has no variant '{variant}' (it has: {', '.join(study)}); pass --variant.")
+    return study[variant]
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("results", type=Path)
-    p.add_argument("--variant", default="default")
-    p.add_argument("--objective", default="gt/target_l1")
+    p = argparse.ArgumentParser(prog="python -m framework fit-auto-lam", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", type=Path, help="a lam study's results.json (experiments/studies/lam_study.py --out)")
+    p.add_argument("--variant", default="default", help="the study's variant to fit on")
+    p.add_argument("--objective", default="gt/target_l1", help="the per-edit metric to minimise")
     p.add_argument("--area-only", action="store_true", help="fit with prompt_change = 0 (the mask area alone)")
     p.add_argument("--test", type=Path, default=None, metavar="SWEEP_FOLDER",
                    help="also score the fitted rule and the best fixed lam on a fronts sweep's ITO runs (held-out "
                         "'test' edits: FOLDER/ito_lam<value>/), with a paired 95 %% bootstrap interval")
     args = p.parse_args(argv)
-    rows = json.loads(args.results.read_text())[args.variant]
+    rows = read_study(args.results, args.variant)
     table = per_edit(rows, args.objective)
     fixed = fixed_scores(table)
     best_lam = min(fixed, key=fixed.get)
@@ -183,7 +194,7 @@ def main(argv=None):
             compare("test, the val rule against the val-best fixed lam", test_rows, args.objective, rule, best_lam)
         else:
             print(f"test: the sweep has no run at the val-best lam {best_lam:g}; add it with "
-                  f"`python -m framework.evaluation.sweep FRONTS.yaml --only ito_lam{best_lam:.1f}`")
+                  f"`python -m framework sweep FRONTS.yaml --only ito_lam{best_lam:.1f}`")
         if (args.test / "ito_auto").is_dir():  # the sweep ran the default rule itself: its edits as made
             for lam in sorted({best_lam, min(fixed_test, key=fixed_test.get)} & set(fixed_test)):
                 compare_run(args.test, lam)

@@ -1,7 +1,9 @@
 """Which scaling of the ITO losses makes lam the paper's dial (Fig. 5)? A study on toy 'val' edits.
 
-    python benchmarks/lam_study.py --edits 200 --split val --variants default literal ... --repeats 2
-    python benchmarks/lam_study.py --report outputs/lam_study --variants default   # Fig. 5 levels and steps
+A one-off study script: its numbers live in docs/lam.md; `python -m framework fit-auto-lam` reads its results.json.
+
+    python experiments/studies/lam_study.py --edits 200 --split val --variants default literal ... --repeats 2
+    python experiments/studies/lam_study.py --report outputs/lam_study --variants default   # Fig. 5 levels and steps
 
 For each variant (a combination of the scaling settings below) and each lam in 0, 0.2, ..., 1 it
 edits the same toy-world requests with the full method on the bundled toy model and scores:
@@ -32,7 +34,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import replace
@@ -41,7 +42,6 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 

@@ -1,10 +1,10 @@
 """The improved toy model trained on one GPU in one run, packed for the trip back, unpacked for scoring.
 
-    python benchmarks/gpu_toymodel.py --out $OUT                 # on the GPU machine (about 7 minutes)
-    python benchmarks/gpu_toymodel.py --dry-run --out /tmp/dry   # the same run on the CPU at a tiny size
-    python benchmarks/gpu_toymodel.py --unpack FILES --to outputs/toymodel/h200   # here: tars -> model folder
-    python benchmarks/toyworld_gates.py --model outputs/toymodel/h200            # then score it
-    python benchmarks/gpu_toymodel.py --estimate                 # CPU cost of a step per stage, full size
+    python experiments/studies/toymodel_gpu_run.py --out $OUT                 # on the GPU machine (about 7 minutes)
+    python experiments/studies/toymodel_gpu_run.py --dry-run --out /tmp/dry   # the same run on the CPU at a tiny size
+    python experiments/studies/toymodel_gpu_run.py --unpack FILES --to outputs/toymodel/h200   # here: tars -> model folder
+    python -m framework gates --model outputs/toymodel/h200            # then score it
+    python experiments/studies/toymodel_gpu_run.py --estimate                 # CPU cost of a step per stage, full size
 
 Stages (configs in `experiments/toyworld/h200/`): the classifier in a child process from the start (it
 renders its own crops on one CPU core), and in this process the /2 VAE, then UNet + text encoder +
@@ -37,9 +37,7 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIGS = ROOT / "experiments" / "toyworld" / "h200"
 STAGES = ("classifier", "vae", "diffusion")
@@ -438,7 +436,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.unpack is not None:
         to = unpack(args.unpack, args.to)
-        print(f"unpacked into {to}; score it with: python benchmarks/toyworld_gates.py --model {to}")
+        print(f"unpacked into {to}; score it with: python -m framework gates --model {to}")
         return 0
     import tempfile
 
