@@ -5,6 +5,7 @@
 - guidance.py (`model.guidance_generator`): the noise-encoded guidance image G.
 - decoders.py (`model.decoder`): the ITO decode (Eq. 6), DiffEdit's mask blend, SDEdit's decode.
 - prompt_to_prompt.py: prompt-to-prompt's attention exchange as a decoder.
+- flow.py: for rectified-flow backbones, FlowEdit's inversion-free decoder and a midpoint (second-order) inversion.
 The contracts they fulfil are in framework.core.stages; this package re-exports every plugin, so
 `class_path: framework.stages.NoMask` names one.
 """
@@ -29,6 +30,7 @@ from framework.stages.decoders import (  # noqa: F401
     grown,
     linear_lam,
 )
+from framework.stages.flow import FlowEditDecode, MidpointInversion  # noqa: F401
 from framework.stages.guidance import NoiseEncodedGuidance  # noqa: F401
 from framework.stages.inversions import DDIMInversion, DirectInversion, NegativePromptInversion, NullTextInversion  # noqa: F401
 from framework.stages.masks import GivenMask, NoiseDifferenceMask, NoMask, given_mask, warn_degenerate  # noqa: F401

@@ -39,3 +39,26 @@ def test_inversion_then_decode_is_exact_for_a_constant_velocity():
     assert torch.allclose(top, sampler.encode(x0, noise, max(trajectory)), atol=1e-5)
     assert torch.allclose(decode(top, velocity, sampler, 10), x0, atol=1e-5)
     assert sampler.below(sampler.timesteps[-1]) == 0.0 and sampler.sigma(0.0) == 0.0
+
+
+def test_midpoint_inversion_is_second_order_on_a_linear_flow():
+    """On v(x, t) = a x (the exact path is x_sigma = exp(a sigma) x_0), the midpoint inversion's error at the top
+    is much smaller than Euler inversion's, and it falls about 4x when the steps double (second order)."""
+    from framework.core.stages import InversionJob
+    from framework.stages import DDIMInversion, MidpointInversion
+
+    class Linear:  # a denoiser whose velocity is a x (CFG off)
+        def __call__(self, x, t, cond, uncond=None, scale=1.0):
+            return 0.8 * x
+
+    def top_error(inversion, steps):
+        sampler = FlowSchedule.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=1.0), steps)
+        x0 = torch.ones(1, 1, 2, 2)
+        job = InversionJob(Linear(), sampler, steps, steps, (None, None), 1.0, (None, None), 1.0)
+        trajectory = inversion.invert(x0, job).trajectory
+        top = max(trajectory)
+        return float((trajectory[top] - torch.exp(torch.tensor(0.8 * sampler.sigma(top))) * x0).abs().max())
+
+    euler, midpoint = top_error(DDIMInversion(), 10), top_error(MidpointInversion(), 10)
+    assert midpoint < euler / 10
+    assert 3.0 < midpoint / top_error(MidpointInversion(), 20) < 5.0
