@@ -10,15 +10,24 @@ from typing import Optional
 
 from framework.backbones.loading import (
     BUILTIN_PREFIX,
+    SDXL,
     builtin_folder,
     check_family,
+    checkpoint_family,
     check_variant,
     load_component,
     load_config,
     resolve_pretrained,
 )
 from framework.core.conditioning import Conditioner, ConditionSide, Encoding, UNetInputs, in_window  # noqa: F401
-from framework.core.errors import ConfigError
+from framework.core.errors import ConfigError, ModelLoadError
+
+FITTING = {  # a layout model of each family for each kind, for the wrong-family message
+    ("ControlNet", "SD 1.x"): "lllyasviel/control_v11p_sd15_openpose",
+    ("ControlNet", SDXL): "xinsir/controlnet-openpose-sdxl-1.0",
+    ("T2I-Adapter", "SD 1.x"): "TencentARC/t2iadapter_openpose_sd14v1",
+    ("T2I-Adapter", SDXL): "TencentARC/t2i-adapter-openpose-sdxl-1.0",
+}
 
 
 class LayoutConditioner(Conditioner):
@@ -53,6 +62,20 @@ class LayoutConditioner(Conditioner):
         self._source = resolve_pretrained(pretrained, f"{self.kind} '{modality}'", None, revision)
         check_family(pretrained, f"{self.kind} '{modality}'", revision)  # from its config, before any weights load
         check_variant(pretrained, variant, f"{self.kind} '{modality}'")
+
+    def check_backbone(self, backbone) -> None:
+        """Refuse, in one line and from the configs alone (before any weights load), a model of the other family
+        than the backbone's: an SD 1.x ControlNet on SDXL or an SDXL one on SD 1.x. Finer mismatches (SD 2.x
+        widths, channels) are caught from the configs when the model loads (conditioners.compat)."""
+        mine, _ = checkpoint_family(self.pretrained, self.revision)
+        theirs = getattr(backbone, "family", None)
+        if mine is None or theirs is None or (mine == SDXL) == (theirs == SDXL):
+            return
+        example = FITTING.get((self.kind, theirs))
+        raise ModelLoadError(
+            f"{self.kind} '{self.modality}' ({self.pretrained}) is an {mine} model but the backbone "
+            f"({getattr(backbone, 'pretrained', '?')}) is {theirs}: use a {self.kind} for {theirs}"
+            f"{f' such as {example}' if example else ''}, or an {mine} checkpoint as the backbone's `pretrained`.")
 
     def _folder(self, builtin_kind: str) -> str:
 

@@ -75,7 +75,8 @@ class ControlNetConditioner(LayoutConditioner):
         with _embedding_given(self.controlnet) if embedded else nullcontext():
             down, mid = self.controlnet(
                 latents, t, encoder_hidden_states=inputs.encoder_hidden_states,
-                controlnet_cond=encoding.to(latents.dtype), conditioning_scale=self.scale, return_dict=False,
+                controlnet_cond=encoding.to(latents.dtype), conditioning_scale=self.scale,
+                added_cond_kwargs=inputs.added_cond_kwargs, return_dict=False,  # SDXL's text_embeds, time_ids
             )
         inputs.add_control(down, mid)
 

@@ -1,4 +1,4 @@
-"""Text condition: the CLIP text encoder of the Stable Diffusion checkpoint."""
+"""Text condition: the backbone's text encoder(s), as a TextEncoding (framework.core.backbone)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from typing import Optional
 import torch
 
 from conditioners.base import Conditioner, ConditionSide, Encoding, UNetInputs
+from framework.core.backbone import TextEncoding
 
 
 class TextConditioner(Conditioner):
-    """Encodes the side's prompt with the backbone's CLIP text encoder (SD 1.x: last hidden state).
+    """Encodes the side's prompt with the backbone's `encode_prompt` (SD 1.x: CLIP's last hidden state; SDXL: two
+    encoders' penultimate states and a pooled embedding).
 
     Always present: when a config lists only layout conditioners, the engine puts this one first.
     """
@@ -19,7 +21,7 @@ class TextConditioner(Conditioner):
 
     def __init__(self):
         super().__init__()
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[str, TextEncoding] = {}
 
     def encode(self, side: ConditionSide, backbone) -> Optional[Encoding]:
         # The same prompt recurs (source, edit, negative); encode each once per request.
@@ -31,7 +33,7 @@ class TextConditioner(Conditioner):
 
     def apply(self, inputs: UNetInputs, latents: torch.Tensor, t: int, encoding: Encoding,
               progress: float) -> None:
-        inputs.encoder_hidden_states = encoding.to(latents.dtype) if torch.is_floating_point(latents) else encoding
+        encoding.apply(inputs, latents.dtype if torch.is_floating_point(latents) else None)
 
     def clear(self) -> None:
         self._cache.clear()

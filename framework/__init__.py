@@ -17,6 +17,7 @@ _EXPORTS = {
     "DiffEdit": "framework.lightning.baselines", "SDEdit": "framework.lightning.baselines",
     "EditRequest": "framework.core.request", "EditResult": "framework.core.request",
     "load_manifest": "framework.io.manifests", "StableDiffusion": "framework.backbones",
+    "StableDiffusionXL": "framework.backbones",
     "EditError": "framework.core.errors", "ConfigError": "framework.core.errors",
     "ManifestError": "framework.core.errors", "ModelLoadError": "framework.core.errors",
 }

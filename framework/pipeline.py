@@ -34,8 +34,9 @@ import losses as _losses  # noqa: F401
 from conditioners.base import Conditioner
 from conditioners.controlnet import ControlNetConditioner
 from conditioners.text import TextConditioner
-from framework.backbones.loading import BUILTIN_PREFIX
+from framework.backbones.loading import BUILTIN_PREFIX, SDXL, backbone_class
 from framework.backbones.sd import StableDiffusion
+from framework.core.backbone import Backbone
 from framework.core.errors import ConfigError, ManifestError
 from framework.core.ito import OptimizerFactory, default_optimizer
 from framework.core.mask_cache import plain_fields, settings_digest
@@ -72,6 +73,12 @@ SD15_CONTROLNETS = {
     "lines": "lllyasviel/control_v11p_sd15_mlsd", "canny": "lllyasviel/control_v11p_sd15_canny",
     "depth": "lllyasviel/control_v11f1p_sd15_depth", "softedge": "lllyasviel/control_v11p_sd15_softedge",
 }
+# SDXL ControlNets for the same names on an SDXL backbone (xinsir's ship safetensors in diffusers' layout).
+SDXL_CONTROLNETS = {
+    "pose": "xinsir/controlnet-openpose-sdxl-1.0", "scribble": "xinsir/controlnet-scribble-sdxl-1.0",
+    "canny": "xinsir/controlnet-canny-sdxl-1.0", "depth": "xinsir/controlnet-depth-sdxl-1.0",
+}
+CONTROLNETS = {"SD 1.x": SD15_CONTROLNETS, SDXL: SDXL_CONTROLNETS}
 RUN_SETTINGS = ("output_dir", "overwrite", "metrics")
 """Keys of a YAML's model section that belong to a run (files, scores), not to the edit."""
 
@@ -89,14 +96,16 @@ class EditPipelineOutput:
     result: EditResult  # tensors (1, 3, H, W) in [0, 1] and the full record (stages' seconds, counts, mask area)
 
 
-def controlnet_for(modality: str, pretrained: str) -> str:
-    """The ControlNet checkpoint of a short conditioner name: the same built-in model, else SD15_CONTROLNETS."""
+def controlnet_for(modality: str, pretrained: str, family: str = "SD 1.x") -> str:
+    """The ControlNet checkpoint of a short conditioner name: the same built-in model, else the family's table
+    (SD15_CONTROLNETS, SDXL_CONTROLNETS)."""
     if pretrained.startswith(BUILTIN_PREFIX):
         return pretrained
-    if modality not in SD15_CONTROLNETS:
-        raise ConfigError(f"no default ControlNet for modality '{modality}' (known: {', '.join(SD15_CONTROLNETS)}); "
+    known = CONTROLNETS.get(family, {})
+    if modality not in known:
+        raise ConfigError(f"no default {family} ControlNet for modality '{modality}' (known: {', '.join(known)}); "
                           f"pass ControlNetConditioner('{modality}', pretrained=<hub id or folder>) instead.")
-    return SD15_CONTROLNETS[modality]
+    return known[modality]
 
 
 def _merge(current: Any, change: Any) -> Any:
@@ -114,7 +123,7 @@ class EditPipeline(nn.Module):
 
     def __init__(
         self,
-        backbone: Optional[StableDiffusion] = None,
+        backbone: Optional[Backbone] = None,
         conditioners: Optional[Sequence[Conditioner]] = None,
         losses: Optional[Sequence[EditLoss]] = None,
         optimizer: Optional[OptimizerFactory] = None,
@@ -134,7 +143,8 @@ class EditPipeline(nn.Module):
     ):
         """
         Args:
-            backbone: The Stable Diffusion 1.x model (None: SD 1.5 from the Hub).
+            backbone: The model (a Backbone: StableDiffusion picks SD 1.x or SDXL from the checkpoint; None: SD 1.5
+                from the Hub).
             conditioners: Condition plugins; a text conditioner is put first when none is listed.
             losses: ITO loss objects (None: masked-MSE preservation + cosine guidance).
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1).
@@ -170,6 +180,8 @@ class EditPipeline(nn.Module):
         elif not conditioners[0].provides_text:
             conditioners.sort(key=lambda c: not c.provides_text)  # text first: ControlNets read it
         self.backbone = backbone if backbone is not None else StableDiffusion()
+        for conditioner in conditioners:  # a ControlNet of the other family, from the configs alone
+            conditioner.check_backbone(self.backbone)
         self.conditioners = nn.ModuleList(conditioners)
         self.losses = nn.ModuleList(losses if losses is not None else [MaskedMSEPreservation(), CosineGuidance()])
         self.optimizer = optimizer
@@ -184,16 +196,19 @@ class EditPipeline(nn.Module):
     @classmethod
     def from_pretrained(cls, pretrained: str, conditioners: Optional[Sequence[Union[str, Conditioner]]] = None, *,
                         torch_dtype: Optional[torch.dtype] = None, **settings) -> "EditPipeline":
-        """Load a pipeline from an SD 1.x hub id, folder or `builtin:` name.
+        """Load a pipeline from an SD 1.x or SDXL hub id, folder or `builtin:` name (its model_index.json picks the
+        backbone class; another family is refused in one line).
 
         `conditioners`: short names ('pose', 'scribble': a ControlNet of that modality, the same built-in model or
-        SD15_CONTROLNETS) or conditioner objects. `settings`: the pipeline's parameters (`lam`, `mask`, `ito`,
-        `losses`, the stage slots ...) and StableDiffusion's (`variant`, `revision`, `attention_slicing` ...).
+        the family's SD15_CONTROLNETS / SDXL_CONTROLNETS) or conditioner objects. `settings`: the pipeline's
+        parameters (`lam`, `mask`, `ito`, `losses`, the stage slots ...) and the backbone's (`variant`, `revision`,
+        `attention_slicing` ...).
         """
-        backbone_keys = set(inspect.signature(StableDiffusion).parameters) - {"pretrained"}
-        backbone = StableDiffusion(pretrained, **{k: settings.pop(k) for k in list(settings) if k in backbone_keys})
-        made = [c if isinstance(c, Conditioner) else ControlNetConditioner(c, controlnet_for(c, pretrained))
-                for c in conditioners or []]
+        cls_backbone = backbone_class(pretrained, settings.get("revision"))
+        backbone_keys = set(inspect.signature(cls_backbone.__init__).parameters) - {"self", "pretrained"}
+        backbone = cls_backbone(pretrained, **{k: settings.pop(k) for k in list(settings) if k in backbone_keys})
+        made = [c if isinstance(c, Conditioner) else
+                ControlNetConditioner(c, controlnet_for(c, pretrained, backbone.family)) for c in conditioners or []]
         return cls(backbone, made, **settings).to(dtype=torch_dtype).load()
 
     @classmethod

@@ -48,6 +48,22 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Folders of a tiny SDXL model (StableDiffusionXLPipeline's hub layout), an SDXL ControlNet (pose, scribble)
+    and an SDXL T2I-Adapter."""
+    from framework.toy.tiny_sdxl import save_tiny_sdxl, save_tiny_sdxl_adapter, save_tiny_sdxl_controlnet
+
+    root = tmp_path_factory.mktemp("tiny_sdxl")
+    sd = save_tiny_sdxl(root / "sd", seed=0)
+    return {
+        "sd": sd,
+        "pose": save_tiny_sdxl_controlnet(root / "cn_pose", sd, seed=1),
+        "scribble": save_tiny_sdxl_controlnet(root / "cn_scribble", sd, seed=2),
+        "adapter": save_tiny_sdxl_adapter(root / "adapter", seed=3),
+    }
+
+
+@pytest.fixture(scope="session")
 def backbone(tiny_dirs):
     from framework.backbones.sd import StableDiffusion
 

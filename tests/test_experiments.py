@@ -23,6 +23,8 @@ def swap_models(config: dict, tiny_dirs, out: Path) -> dict:
     """Point every model at the tiny ones and every output into `out`; keep the rest as shipped."""
     args = config["model"]["init_args"]
     args["backbone"]["init_args"]["pretrained"] = str(tiny_dirs["sd"])
+    if args["backbone"]["init_args"].get("vae"):  # a replacement VAE: the tiny model's own folder (it has vae/)
+        args["backbone"]["init_args"]["vae"] = str(tiny_dirs["sd"])
     for conditioner in args.get("conditioners") or []:
         modality = conditioner["init_args"]["modality"]
         conditioner["init_args"]["pretrained"] = str(tiny_dirs.get(modality, tiny_dirs["pose"]))
@@ -37,12 +39,15 @@ def swap_models(config: dict, tiny_dirs, out: Path) -> dict:
 def test_every_paper_setting_is_shipped():
     names = {p.stem for p in EXPERIMENTS}
     assert {"quickstart", "pose", "scribble", "text", "lines", "text_pose", "text_scribble", "lam1", "refine"} <= names
+    assert {"sdxl_pose", "sdxl_text", "sdxl_scribble"} <= names
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
-def test_experiment_runs_on_tiny_model(path, tmp_path, tiny_dirs, monkeypatch):
+def test_experiment_runs_on_tiny_model(path, tmp_path, tiny_dirs, monkeypatch, request):
     monkeypatch.chdir(ROOT)
-    config = swap_models(yaml.safe_load(path.read_text()), tiny_dirs, tmp_path)
+    sdxl = path.stem.startswith("sdxl")  # SDXL experiments run on the tiny SDXL model and its SDXL ControlNets
+    dirs = request.getfixturevalue("tiny_sdxl_dirs") if sdxl else tiny_dirs
+    config = swap_models(yaml.safe_load(path.read_text()), dirs, tmp_path)
     swapped = tmp_path / path.name
     swapped.write_text(yaml.safe_dump(config))
     main(["fit", "--config", str(swapped), *SMALL])
@@ -53,6 +58,9 @@ def test_experiment_runs_on_tiny_model(path, tmp_path, tiny_dirs, monkeypatch):
     assert record["guidance_image"] == (record["lam"] < 1)
     assert summary["parameters"]["guidance"]["refine"] == shipped.get("guidance", {}).get("refine", False)
     assert (tmp_path / "edits" / record["id"] / "edit.png").exists()
+    if sdxl:
+        assert yaml.safe_load(path.read_text())["data"]["init_args"]["resolution"] == 1024
+        assert summary["parameters"]["backbone"] == str(dirs["sd"]) and max(record["height"], record["width"]) == 64
     if "WandbLogger" in str(config["trainer"]["logger"]["class_path"]):
         assert list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
 

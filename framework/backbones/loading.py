@@ -14,7 +14,7 @@ from framework.core.errors import ConfigError, ModelLoadError
 
 BUILTIN_PREFIX = "builtin:"
 log = logging.getLogger("framework")
-_announced: set[str] = set()  # built-in models already announced in this process
+_announced: set[tuple[str, str]] = set()  # built-in models already announced in this process
 
 
 def _rank() -> int:
@@ -159,9 +159,17 @@ TOYWORLD = "builtin:toyworld"
 TINY_SD = "builtin:tiny-random"
 """Tiny seeded random weights in SD 1.5's geometry (framework.toy.tiny), built on first use: tests, dry runs."""
 
-BUILTINS = (TINY_SD, TOYWORLD)
-_TINY_BUILDERS = {"sd": "tiny_pipeline_dir", "controlnet": "tiny_controlnet_dir", "t2i_adapter": "tiny_adapter_dir"}
-"""builtin:tiny-random's parts: functions of framework.toy.tiny, imported by name (the toy layer is above this one)."""
+TINY_SDXL = "builtin:tiny-random-sdxl"
+"""Tiny seeded random weights in SDXL's geometry (framework.toy.tiny_sdxl), built on first use: tests, dry runs."""
+
+BUILTINS = (TINY_SD, TINY_SDXL, TOYWORLD)
+_TINY_BUILDERS = {
+    TINY_SD: ("framework.toy.tiny", {"sd": "tiny_pipeline_dir", "controlnet": "tiny_controlnet_dir",
+                                     "t2i_adapter": "tiny_adapter_dir"}),
+    TINY_SDXL: ("framework.toy.tiny_sdxl", {"sd": "tiny_sdxl_dir", "controlnet": "tiny_sdxl_controlnet_dir",
+                                            "t2i_adapter": "tiny_sdxl_adapter_dir"}),
+}
+"""The tiny random models' parts: functions of framework.toy, imported by name (the toy layer is above this one)."""
 
 
 def cache_dir() -> Path:
@@ -188,16 +196,17 @@ def builtin_folder(name: str, kind: str, modality: Optional[str] = None) -> Path
     check_builtin(name)
     if name == TOYWORLD:
         return _toyworld_part(kind, modality)
-    if kind not in _TINY_BUILDERS:
+    module, builders = _TINY_BUILDERS[name]
+    if kind not in builders:
         raise ConfigError(f"'{name}' has no {kind} model; '{TOYWORLD}' has a classifier.")
-    if _rank() == 0 and kind not in _announced:
+    if _rank() == 0 and (name, kind) not in _announced:
         log.warning(
             f"Using '{name}' for the {kind} model: tiny random weights built locally (cached in "
             f"{cache_dir()}). Its edits are noise; they only show the procedure runs. "
             f"Set `pretrained` to a real checkpoint for real edits."
         )
-        _announced.add(kind)
-    return getattr(importlib.import_module("framework.toy.tiny"), _TINY_BUILDERS[kind])()
+        _announced.add((name, kind))
+    return getattr(importlib.import_module(module), builders[kind])()
 
 
 def _toyworld_part(kind: str, modality: Optional[str]) -> Path:
@@ -213,11 +222,16 @@ def _toyworld_part(kind: str, modality: Optional[str]) -> Path:
 
 
 # ------------------------------------------------------------------------------ model families
-RUNS = "SD 1.x"  # what the backbone runs today, for messages
-# diffusers class names (a pipeline's, in model_index.json; a model's, in config.json) -> the family, for the
-# families the backbone cannot run yet. Checked by prefix, so img2img, inpaint and ControlNet pipelines count too.
-_OTHER_FAMILIES = (
-    ("StableDiffusionXL", "SDXL"), ("StableDiffusion3", "SD3"), ("SD3", "SD3"), ("Flux", "FLUX"),
+SD1, SDXL = "SD 1.x", "SDXL"
+FAMILY_CLASSES = {SD1: "framework.backbones.sd.StableDiffusion", SDXL: "framework.backbones.sdxl.StableDiffusionXL"}
+"""The families this project runs -> their backbone class (imported by name: sdxl.py builds on sd.py)."""
+FAMILY_EXAMPLES = {SD1: "stable-diffusion-v1-5/stable-diffusion-v1-5", SDXL: "stabilityai/stable-diffusion-xl-base-1.0"}
+RUNS = " and ".join(FAMILY_CLASSES)  # what the backbones run, for messages
+BUILTIN_FAMILIES = {TINY_SD: SD1, TOYWORLD: SD1, TINY_SDXL: SDXL}
+# diffusers class names (a pipeline's, in model_index.json; a model's, in config.json) -> the family. Checked by
+# prefix, so img2img, inpaint and ControlNet pipelines count too; the first match wins (SDXL before SD 1.x).
+_FAMILIES = (
+    ("StableDiffusionXL", SDXL), ("StableDiffusion3", "SD3"), ("SD3", "SD3"), ("Flux", "FLUX"),
     ("StableCascade", "Stable Cascade"), ("Wuerstchen", "Wuerstchen"), ("Kandinsky", "Kandinsky"),
     ("PixArt", "PixArt"), ("Sana", "Sana"), ("HunyuanDiT", "Hunyuan-DiT"), ("AuraFlow", "AuraFlow"),
     ("Lumina", "Lumina"), ("CogView", "CogView"), ("IF", "DeepFloyd IF"), ("StableDiffusionUpscale", "SD x4 upscaler"),
@@ -227,10 +241,10 @@ _OTHER_FAMILIES = (
 
 
 def class_family(class_name: Optional[str]) -> Optional[str]:
-    """The family a diffusers class name belongs to when the backbone cannot run it; None when it can (or when
-    the name says nothing: an SD 1.x/2.x pipeline, UNet or ControlNet)."""
+    """The family a diffusers class name names, other than SD 1.x/2.x; None when it names none of them (an SD
+    1.x/2.x pipeline, a UNet or a ControlNet: their configs say more)."""
     name = class_name or ""
-    for prefix, family in _OTHER_FAMILIES:
+    for prefix, family in _FAMILIES:
         if name.startswith(prefix) and (prefix != "IF" or name[2:3].isupper()):  # IFPipeline, not e.g. "IFoo"
             return family
     return None
@@ -240,7 +254,7 @@ def config_family(config: dict) -> Optional[str]:
     """`class_family` of a model's config.json, or 'SDXL' for a UNet / ControlNet with SDXL's time embeddings or an
     SDXL T2I-Adapter."""
     if config.get("addition_embed_type") == "text_time" or config.get("adapter_type") == "full_adapter_xl":
-        return "SDXL"
+        return SDXL
     return class_family(config.get("_class_name"))
 
 
@@ -272,27 +286,55 @@ def checkpoint_file(pretrained: str, filename: str, revision: Optional[str] = No
     return found if isinstance(found, str) else None
 
 
-def check_family(pretrained: str, what: str, revision: Optional[str] = None, subfolder: Optional[str] = None) -> None:
-    """Refuse, in one line and before any weights load, a checkpoint of a family the backbone cannot run yet.
-
-    Read from the pipeline's model_index.json (its `_class_name`) and the UNet's or model's config.json."""
+def checkpoint_family(pretrained: str, revision: Optional[str] = None,
+                      subfolder: Optional[str] = None) -> tuple[Optional[str], str]:
+    """(the family of a checkpoint, where that was read), from a built-in name, the pipeline's model_index.json
+    (`_class_name`) or the model's config.json; (None, '') when nothing local says (a hub id not in the cache).
+    A pipeline or UNet of no other family is SD 1.x."""
+    if pretrained.startswith(BUILTIN_PREFIX):
+        return BUILTIN_FAMILIES.get(pretrained), f"the built-in name {pretrained}"
     index = _read_json(checkpoint_file(pretrained, "model_index.json", revision))
+    if index is not None:
+        name = index.get("_class_name")
+        found = class_family(name)
+        if found is None and "transformer" in index and "unet" not in index:
+            return "a transformer (DiT) model", "a `transformer` and no `unet` in its model_index.json"
+        return found or SD1, f"{name} in its model_index.json"
     config_name = f"{subfolder}/config.json" if subfolder else "config.json"
     config = _read_json(checkpoint_file(pretrained, config_name, revision))
-    found, source = None, None
-    if index is not None:
-        found, source = class_family(index.get("_class_name")), f"{index.get('_class_name')} in its model_index.json"
-        if found is None and "transformer" in index and "unet" not in index:
-            found, source = "a transformer (DiT) model", "a `transformer` and no `unet` in its model_index.json"
-    if found is None and config is not None:
-        found = config_family(config)
-        source = (f"{config.get('_class_name')} in its {config_name}" if class_family(config.get("_class_name"))
-                  else f"adapter_type 'full_adapter_xl' in its {config_name}" if "adapter_type" in config
-                  else f"addition_embed_type 'text_time' in its {config_name}")
-    if found is not None:
-        raise ModelLoadError(f"{what}: '{pretrained}' is {found} ({source}); this project runs {RUNS} "
-                             f"checkpoints (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5 and its ControlNets): "
-                             f"point `pretrained` at one of those.")
+    if config is None:
+        return None, ""
+    source = (f"adapter_type 'full_adapter_xl' in its {config_name}" if "adapter_type" in config
+              and config_family(config) == SDXL
+              else f"addition_embed_type 'text_time' in its {config_name}" if config_family(config) == SDXL
+              else f"{config.get('_class_name')} in its {config_name}")
+    return config_family(config) or SD1, source
+
+
+def check_family(pretrained: str, what: str, revision: Optional[str] = None, subfolder: Optional[str] = None,
+                 runs: Optional[str] = None) -> Optional[str]:
+    """Refuse, in one line and before any weights load, a checkpoint of a family this project cannot run (or,
+    with `runs`, one other than `runs`, the family of the backbone class asked for); return the family found."""
+    found, source = checkpoint_family(pretrained, revision, subfolder)
+    if found is None or found == runs:
+        return found
+    if found not in FAMILY_CLASSES:
+        raise ModelLoadError(f"{what}: '{pretrained}' is {found} ({source}); this project runs {RUNS} checkpoints "
+                             f"(e.g. {' or '.join(FAMILY_EXAMPLES.values())}): point `pretrained` at one of those.")
+    if runs is not None:
+        raise ModelLoadError(f"{what}: '{pretrained}' is {found} ({source}), not {runs}: give it to "
+                             f"{FAMILY_CLASSES[found]} (or framework.StableDiffusion, which picks the "
+                             f"checkpoint's family), or point `pretrained` at an {runs} checkpoint such as "
+                             f"{FAMILY_EXAMPLES[runs]}.")
+    return found
+
+
+def backbone_class(pretrained: str, revision: Optional[str] = None) -> type:
+    """The backbone class of a checkpoint's family (SD 1.x when nothing local says); a family this project does
+    not run is refused in one line."""
+    found = check_family(pretrained, "backbone", revision, "unet") or SD1
+    module, name = FAMILY_CLASSES[found].rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pth", ".pt")

@@ -1,7 +1,12 @@
-"""Stable Diffusion 1.x: the first backbone (VAE, UNet, CLIP text encoder, DDIM schedule)."""
+"""Stable Diffusion 1.x: the first backbone (VAE, UNet, CLIP text encoder, DDIM schedule).
+
+`StableDiffusion(pretrained)` builds the backbone of the checkpoint's family: its model_index.json decides
+(framework.backbones.loading.backbone_class), so an SDXL folder or hub id gives a `StableDiffusionXL`.
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -10,27 +15,33 @@ from torch import nn
 
 from framework.backbones.loading import (
     BUILTIN_PREFIX,
+    SD1,
     _looks_like_hub_id,
+    backbone_class,
     builtin_folder,
     check_family,
     check_variant,
     load_component,
     resolve_pretrained,
 )
+from framework.core.backbone import Backbone, TextEncoding
 from framework.core.ddim import Schedule
 from framework.core.errors import ConfigError, ModelLoadError
+
+DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 _SD_PARTS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
              "tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
 
 
-def _check_sd_folder(source: str) -> None:
+def _check_sd_folder(source: str, parts: Optional[dict[str, str]] = None) -> None:
     """A local SD folder must hold every component, so an incomplete copy fails before loading."""
     folder = Path(source).expanduser()
+    parts = parts or _SD_PARTS
     if source.startswith(BUILTIN_PREFIX) or not folder.is_dir():
         return
-    missing = [f"{part}/{name}" for part, name in _SD_PARTS.items() if not (folder / part / name).is_file()]
-    if len(missing) == len(_SD_PARTS) and not (folder / "model_index.json").is_file():
+    missing = [f"{part}/{name}" for part, name in parts.items() if not (folder / part / name).is_file()]
+    if len(missing) == len(parts) and not (folder / "model_index.json").is_file():
         raise ModelLoadError(
             f"Stable Diffusion: '{folder}' is not a diffusers Stable Diffusion folder: it has none of "
             f"{', '.join(missing)} nor model_index.json. Point `pretrained` at a folder written by "
@@ -38,7 +49,7 @@ def _check_sd_folder(source: str) -> None:
     if missing:
         raise ModelLoadError(
             f"Stable Diffusion folder '{folder}' is incomplete: missing {', '.join(missing)}. Copy the "
-            f"whole diffusers checkpoint (unet, vae, text_encoder, tokenizer, scheduler).")
+            f"whole diffusers checkpoint ({', '.join(parts)}).")
 
 
 def _check_slicing(value: Union[str, int, None]) -> Union[str, int, None]:
@@ -57,25 +68,57 @@ def _sliceable(module: nn.Module) -> bool:
     return isinstance(module, ModelMixin) and hasattr(module, "set_attention_slice")
 
 
+def _init_signature(cls) -> inspect.Signature:
+    """The class's __init__ parameters as its signature (the metaclass's __call__ takes *args, **kwargs)."""
+    signature = inspect.signature(cls.__init__)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
 def _vae_sample_size(vae) -> int:
     size = vae.config.sample_size
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-class StableDiffusion(nn.Module):
+class _PicksFamily(type):
+    """Metaclass: `StableDiffusion(pretrained, ...)` builds the backbone class of the checkpoint's family (its
+    model_index.json decides); subclasses named directly are built as themselves. Copies and unpickling do not
+    call it."""
+
+    def __call__(cls, *args, **kwargs):
+        target = cls
+        if cls is StableDiffusion and (args or "pretrained" in kwargs):
+            pretrained = args[0] if args else kwargs["pretrained"]
+            revision = args[1] if len(args) > 1 else kwargs.get("revision")
+            if isinstance(pretrained, str):
+                target = backbone_class(pretrained, revision)
+        return type.__call__(target, *args, **kwargs)
+
+
+class StableDiffusion(Backbone, metaclass=_PicksFamily):
     """Stable Diffusion 1.x components (VAE, UNet, CLIP text encoder, tokenizer, DDIM scheduler).
 
     Loaded lazily by `load()` so that configuration errors surface before any weights are read.
+    `StableDiffusion(pretrained=...)` returns the backbone of the checkpoint's family (an SDXL checkpoint gives
+    a `StableDiffusionXL`, a subclass); a family this project does not run is refused in one line.
     """
 
-    def __init__(self, pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    family = SD1
+    label = "Stable Diffusion"  # names the model in messages
+    parts = _SD_PARTS  # the folder's components (subfolder -> the file each must hold)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = _init_signature(cls)
+
+    def __init__(self, pretrained: str = DEFAULT_PRETRAINED,
                  revision: Optional[str] = None, variant: Optional[str] = None,
                  allow_pickle: bool = False, attention_slicing: Union[int, Literal["auto", "max"], None] = None,
                  vae_tiling: bool = False, vae_tile_size: Optional[int] = None, vae: Optional[str] = None):
         """
         Args:
-            pretrained: Hub id or local folder of a diffusers SD 1.x checkpoint, or
-                'builtin:tiny-random' for the tiny random model used by tests and the quickstart.
+            pretrained: Hub id or local folder of a diffusers SD 1.x or SDXL checkpoint (its model_index.json
+                picks the backbone), or 'builtin:tiny-random' / 'builtin:tiny-random-sdxl' for the tiny random
+                models used by tests and the quickstart.
             revision: Hub revision (branch, tag or commit).
             variant: Weight variant such as 'fp16'.
             allow_pickle: Also load `.bin`/`.ckpt` pickle weights (they can run code; off by default).
@@ -102,10 +145,11 @@ class StableDiffusion(nn.Module):
             raise ConfigError(f"vae_tile_size must be a multiple of 8 pixels (>= 8), got {vae_tile_size}; "
                               f"use e.g. 512, or null for the VAE's own sample size.")
         self.vae_tile_size = vae_tile_size
-        check_family(pretrained, "Stable Diffusion", revision, "unet")  # first: an SD3 folder has no unet/ at all
-        _check_sd_folder(pretrained)  # then: a missing unet/ is an incomplete folder, like a missing vae/
-        check_variant(pretrained, variant, "Stable Diffusion", ("unet", "vae", "text_encoder"))
-        self._source = resolve_pretrained(pretrained, "Stable Diffusion", "unet", revision)
+        what = self.label
+        check_family(pretrained, what, revision, "unet", runs=self.family)  # first: an SD3 folder has no unet/
+        _check_sd_folder(pretrained, self.parts)  # then: a missing unet/ is an incomplete folder, like a missing vae/
+        check_variant(pretrained, variant, what, tuple(p for p in self.parts if p.startswith(("unet", "vae", "text"))))
+        self._source = resolve_pretrained(pretrained, what, "unet", revision)
         self.vae_source = vae
         if vae is not None and not vae.startswith(BUILTIN_PREFIX) and not _looks_like_hub_id(vae) \
                 and not Path(vae).expanduser().is_dir():
@@ -114,10 +158,6 @@ class StableDiffusion(nn.Module):
         self.vae = self.unet = self.text_encoder = None
         self.tokenizer = self.scheduler = None
 
-    @property
-    def loaded(self) -> bool:
-        return self.unet is not None
-
     def load(self) -> "StableDiffusion":
         """Read the weights (once)."""
         if self.loaded:
@@ -125,9 +165,7 @@ class StableDiffusion(nn.Module):
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        source = self._source
-        if source.startswith(BUILTIN_PREFIX):
-            source = str(builtin_folder(source, "sd"))
+        source = self._folder()
         common = dict(revision=self.revision, allow_pickle=self.allow_pickle)
         self.unet = load_component(UNet2DConditionModel, source, "UNet", "unet", variant=self.variant, **common)
         self.vae = load_component(AutoencoderKL, source, "VAE", "vae", variant=self.variant, **common)
@@ -137,10 +175,19 @@ class StableDiffusion(nn.Module):
                                            variant=self.variant, **common)
         self.tokenizer = load_component(CLIPTokenizer, source, "tokenizer", "tokenizer", revision=self.revision)
         self.scheduler = load_component(DDIMScheduler, source, "scheduler", "scheduler", revision=self.revision)
-        for module in (self.unet, self.vae, self.text_encoder):
+        self._load_extra(source, common)
+        for module in self.children():
             module.requires_grad_(False).eval()
         self.configure_memory()
         return self
+
+    def _folder(self) -> str:
+        """What to load from: the folder of a built-in name, else the hub id or folder."""
+        source = self._source
+        return str(builtin_folder(source, "sd")) if source.startswith(BUILTIN_PREFIX) else source
+
+    def _load_extra(self, source: str, common: dict) -> None:
+        """A family's further components (SDXL: the second text encoder); SD 1.x has none."""
 
     def _replacement_vae(self, cls, common: dict):
         """The `vae` setting's AutoencoderKL, checked against the checkpoint's latent space."""
@@ -178,11 +225,11 @@ class StableDiffusion(nn.Module):
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    @torch.no_grad()
     def sampler(self, steps: int) -> Schedule:
         """The DDIM sampler on `steps` steps of this checkpoint's schedule (its scheduler converted to DDIM)."""
         return Schedule.from_scheduler(self.scheduler, steps)
 
+    @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Image in [0, 1], (b, 3, H, W) -> scaled latents (b, 4, H/8, W/8); the posterior mean, so it is
         deterministic."""
@@ -198,12 +245,12 @@ class StableDiffusion(nn.Module):
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """Prompt -> CLIP last hidden states (1, 77, d), as SD 1.x's UNet expects."""
+    def encode_prompt(self, prompt: str) -> TextEncoding:
+        """Prompt -> CLIP last hidden states (1, 77, d), as SD 1.x's UNet expects; no extras."""
         ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
         device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(ids.to(device))[0]
+        return TextEncoding(self.text_encoder(ids.to(device))[0])
 
     def prompt_used(self, prompt: str) -> Optional[str]:
         """The part of `prompt` the text encoder sees when it is longer than the tokenizer's limit (CLIP: 77
@@ -223,6 +270,5 @@ class StableDiffusion(nn.Module):
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
         return text
 
-    def train(self, mode: bool = True) -> "StableDiffusion":
-        """The backbone is frozen: it stays in eval mode whatever the Trainer asks."""
-        return super().train(False)
+
+StableDiffusion.__signature__ = _init_signature(StableDiffusion)

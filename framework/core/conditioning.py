@@ -9,12 +9,12 @@ applied in order, so text + pose + scribble is just three entries; the caller se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-Encoding = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+Encoding = Any  # a tensor, a tuple of tensors or a TextEncoding (framework.core.backbone), batch-first
 
 
 @dataclass
@@ -37,6 +37,7 @@ class UNetInputs:
     down_block_additional_residuals: Optional[list[torch.Tensor]] = None
     mid_block_additional_residual: Optional[torch.Tensor] = None
     down_intrablock_additional_residuals: Optional[list[torch.Tensor]] = None
+    added_cond_kwargs: Optional[dict[str, torch.Tensor]] = None  # a family's extra embeddings (SDXL: text_embeds, time_ids)
 
     def add_control(self, down: list[torch.Tensor], mid: torch.Tensor) -> None:
         """Sum ControlNet residuals (several ControlNets add up, as in diffusers' MultiControlNet)."""
@@ -68,10 +69,13 @@ class Conditioner(nn.Module):
     """
 
     modality: Optional[str] = None
-    provides_text: bool = False  # True for the conditioner that sets encoder_hidden_states
+    provides_text: bool = False  # True for the conditioner whose encoding is the TextEncoding (cross-attention)
 
     def load(self, backbone) -> None:
         """Read weights; called once before the first edit."""
+
+    def check_backbone(self, backbone) -> None:
+        """Refuse a backbone this conditioner cannot serve, before any weights load (nothing to check by default)."""
 
     def encode(self, side: ConditionSide, backbone) -> Optional[Encoding]:
         """Encode one side of a request (batch 1); None when the request does not use this condition."""

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from framework.core.backbone import TextEncoding
 from framework.core.conditioning import Conditioner, ConditionSide, Encoding, UNetInputs
 
 
 def _cat(items: Sequence[Encoding]) -> Encoding:
     if isinstance(items[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*items))
+    if isinstance(items[0], TextEncoding):
+        return TextEncoding.cat(items)
     return torch.cat(list(items))
+
+
+def _rows(encoding: Encoding, start: int, stop: int) -> Encoding:
+    """Rows start:stop of an encoding's batch."""
+    if isinstance(encoding, tuple):
+        return tuple(part[start:stop] for part in encoding)
+    return encoding[start:stop]
 
 
 @dataclass
@@ -43,6 +53,8 @@ class Conditioning:
     @property
     def batch(self) -> int:
         first = next(p for p in self.parts if p is not None)
+        if isinstance(first, TextEncoding):
+            return first.batch
         return (first[0] if isinstance(first, tuple) else first).shape[0]
 
 
@@ -62,8 +74,10 @@ class Denoiser:
     """
 
     def __init__(self, unet, conditioners: Sequence[Conditioner], num_train_timesteps: int,
-                 chunk_size: Optional[int] = None):
+                 chunk_size: Optional[int] = None, unet_inputs: Optional[Callable[[torch.Tensor], UNetInputs]] = None):
+        """`unet_inputs(latents)`: the backbone's own inputs of a UNet call (Backbone.unet_inputs; None: none)."""
         self.unet = unet
+        self.unet_inputs = unet_inputs or (lambda latents: UNetInputs())
         self.conditioners = list(conditioners)
         self.num_train_timesteps = num_train_timesteps
         self.chunk_size = chunk_size
@@ -74,7 +88,7 @@ class Denoiser:
 
     @property
     def text_index(self) -> int:
-        """Position of the conditioner that provides the text embeddings (the engine puts it first)."""
+        """Position of the conditioner that provides the TextEncoding (the engine puts it first)."""
         return next(i for i, c in enumerate(self.conditioners) if c.provides_text)
 
     def encode(self, side: ConditionSide, backbone) -> Conditioning:
@@ -84,7 +98,7 @@ class Denoiser:
         return 1.0 - (t + 1) / self.num_train_timesteps
 
     def _unet(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
-        inputs = UNetInputs()
+        inputs = self.unet_inputs(latents)
         progress = self.progress(t)
         for conditioner, encoding in zip(self.conditioners, cond.parts):
             if encoding is not None:
@@ -99,8 +113,7 @@ class Denoiser:
             return self._unet(latents, t, cond)
         outs = []
         for start in range(0, latents.shape[0], size):
-            part = Conditioning([None if p is None else (tuple(q[start:start + size] for q in p)
-                                 if isinstance(p, tuple) else p[start:start + size]) for p in cond.parts])
+            part = Conditioning([None if p is None else _rows(p, start, start + size) for p in cond.parts])
             outs.append(self._unet(latents[start:start + size], t, part))
         return torch.cat(outs)
 

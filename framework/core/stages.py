@@ -28,7 +28,7 @@ class Inverted:
 
     x0: torch.Tensor  # (1, 4, h, w)
     trajectory: dict[int, torch.Tensor]  # {t: x*_t}, t increasing in insertion order
-    uncond_text: Optional[dict[int, torch.Tensor]] = None
+    uncond_text: Optional[dict[int, TextEncoding]] = None  # per-step unconditional text (null-text inversion)
     """{t: text embedding (1, L, D)} replacing the unconditional text of the decode's CFG at step t."""
     corrections: Optional[dict[int, torch.Tensor]] = None
     """{t: (1, 4, h, w)} added to the latents after the decode step from t."""

@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 
 from conditioners.base import Conditioner
-from framework.backbones.sd import StableDiffusion
+from framework.core.backbone import Backbone
 from framework.core.errors import EditError, note, warn
 from framework.core.mask_cache import request_digest
 from framework.core.metric import EditMetric
@@ -58,7 +58,7 @@ class EditModule(pl.LightningModule):
 
     def __init__(
         self,
-        backbone: Optional[StableDiffusion] = None,
+        backbone: Optional[Backbone] = None,
         conditioners: Optional[list[Conditioner]] = None,
         losses: Optional[list[EditLoss]] = None,
         optimizer: Optional[Callable[[Iterable], torch.optim.Optimizer]] = None,
@@ -80,7 +80,8 @@ class EditModule(pl.LightningModule):
     ):
         """
         Args:
-            backbone: The Stable Diffusion 1.x model (None: SD 1.5 from the Hub).
+            backbone: The model: `framework.StableDiffusion` with `pretrained` an SD 1.x or SDXL checkpoint (its
+                model_index.json picks the family), or any Backbone (None: SD 1.5 from the Hub).
             conditioners: Condition plugins; a text conditioner is put first when none is listed.
             losses: ITO loss plugins (None: masked-MSE preservation + cosine guidance, scaled so lam weighs them).
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1, the paper's).

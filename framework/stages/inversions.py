@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from framework.core.backbone import TextEncoding
 from framework.core.denoiser import Conditioning, Denoiser
 from framework.core.errors import ConfigError
 from framework.core.stages import Inversion, InversionJob, Inverted, Side
@@ -31,8 +32,8 @@ class DDIMInversion(Inversion):
         return Inverted(x0, self.trajectory(x0, job))
 
 
-def text_of(side: Side, denoiser: Denoiser) -> torch.Tensor:
-    """The text embedding (1, L, D) of a side's conditional half."""
+def text_of(side: Side, denoiser: Denoiser) -> TextEncoding:
+    """The text encoding (batch 1) of a side's conditional half."""
     return side[0].parts[denoiser.text_index]
 
 
@@ -104,11 +105,11 @@ class NullTextInversion(Inversion):
                 z = cfg_step(job, z, t, eps_cond, uncond.with_part(index, null))
         return inverted
 
-    def _fit(self, job: InversionJob, z, t, eps_cond, uncond: Conditioning, start: torch.Tensor,
-             target: torch.Tensor) -> torch.Tensor:
+    def _fit(self, job: InversionJob, z, t, eps_cond, uncond: Conditioning, start: TextEncoding,
+             target: torch.Tensor) -> TextEncoding:
         """emptyset_t after at most `inner_steps` Adam steps on the step's reconstruction error."""
         param = start.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([param], lr=self.lr)
+        optimizer = torch.optim.Adam(param.tensors(), lr=self.lr)  # the whole encoding: SDXL's pooled part too
         index = job.denoiser.text_index
         with torch.enable_grad():
             for _ in range(self.inner_steps):

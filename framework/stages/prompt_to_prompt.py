@@ -130,7 +130,7 @@ class PromptToPrompt(Decoder):
         tokenizer = tools.backbone.tokenizer
         ids = lambda prompt: tokenizer(prompt).input_ids  # noqa: E731 - with start and end tokens
         src, edit = state.sides.source, state.sides.edit
-        length = src[0].parts[tools.denoiser.text_index].shape[1]
+        length = src[0].parts[tools.denoiser.text_index].length
         exchange = AttentionExchange(*token_mapping(ids(state.request.source_prompt), ids(state.request.edit_prompt),
                                                     length))
         scale = tools.sampling.guidance_scale

@@ -20,10 +20,11 @@ def _controlnet(backbone, folder, modality="pose", **kw):
 
 def test_text_conditioner_gives_clip_hidden_states(backbone):
     enc = TextConditioner().encode(ConditionSide("a red circle"), backbone)
-    assert enc.shape == (1, 77, 32) and torch.equal(enc, backbone.encode_prompt("a red circle"))
+    assert enc.hidden.shape == (1, 77, 32) and torch.equal(enc.hidden, backbone.encode_prompt("a red circle").hidden)
+    assert enc.extras == {}  # SD 1.x: the token sequence alone
     inputs = UNetInputs()
     TextConditioner().apply(inputs, torch.zeros(1, 4, 8, 8), 1, enc, 0.5)
-    assert torch.equal(inputs.encoder_hidden_states, enc)
+    assert torch.equal(inputs.encoder_hidden_states, enc.hidden) and inputs.added_cond_kwargs is None
 
 
 def test_controlnet_changes_eps_and_respects_window(backbone, tiny_dirs):
@@ -46,7 +47,7 @@ def test_two_controlnets_sum_their_residuals(backbone, tiny_dirs):
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     pose, scribble = _controlnet(backbone, tiny_dirs["pose"]), _controlnet(backbone, tiny_dirs["scribble"], "scribble")
     side = ConditionSide("a figure", {"pose": _map((10, 30)), "scribble": _map((30, 60))})
-    text = backbone.encode_prompt("a figure").repeat(2, 1, 1)
+    text = backbone.encode_prompt("a figure").hidden.repeat(2, 1, 1)
     inputs = UNetInputs(encoder_hidden_states=text)
     pose.apply(inputs, x, 301, side.maps["pose"].repeat(2, 1, 1, 1), 0.7)
     scribble.apply(inputs, x, 301, side.maps["scribble"].repeat(2, 1, 1, 1), 0.7)

@@ -50,7 +50,7 @@ def test_the_dry_run_trains_packs_and_unpacks_a_loadable_model(script, tmp_path,
     sd = StableDiffusion(str(model / "sd")).load()
     assert sd.vae_scale_factor == 2  # the /2 VAE of h200/vae.yaml: 32 x 32 latents at 64 px
     assert sd.encode_image(torch.rand(1, 3, 64, 64)).shape == (1, 4, 32, 32)
-    assert sd.encode_prompt("a red circle and a blue square on a striped background").shape[-1] == 16  # dry width
+    assert sd.encode_prompt("a red circle and a blue square on a striped background").hidden.shape[-1] == 16  # dry width
     assert list(ControlNetModel.from_pretrained(model / "controlnet-pose").config.block_out_channels) == [8, 16, 16]
     ToyClassifier.from_pretrained(model / "classifier")
     assert (model / "logs" / "diffusion" / "metrics.csv").is_file()

@@ -36,7 +36,7 @@ def test_inversion_matches_diffusers_inverse_scheduler(backbone):
     """Eq. 2 with diffusers' DDIMInverseScheduler conventions: max latent difference <= 1e-5."""
     from diffusers import DDIMInverseScheduler
 
-    unet, emb = backbone.unet, backbone.encode_prompt("a red circle")
+    unet, emb = backbone.unet, backbone.encode_prompt("a red circle").hidden
     x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     inverse = DDIMInverseScheduler.from_config(backbone.scheduler.config)
     inverse.set_timesteps(25)
@@ -60,7 +60,7 @@ def test_invert_then_decode_is_identity_with_zero_eps(tiny_dirs, ratio):
 
     sd = StableDiffusion(str(tiny_dirs["sd"])).load()
     unet = zero_unet_output(UNet2DConditionModel.from_pretrained(tiny_dirs["sd"] / "unet"))
-    emb = sd.encode_prompt("")
+    emb = sd.encode_prompt("").hidden
     schedule = Schedule.from_scheduler(sd.scheduler, 25)
     n = schedule.encode_level(ratio)
     x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -1,4 +1,5 @@
-"""A checkpoint of a family the project cannot run yet (SDXL, SD3, ...) is refused in one line, before any weights load.
+"""A checkpoint of a family the project cannot run yet (SD3, FLUX, ...) is refused in one line, before any weights load;
+an SDXL one picks the SDXL backbone.
 
 The SDXL and SD3 folders are written by diffusers' own pipeline classes (hub layout, tiny random weights), the way
 a user's download would look, not hand-made configs.
@@ -97,28 +98,40 @@ def no_weights(monkeypatch):
     monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
 
 
-def test_sdxl_and_sd3_folders_are_refused_naming_their_family(sdxl_dirs, sd3_dir, no_weights):
-    for folder, family, cls in ((sdxl_dirs["sd"], "SDXL", "StableDiffusionXLPipeline"),
-                                (sd3_dir, "SD3", "StableDiffusion3Pipeline")):
-        with pytest.raises(ModelLoadError) as info:
-            StableDiffusion(str(folder))
-        message = str(info.value)
-        assert f"'{folder}' is {family} ({cls} in its model_index.json)" in message, message
-        assert "this project runs SD 1.x" in message and "incomplete" not in message and "\n" not in message
+def test_an_sd3_folder_is_refused_naming_its_family_and_an_sdxl_one_picks_the_sdxl_backbone(sdxl_dirs, sd3_dir,
+                                                                                            no_weights):
+    with pytest.raises(ModelLoadError) as info:
+        StableDiffusion(str(sd3_dir))
+    message = str(info.value)
+    assert f"'{sd3_dir}' is SD3 (StableDiffusion3Pipeline in its model_index.json)" in message, message
+    assert "this project runs SD 1.x and SDXL" in message and "incomplete" not in message and "\n" not in message
+    backbone = StableDiffusion(str(sdxl_dirs["sd"]))  # configs only: no weights read
+    assert type(backbone).__name__ == "StableDiffusionXL" and backbone.family == "SDXL"
 
 
-@pytest.mark.parametrize("family", ["SDXL", "SD3"])
-def test_the_cli_refuses_a_checkpoint_of_another_family_in_one_line(tmp_path, sdxl_dirs, sd3_dir, tiny_dirs, manifest,
-                                                                   capsys, no_weights, family):
-    # SDXL with its own SDXL ControlNet (the pair that used to load and fail mid-edit); SD3 with an SD 1.x one.
-    dirs = sdxl_dirs if family == "SDXL" else {"sd": sd3_dir, "pose": tiny_dirs["pose"]}
-    config = write_config(tmp_path / "other.yaml", dirs, manifest, tmp_path / "out")
+def test_the_cli_refuses_an_sd3_checkpoint_in_one_line(tmp_path, sd3_dir, tiny_dirs, manifest, capsys, no_weights):
+    config = write_config(tmp_path / "other.yaml", {"sd": sd3_dir, "pose": tiny_dirs["pose"]}, manifest,
+                          tmp_path / "out")
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), *FAST])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) <= 2 and lines[-1].startswith("error: ") and f"is {family} (" in lines[-1], lines
+    assert len(lines) <= 2 and lines[-1].startswith("error: ") and "is SD3 (" in lines[-1], lines
     assert not (tmp_path / "out" / "text").exists()
+
+
+def test_an_unseen_sdxl_folder_with_its_controlnet_edits_through_the_cli(tmp_path, sdxl_dirs, manifest):
+    """The pair that used to load and fail mid-edit in `added_cond_kwargs`: a folder written by diffusers' own
+    StableDiffusionXLPipeline (Euler scheduler, a /2 VAE) and a ControlNet made from its UNet, only `pretrained`
+    set, now edits."""
+    import json
+
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "sdxl.yaml", sdxl_dirs, manifest, out)
+    main(["fit", "--config", str(config), *FAST, "--data.limit", "1"])
+    record = json.loads((out / "text" / "result.json").read_text())
+    assert record["guidance_image"] is True and record["unet_evaluations"]["final"] > 0
+    assert (out / "text" / "edit.png").exists()
 
 
 def test_class_names_of_other_families_and_of_sd_1x():

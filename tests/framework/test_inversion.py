@@ -44,8 +44,8 @@ def test_negative_prompt_inversion_uses_the_source_prompt_as_the_unconditional_t
     state, y0 = _source_decode(engine, request_)
     source_text = state.sides.source[0].parts[0]
     assert set(state.inverted.uncond_text) == set(state.schedule.decode_timesteps(state.n_final))
-    assert all(torch.equal(e, source_text) for e in state.inverted.uncond_text.values())
-    assert not torch.equal(state.sides.source[1].parts[0], source_text)  # not the plain "" embedding
+    assert all(torch.equal(e.hidden, source_text.hidden) for e in state.inverted.uncond_text.values())
+    assert not torch.equal(state.sides.source[1].parts[0].hidden, source_text.hidden)  # not the plain "" embedding
     # CFG's halves then agree, so the 7.5 decode under C_0 is the guidance-1 decode (to float rounding).
     plain = _source_decode(_engine(backbone, DDIMInversion(), cfg=1.0), request_)[1]
     cfg = _source_decode(_engine(backbone, DDIMInversion()), request_)[1]

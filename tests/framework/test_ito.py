@@ -199,7 +199,7 @@ def test_custom_optimizer_factory_is_used():
 def test_preservation_ito_keeps_outside_mask_closer_to_inversion(backbone):
     """lam = 1 with a hard mask: outside the mask, y_t tracks x_t far better than plain decoding."""
     unet = backbone.unet
-    src, edit = backbone.encode_prompt("a red circle"), backbone.encode_prompt("a blue square")
+    src, edit = backbone.encode_prompt("a red circle").hidden, backbone.encode_prompt("a blue square").hidden
     eps_src = lambda x, t: unet(x, t, encoder_hidden_states=src).sample  # noqa: E731
     eps_edit = lambda x, t: unet(x, t, encoder_hidden_states=edit).sample  # noqa: E731
     schedule = Schedule.from_scheduler(backbone.scheduler, 10)

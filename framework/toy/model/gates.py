@@ -176,7 +176,7 @@ class ToyModel:
     @torch.no_grad()
     def text_states(self, prompt: str) -> torch.Tensor:
         """The text encoder's last hidden states of `prompt`: (tokens, width)."""
-        return self.backbone.encode_prompt(prompt)[0]
+        return self.backbone.encode_prompt(prompt).hidden[0]
 
     def _cond(self, prompt: str, maps: dict):
         from conditioners.base import ConditionSide

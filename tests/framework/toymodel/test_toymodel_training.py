@@ -204,7 +204,7 @@ def test_exports_load_in_the_engine_and_edit(trained, tmp_path):
     latents = sd.encode_image(image)
     assert latents.shape == (1, 4, 16, 16)
     assert sd.decode_latents(latents).shape == (1, 3, 64, 64)
-    assert sd.encode_prompt("a red circle on a striped background").shape == (1, 32, 64)
+    assert sd.encode_prompt("a red circle on a striped background").hidden.shape == (1, 32, 64)
     for m in ("pose", "scribble"):
         assert (trained / "model" / f"controlnet-{m}" / "diffusion_pytorch_model.safetensors").exists()
 
