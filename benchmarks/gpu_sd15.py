@@ -3,6 +3,8 @@
     python -m benchmarks.gpu_sd15                                  # H100: 512 px, fp16 and bf16
     python -m benchmarks.gpu_sd15 --channels-last --compile --dtypes fp16
     python -m benchmarks.gpu_sd15 --device cpu --size 64 --tiny    # a quick check on the CPU
+    python -m benchmarks.gpu_sd15 --model sdxl                     # SDXL at 1024 px, fp16: ours per stage
+    python -m benchmarks.gpu_sd15 --model sdxl --device cpu --size 64 --tiny   # its dry run on the CPU
 
 No downloads: the SD 1.5 UNet, its ControlNet (`ControlNetModel.from_unet`), the VAE and the CLIP
 ViT-L/14 text encoder are built from their published configs (written below) with random weights,
@@ -19,6 +21,10 @@ DiffEdit's generate_mask + invert + __call__ from the same pixels; then the per-
 table of benchmarks/edit_speed.py. One untimed warm-up first (it also compiles, with --compile),
 then --repeats runs, ours and diffusers' interleaved; medians. `--max-seconds` (default 540) stops
 starting new runs once passed, so the script ends inside a 10-minute slot.
+
+`--model sdxl`: the same whole edit on SDXL base 1.0's networks (UNet, the two text encoders, the VAE in the
+fp16-fix's architecture, so fp16 needs no upcast; a ControlNet from the UNet, as xinsir's), default 1024 px, fp16;
+ours only (diffusers has no SDXL DiffEdit), per stage with peak memory (docs/sdxl.md has the estimate it checks).
 """
 
 from __future__ import annotations
@@ -64,6 +70,22 @@ SD15_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     clip_sample=False, set_alpha_to_one=False, steps_offset=1,
 )
+# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D",
+                                                                      "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(320, 640, 1280),
+    layers_per_block=2, transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+)
+# its vae/config.json (madebyollin/sdxl-vae-fp16-fix has the same architecture, with force_upcast false)
+SDXL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=False)
+# its text_encoder_2/config.json (OpenCLIP ViT-bigG/14); text_encoder is CLIP ViT-L/14 as SD 1.5's
+CLIP_BIGG_TEXT = dict(
+    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+    max_position_embeddings=77, hidden_act="gelu", layer_norm_eps=1e-5, projection_dim=1280,
+)
 # lllyasviel/control_v11p_sd15_*: ControlNetModel.from_unet(unet) with its default
 # conditioning_embedding_out_channels (16, 32, 96, 256), as the published ControlNets.
 
@@ -73,9 +95,10 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--size", type=int, default=512, help="image side in pixels (multiple of 8)")
+    p.add_argument("--model", choices=["sd15", "sdxl"], default="sd15", help="the network sizes (and family)")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels, a multiple of 8 (512; SDXL 1024)")
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None,
-                   help="precisions, in order (default: fp16 bf16 on CUDA, fp32 on the CPU)")
+                   help="precisions, in order (default: fp16 bf16 on CUDA, SDXL fp16; fp32 on the CPU)")
     p.add_argument("--tiny", action="store_true", help="framework.toy.tiny's models instead of SD 1.5 size")
     p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up (median reported)")
     p.add_argument("--attention", choices=["sdpa", "classic"], default="sdpa",
@@ -89,7 +112,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU runs)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.size = args.size or (1024 if args.model == "sdxl" else 512)
+    return args
 
 
 # --------------------------------------------------------------------------- building
@@ -132,6 +157,91 @@ def wire(vae, unet, text_encoder, tokenizer, scheduler, controlnet):
     pose = ControlNetConditioner("pose", TINY_SD)
     pose.controlnet = controlnet  # load() then keeps it
     return backbone, [TextConditioner(), pose]
+
+
+def build_sdxl(tiny: bool, device: torch.device):
+    """The project's SDXL backbone and [text, pose ControlNet] around SDXL-size modules (random weights, fp32), or
+    the tiny SDXL model's; no weights read."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from conditioners.controlnet import ControlNetConditioner
+    from conditioners.text import TextConditioner
+    from framework.backbones.sdxl import StableDiffusionXL
+    from framework.toy.tiny import build_tokenizer
+    from framework.toy.tiny_sdxl import TINY_SDXL, build_tiny_sdxl
+
+    backbone = StableDiffusionXL(TINY_SDXL)  # a built-in name resolves without touching disk or network
+    tiny_pipe = build_tiny_sdxl(0)  # its scheduler (SDXL's Euler config, read as DDIM) and tokenizers
+    if tiny:
+        parts = tiny_pipe
+        vae, unet, te, te2 = parts.vae, parts.unet, parts.text_encoder, parts.text_encoder_2
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+    else:
+        tok = build_tokenizer()
+        ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        with torch.device(device):
+            unet = UNet2DConditionModel(**SDXL_UNET)
+            vae = AutoencoderKL(**SDXL_VAE)
+            te = CLIPTextModel(CLIPTextConfig(**CLIP_L14_TEXT, **ids))
+            te2 = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG_TEXT, **ids))
+            controlnet = ControlNetModel.from_unet(unet)
+    from diffusers import DDIMScheduler
+
+    backbone.vae, backbone.unet, backbone.text_encoder, backbone.text_encoder_2 = (m.to(device) for m in
+                                                                                   (vae, unet, te, te2))
+    backbone.tokenizer, backbone.tokenizer_2 = tiny_pipe.tokenizer, tiny_pipe.tokenizer_2
+    backbone.scheduler = DDIMScheduler.from_config(tiny_pipe.scheduler.config, set_alpha_to_one=False,
+                                                   clip_sample=False)
+    backbone.zero_empty_prompt = True
+    for module in (vae, unet, te, te2, controlnet):
+        module.requires_grad_(False).eval()
+    pose = ControlNetConditioner("pose", TINY_SDXL)
+    pose.controlnet = controlnet.to(device)
+    return backbone, [TextConditioner(), pose]
+
+
+def sdxl_main(args, device, dtypes, gpu, log, deadline) -> dict:
+    """The whole edit on SDXL-size networks, ours only, per stage with peak memory."""
+    t0 = time.perf_counter()
+    backbone, conditioners = build_sdxl(args.tiny, device)
+    controlnet = conditioners[1].controlnet
+    modules = {"unet": backbone.unet, "controlnet": controlnet, "vae": backbone.vae,
+               "text_encoder": backbone.text_encoder, "text_encoder_2": backbone.text_encoder_2}
+    n_params = {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in modules.items()}
+    print(f"SDXL built in {time.perf_counter() - t0:.1f} s; parameters (M): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in n_params.items()), flush=True)
+    set_attention((backbone.unet, controlnet, backbone.vae), args.attention)
+    req = C.toy_request(args.size)
+    results = {"config": {"model": "sdxl", "size": args.size, "tiny": args.tiny, "dtypes": dtypes,
+                          "device_name": gpu, "params_m": n_params}, "precisions": {}}
+    for name in dtypes:
+        if time.perf_counter() > deadline:
+            print(f"[{name}] skipped: past --max-seconds", flush=True)
+            continue
+        for m in modules.values():
+            m.to(DTYPES[name])
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        ours = C.OurStages(backbone, conditioners, device)
+        unet_counter, cn_counter = C.EvalCounter(backbone.unet), C.EvalCounter(controlnet)
+        runs = []
+        for rep in range(1 + args.repeats):  # the first is the warm-up
+            if time.perf_counter() > deadline and runs:
+                break
+            runs.append(our_full_edit(ours, req, device, unet_counter, cn_counter))
+            log(f"[sdxl {name}] run {rep}: " + ", ".join(f"{k} {v['s']:.3f}" for k, v in runs[-1].items()
+                                                        if not k.startswith("_")))
+        unet_counter.remove()
+        cn_counter.remove()
+        timed = runs[1:] or runs
+        summary = summarise(timed)
+        peak = {k: v["peak_gib"] for k, v in summary.items()}
+        results["precisions"][name] = {"whole_edit": summary, "finite": all(r.get("_finite", True) for r in timed)}
+        print(f"\n== SDXL whole edit, {name}, {args.size} px, {gpu}, median of {len(timed)} ==\n"
+              + "\n".join(f"{k:10s} {v}" for k, v in summary.items()) + f"\npeak GiB per stage: {peak}", flush=True)
+    return results
 
 
 def set_attention(modules, kind: str) -> None:
@@ -218,6 +328,12 @@ def main(argv=None) -> dict:
     import transformers
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    if args.model == "sdxl":
+        dtypes = args.dtypes or (["fp16"] if device.type == "cuda" else ["fp32"])
+        results = sdxl_main(args, device, dtypes, gpu, log, deadline)
+        results["seconds"] = round(time.perf_counter() - t_start, 1)
+        C.write_json(args.json, results)
+        return results
     print(f"device {gpu}; torch {torch.__version__}, diffusers {diffusers.__version__}, transformers "
           f"{transformers.__version__}; {args.size} px, {'tiny' if args.tiny else 'SD 1.5 size'}, attention "
           f"{args.attention}, channels_last {args.channels_last}, compile {args.compile}; torch threads "

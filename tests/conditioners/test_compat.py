@@ -36,11 +36,9 @@ def test_a_controlnet_of_another_family_is_refused_before_its_weights_load(tmp_p
     ControlNetConditioner("pose", str(tiny_dirs["pose"])).load(backbone)  # the matching one loads
 
 
-@pytest.mark.parametrize("cls, name, changes, family_name", [
-    (ControlNetConditioner, "pose", {"cross_attention_dim": 2048, "addition_embed_type": "text_time"}, "SDXL"),
+@pytest.mark.parametrize("cls, name, changes, family_name", [  # SDXL ones: tests/framework/test_sdxl.py (pairing)
     (ControlNetConditioner, "pose", {"_class_name": "SD3ControlNetModel"}, "SD3"),
     (ControlNetConditioner, "pose", {"_class_name": "FluxControlNetModel"}, "FLUX"),
-    (T2IAdapterConditioner, "adapter", {"adapter_type": "full_adapter_xl"}, "SDXL"),
 ])
 def test_a_model_of_a_family_the_project_cannot_run_is_refused_when_configured(tmp_path, tiny_dirs, monkeypatch, cls,
                                                                               name, changes, family_name):
@@ -51,7 +49,7 @@ def test_a_model_of_a_family_the_project_cannot_run_is_refused_when_configured(t
     with pytest.raises(ModelLoadError) as info:
         cls("pose", str(folder))  # at construction: before the backbone's weights, let alone its own
     message = str(info.value)
-    assert f"'{folder}' is {family_name} (" in message and "this project runs SD 1.x" in message
+    assert f"'{folder}' is {family_name} (" in message and "this project runs SD 1.x and SDXL" in message
     assert "\n" not in message
 
 

@@ -77,7 +77,7 @@ def test_null_text_inversion_optimises_one_embedding_per_step(backbone, request_
     state, y0 = _source_decode(engine, request_)
     steps = state.schedule.decode_timesteps(state.n_final)
     embeddings = [state.inverted.uncond_text[t] for t in steps]
-    assert all(not torch.equal(a, b) for a, b in zip(embeddings, embeddings[1:]))  # each step its own
+    assert all(not torch.equal(a.hidden, b.hidden) for a, b in zip(embeddings, embeddings[1:]))  # each step its own
     ddim = _source_decode(_engine(backbone, DDIMInversion()), request_)[1]
     err = lambda y: float(((y - state.x0) ** 2).mean())  # noqa: E731
     assert err(y0) < err(ddim)

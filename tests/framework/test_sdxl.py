@@ -260,3 +260,26 @@ def test_sdxl_from_pretrained_with_a_builtin_name_and_short_conditioner_names():
     out = pipe(torch.rand(1, 3, 64, 64), source_prompt="a figure", edit_prompt="a figure",
                source_maps={"pose": p0}, edit_maps={"pose": p1}, lam=1.0, seed=1)
     assert out.lam == 1.0 and out.guidance is None and out.unet_evaluations > 0
+
+
+@pytest.mark.parametrize("method", ["diffedit", "prompt_to_prompt", "null_text+p2p", "negative_prompt", "direct"])
+def test_the_baselines_and_inversions_run_on_sdxl(method, xl):
+    """DiffEdit's blend, prompt-to-prompt (attention exchange in SDXL's transformer blocks) and the other
+    inversions through the pipeline on the tiny SDXL model: finite edits, and DiffEdit keeps x_0 outside its
+    mask exactly where the blend applies."""
+    from framework.stages import MaskBlendDecode, PromptToPrompt
+    from framework.stages.inversions import DirectInversion, NegativePromptInversion, NullTextInversion
+
+    slots = {"diffedit": dict(decoder=MaskBlendDecode()),
+             "prompt_to_prompt": dict(decoder=PromptToPrompt()),
+             "null_text+p2p": dict(decoder=PromptToPrompt(), inversion=NullTextInversion(inner_steps=2)),
+             "negative_prompt": dict(inversion=NegativePromptInversion()),
+             "direct": dict(inversion=DirectInversion())}[method]
+    pipe = EditPipeline(xl, [TextConditioner()], lam=1.0, sampling=SamplingConfig(steps=4),
+                        mask=MaskConfig(seeds=1), ito=ITOConfig(update_steps=2), guidance=GuidanceConfig(update_steps=2),
+                        **slots).load()
+    out = pipe(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(7)), source_prompt="a red circle",
+               edit_prompt="a blue circle", seed=0)
+    assert torch.isfinite(out.result.edit).all() and out.image.size == (64, 64)
+    if method == "prompt_to_prompt":  # the source branch of the same batch retraces the input's inversion
+        assert pipe.decoder.last_source is not None and torch.isfinite(pipe.decoder.last_source).all()
