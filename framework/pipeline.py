@@ -103,7 +103,7 @@ def controlnet_for(modality: str, pretrained: str, family: str = "SD 1.x") -> st
         return pretrained
     known = CONTROLNETS.get(family, {})
     if modality not in known:
-        raise ConfigError(f"no default {family} ControlNet for modality '{modality}' (known: {', '.join(known)}); "
+        raise ConfigError(f"no default ControlNet for modality '{modality}' on {family} (known: {', '.join(known)}); "
                           f"pass ControlNetConditioner('{modality}', pretrained=<hub id or folder>) instead.")
     return known[modality]
 
