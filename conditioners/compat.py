@@ -17,7 +17,7 @@ FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 EXAMPLES = {  # checkpoints that fit each family, for the message
     "SD 1.x": "an SD 1.5 one such as lllyasviel/control_v11p_sd15_openpose",
     "SD 2.x": "an SD 2.1 one such as thibaud/controlnet-sd21-openpose-diffusers",
-    "SDXL": "an SDXL one such as thibaud/controlnet-openpose-sdxl-1.0",
+    "SDXL": "an SDXL one such as xinsir/controlnet-openpose-sdxl-1.0",
 }
 ADAPTER_EXAMPLES = {
     "SD 1.x": "an SD 1.4/1.5 one such as TencentARC/t2iadapter_openpose_sd14v1",

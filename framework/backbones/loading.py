@@ -286,6 +286,11 @@ def checkpoint_file(pretrained: str, filename: str, revision: Optional[str] = No
     return found if isinstance(found, str) else None
 
 
+def checkpoint_index(pretrained: str, revision: Optional[str] = None) -> dict:
+    """A pipeline's model_index.json in a local folder or the cache ({} when there is none); nothing downloaded."""
+    return _read_json(checkpoint_file(pretrained, "model_index.json", revision)) or {}
+
+
 def checkpoint_family(pretrained: str, revision: Optional[str] = None,
                       subfolder: Optional[str] = None) -> tuple[Optional[str], str]:
     """(the family of a checkpoint, where that was read), from a built-in name, the pipeline's model_index.json

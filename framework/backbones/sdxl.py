@@ -20,7 +20,7 @@ from typing import Literal, Optional, Union
 
 import torch
 
-from framework.backbones.loading import SDXL, checkpoint_file, load_component, load_config, _read_json
+from framework.backbones.loading import SDXL, checkpoint_index, load_component, load_config
 from framework.backbones.sd import StableDiffusion
 from framework.core.backbone import TextEncoding
 from framework.core.conditioning import UNetInputs
@@ -90,7 +90,7 @@ class StableDiffusionXL(StableDiffusion):
         self.scheduler = DDIMScheduler.from_config(raw, set_alpha_to_one=raw.get("set_alpha_to_one", False),
                                                    clip_sample=raw.get("clip_sample", False))
         if self.zero_empty_prompt is None:
-            index = _read_json(checkpoint_file(source, "model_index.json", self.revision)) or {}
+            index = checkpoint_index(source, self.revision)
             self.zero_empty_prompt = bool(index.get("force_zeros_for_empty_prompt", True))
 
     # ------------------------------------------------------------------------------------ text

@@ -283,3 +283,34 @@ def test_the_baselines_and_inversions_run_on_sdxl(method, xl):
     assert torch.isfinite(out.result.edit).all() and out.image.size == (64, 64)
     if method == "prompt_to_prompt":  # the source branch of the same batch retraces the input's inversion
         assert pipe.decoder.last_source is not None and torch.isfinite(pipe.decoder.last_source).all()
+
+
+def test_the_sdxl_vae_is_upcast_in_fp16_and_a_replacement_vae_loads(tiny_sdxl_dirs):
+    """force_upcast (the SDXL VAE's config): an fp16 VAE runs in fp32 instead of overflowing; `vae` takes an
+    AutoencoderKL of the same latent space (here the tiny model's own folder, which has vae/)."""
+    xl = StableDiffusion(str(tiny_sdxl_dirs["sd"]), vae=str(tiny_sdxl_dirs["sd"])).load()
+    assert xl.vae.config.force_upcast
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    reference = xl.encode_image(image)
+    xl.vae.to(torch.float16)
+    latents = xl.encode_image(image)
+    assert next(xl.vae.parameters()).dtype == torch.float32 and latents.dtype == torch.float32
+    assert float((latents - reference).abs().max()) < 1e-2  # only the weights' fp16 rounding differs
+
+
+def test_memory_options_reach_the_sdxl_unet_its_controlnet_and_vae(tiny_sdxl_dirs):
+    """attention_slicing reaches the UNet and the SDXL ControlNet; vae_tiling sets 64 px tiles (8 latent cells) on
+    the SDXL VAE; a 128 px edit runs through both."""
+    backbone = StableDiffusion(str(tiny_sdxl_dirs["sd"]), attention_slicing="max", vae_tiling=True, vae_tile_size=64)
+    pipe = EditPipeline(backbone, [ControlNetConditioner("pose", str(tiny_sdxl_dirs["pose"]))], lam=1.0,
+                        sampling=SamplingConfig(steps=4), mask=MaskConfig(seeds=1), ito=ITOConfig(update_steps=2),
+                        guidance=GuidanceConfig(update_steps=2)).load()
+    processors = {type(p).__name__ for p in pipe.backbone.unet.attn_processors.values()}
+    processors |= {type(p).__name__ for p in pipe.conditioners[1].controlnet.attn_processors.values()}
+    assert processors == {"SlicedAttnProcessor"} and backbone.vae.use_tiling
+    assert backbone.vae.tile_sample_min_size == 64 and backbone.vae.tile_latent_min_size == 8
+    p0, p1 = torch.zeros(1, 3, 128, 128), torch.zeros(1, 3, 128, 128)
+    p0[..., 8:40, 8:40], p1[..., 80:120, 80:120] = 1, 1
+    out = pipe(torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(9)), source_prompt="a figure",
+               edit_prompt="a figure", source_maps={"pose": p0}, edit_maps={"pose": p1}, seed=0)
+    assert out.image.size == (128, 128) and torch.isfinite(out.result.edit).all()
