@@ -48,8 +48,8 @@ def sdxl_dirs(tmp_path_factory):
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
                                 attention_head_dim=8, addition_embed_type="text_time", addition_time_embed_dim=8,
                                 projection_class_embeddings_input_dim=80, norm_num_groups=32)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8)  # /8, as SDXL's
     tokenizer, text_encoder, _ = _clip_pair()
     _, _, text_encoder_2 = _clip_pair()
     StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
@@ -120,18 +120,31 @@ def test_the_cli_refuses_an_sd3_checkpoint_in_one_line(tmp_path, sd3_dir, tiny_d
     assert not (tmp_path / "out" / "text").exists()
 
 
-def test_an_unseen_sdxl_folder_with_its_controlnet_edits_through_the_cli(tmp_path, sdxl_dirs, manifest):
+def test_an_unseen_sdxl_folder_with_its_controlnet_edits_through_sdxl_pose_yaml(tmp_path, sdxl_dirs, manifest,
+                                                                                monkeypatch):
     """The pair that used to load and fail mid-edit in `added_cond_kwargs`: a folder written by diffusers' own
-    StableDiffusionXLPipeline (Euler scheduler, a /2 VAE) and a ControlNet made from its UNet, only `pretrained`
-    set, now edits."""
+    StableDiffusionXLPipeline (Euler scheduler, one-layer text encoders, never seen by the project) and a ControlNet made from its
+    UNet edit through the shipped experiments/sdxl_pose.yaml with only the `pretrained` values (and where the files
+    go) changed."""
     import json
 
-    out = tmp_path / "out"
-    config = write_config(tmp_path / "sdxl.yaml", sdxl_dirs, manifest, out)
-    main(["fit", "--config", str(config), *FAST, "--data.limit", "1"])
-    record = json.loads((out / "text" / "result.json").read_text())
-    assert record["guidance_image"] is True and record["unet_evaluations"]["final"] > 0
-    assert (out / "text" / "edit.png").exists()
+    import yaml
+
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    config = yaml.safe_load((ROOT / "experiments" / "sdxl_pose.yaml").read_text())
+    args = config["model"]["init_args"]
+    args["backbone"]["init_args"]["pretrained"] = str(sdxl_dirs["sd"])
+    args["conditioners"][0]["init_args"]["pretrained"] = str(sdxl_dirs["pose"])
+    args["output_dir"] = str(tmp_path / "out")
+    config["trainer"]["logger"] = False
+    config["data"]["init_args"]["manifest"] = str(manifest)
+    (tmp_path / "sdxl_pose.yaml").write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(tmp_path / "sdxl_pose.yaml"), *FAST, "--data.resolution", "64", "--data.limit", "2"])
+    record = json.loads((tmp_path / "out" / "pose" / "result.json").read_text())
+    assert record["modalities"] == ["pose"] and record["unet_evaluations"]["final"] > 0
+    assert (tmp_path / "out" / "pose" / "edit.png").exists()
 
 
 def test_class_names_of_other_families_and_of_sd_1x():

@@ -314,3 +314,20 @@ def test_memory_options_reach_the_sdxl_unet_its_controlnet_and_vae(tiny_sdxl_dir
     out = pipe(torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(9)), source_prompt="a figure",
                edit_prompt="a figure", source_maps={"pose": p0}, edit_maps={"pose": p1}, seed=0)
     assert out.image.size == (128, 128) and torch.isfinite(out.result.edit).all()
+
+
+def test_lam_auto_and_the_mask_cache_on_sdxl(tiny_sdxl_dirs, tmp_path):
+    """lam 'auto' is set from the SDXL mask; the second edit of the same request reads its soft mask from the cache
+    (the key holds the SDXL backbone's settings and weights) and gives the same pixels."""
+    p0, p1 = _maps()
+    pipe = EditPipeline(StableDiffusion(str(tiny_sdxl_dirs["sd"])),
+                        [ControlNetConditioner("pose", str(tiny_sdxl_dirs["pose"]))], lam="auto",
+                        sampling=SamplingConfig(steps=4), mask=MaskConfig(seeds=1, cache_dir=str(tmp_path / "masks")),
+                        ito=ITOConfig(update_steps=2), guidance=GuidanceConfig(update_steps=2)).load()
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(10))
+    runs = [pipe(image, source_prompt="a figure", edit_prompt="a figure", source_maps={"pose": p0},
+                 edit_maps={"pose": p1}, seed=2) for _ in range(2)]
+    assert [r.result.record["mask_source"] for r in runs] == ["estimated", "cached"]
+    assert 0 <= runs[0].lam <= 1 and runs[0].result.record["lam_rule"]["rule"] == "auto"
+    assert torch.equal(runs[0].result.edit, runs[1].result.edit)
+    assert len(list((tmp_path / "masks").glob("*.pt"))) == 1
