@@ -10,11 +10,12 @@ from typing import Optional
 
 from framework.backbones.loading import (
     BUILTIN_PREFIX,
+    SD3,
     SDXL,
     builtin_folder,
     check_family,
-    checkpoint_family,
     check_variant,
+    checkpoint_family,
     load_component,
     load_config,
     resolve_pretrained,
@@ -27,6 +28,7 @@ FITTING = {  # a layout model of each family for each kind, for the wrong-family
     ("ControlNet", SDXL): "xinsir/controlnet-openpose-sdxl-1.0",
     ("T2I-Adapter", "SD 1.x"): "TencentARC/t2iadapter_openpose_sd14v1",
     ("T2I-Adapter", SDXL): "TencentARC/t2i-adapter-openpose-sdxl-1.0",
+    ("ControlNet", SD3): "InstantX/SD3-Controlnet-Pose",
 }
 
 
@@ -69,7 +71,7 @@ class LayoutConditioner(Conditioner):
         widths, channels) are caught from the configs when the model loads (conditioners.compat)."""
         mine, _ = checkpoint_family(self.pretrained, self.revision)
         theirs = getattr(backbone, "family", None)
-        if mine is None or theirs is None or (mine == SDXL) == (theirs == SDXL):
+        if mine is None or theirs is None or mine == theirs:
             return
         example = FITTING.get((self.kind, theirs))
         raise ModelLoadError(

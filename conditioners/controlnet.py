@@ -1,4 +1,4 @@
-"""Layout conditions through ControlNet: pose, scribble, MLSD lines, canny, depth ... (any SD 1.5 ControlNet)."""
+"""Layout conditions through ControlNet: pose, scribble, MLSD lines, canny, depth ... (SD 1.x, SDXL and SD3 ControlNets)."""
 
 from __future__ import annotations
 
@@ -46,12 +46,28 @@ class ControlNetConditioner(LayoutConditioner):
         self.precompute_embedding = precompute_embedding
 
     def load(self, backbone) -> None:
-        from diffusers import ControlNetModel
+        from diffusers import ControlNetModel, SD3ControlNetModel
 
         if "controlnet" not in self._modules:  # loaded once (or given already)
-            self.controlnet = self._load_model(ControlNetModel, "controlnet", check_controlnet, backbone)
-        else:
+            if self._checkpoint_class(backbone) == "SD3ControlNetModel":  # a transformer's ControlNet (SD3)
+                self.controlnet = self._load_model(SD3ControlNetModel, "controlnet")
+            else:
+                self.controlnet = self._load_model(ControlNetModel, "controlnet", check_controlnet, backbone)
+        elif not self._transformer():
             self._check_loaded(self.controlnet, check_controlnet, backbone)
+
+    def _checkpoint_class(self, backbone) -> Optional[str]:
+        from diffusers import ControlNetModel
+
+        from framework.backbones.loading import load_config
+
+        config = load_config(ControlNetModel, self._folder("controlnet"), f"{self.kind} '{self.modality}'",
+                             revision=self.revision)
+        return config.get("_class_name")
+
+    def _transformer(self) -> bool:
+        """An SD3 ControlNet: it reads the map as VAE latents and adds block samples to the transformer."""
+        return type(self.controlnet).__name__ == "SD3ControlNetModel"
 
     def _embeds_ahead(self) -> bool:
         """Precompute only where the map goes straight into the embedding (RGB channel order)."""
@@ -61,6 +77,8 @@ class ControlNetConditioner(LayoutConditioner):
     def encode(self, side: ConditionSide, backbone) -> Optional[Encoding]:
         # ControlNet takes the map as is, in [0, 1] (no [-1, 1] normalisation).
         control = self.map_for(side)
+        if control is not None and self._transformer():
+            return self._map_latents(control, backbone)
         if control is None or not self._embeds_ahead():
             return control
         dtype = next(self.controlnet.parameters()).dtype
@@ -71,6 +89,8 @@ class ControlNetConditioner(LayoutConditioner):
         """`encoding` is a map batch (b, 3, H, W) or, from `encode`, its embedding batch (b, c, H/8, W/8)."""
         if not in_window(progress, self.start, self.end):
             return
+        if self._transformer():
+            return inputs.add_blocks(self._blocks(inputs, latents, t, encoding))
         embedded = encoding.shape[1] != self.controlnet.config.conditioning_channels
         with _embedding_given(self.controlnet) if embedded else nullcontext():
             down, mid = self.controlnet(
@@ -79,6 +99,24 @@ class ControlNetConditioner(LayoutConditioner):
                 added_cond_kwargs=inputs.added_cond_kwargs, return_dict=False,  # SDXL's text_embeds, time_ids
             )
         inputs.add_control(down, mid)
+
+    def _map_latents(self, control: torch.Tensor, backbone) -> torch.Tensor:
+        """An SD3 ControlNet's map input: the map through the backbone's VAE, (mean - shift) x scale; InstantX's
+        ControlNets (zero pooled projections) were trained without the shift, as diffusers' pipeline applies."""
+        vae, config = backbone.vae, self.controlnet.config
+        shift = 0.0 if config.force_zeros_for_pooled_projection else (vae.config.shift_factor or 0.0)
+        mean = vae.encode((control * 2 - 1).to(next(vae.parameters()).dtype)).latent_dist.mean.float()
+        return (mean - shift) * vae.config.scaling_factor
+
+    def _blocks(self, inputs: UNetInputs, latents: torch.Tensor, t, encoding: torch.Tensor):
+        config = self.controlnet.config
+        pooled = (inputs.added_cond_kwargs or {})["pooled_projections"]
+        return self.controlnet(
+            hidden_states=latents, timestep=torch.full((latents.shape[0],), float(t), device=latents.device,
+                                                       dtype=latents.dtype),
+            encoder_hidden_states=inputs.encoder_hidden_states if config.joint_attention_dim is not None else None,
+            pooled_projections=torch.zeros_like(pooled) if config.force_zeros_for_pooled_projection else pooled,
+            controlnet_cond=encoding.to(latents.dtype), conditioning_scale=self.scale, return_dict=False)[0]
 
 
 @contextmanager

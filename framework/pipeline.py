@@ -78,7 +78,9 @@ SDXL_CONTROLNETS = {
     "pose": "xinsir/controlnet-openpose-sdxl-1.0", "scribble": "xinsir/controlnet-scribble-sdxl-1.0",
     "canny": "xinsir/controlnet-canny-sdxl-1.0", "depth": "xinsir/controlnet-depth-sdxl-1.0",
 }
-CONTROLNETS = {"SD 1.x": SD15_CONTROLNETS, SDXL: SDXL_CONTROLNETS}
+# SD3 ControlNets: InstantX's pose and canny for SD3 medium (stabilityai/stable-diffusion-3-medium-diffusers).
+SD3_CONTROLNETS = {"pose": "InstantX/SD3-Controlnet-Pose", "canny": "InstantX/SD3-Controlnet-Canny"}
+CONTROLNETS = {"SD 1.x": SD15_CONTROLNETS, SDXL: SDXL_CONTROLNETS, "SD3": SD3_CONTROLNETS}
 RUN_SETTINGS = ("output_dir", "overwrite", "metrics")
 """Keys of a YAML's model section that belong to a run (files, scores), not to the edit."""
 
@@ -98,7 +100,7 @@ class EditPipelineOutput:
 
 def controlnet_for(modality: str, pretrained: str, family: str = "SD 1.x") -> str:
     """The ControlNet checkpoint of a short conditioner name: the same built-in model, else the family's table
-    (SD15_CONTROLNETS, SDXL_CONTROLNETS)."""
+    (SD15_CONTROLNETS, SDXL_CONTROLNETS, SD3_CONTROLNETS)."""
     if pretrained.startswith(BUILTIN_PREFIX):
         return pretrained
     known = CONTROLNETS.get(family, {})

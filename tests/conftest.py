@@ -64,6 +64,17 @@ def tiny_sdxl_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Folders of a tiny SD3 model (StableDiffusion3Pipeline's hub layout, T5 included) and an SD3 ControlNet."""
+    from framework.toy.tiny_flow import save_tiny_sd3, save_tiny_sd3_controlnet
+
+    root = tmp_path_factory.mktemp("tiny_sd3")
+    sd = save_tiny_sd3(root / "sd", seed=0)
+    cn = save_tiny_sd3_controlnet(root / "cn_pose", sd, seed=1)
+    return {"sd": sd, "pose": cn, "scribble": cn}
+
+
+@pytest.fixture(scope="session")
 def backbone(tiny_dirs):
     from framework.backbones.sd import StableDiffusion
 

@@ -39,14 +39,14 @@ def swap_models(config: dict, tiny_dirs, out: Path) -> dict:
 def test_every_paper_setting_is_shipped():
     names = {p.stem for p in EXPERIMENTS}
     assert {"quickstart", "pose", "scribble", "text", "lines", "text_pose", "text_scribble", "lam1", "refine"} <= names
-    assert {"sdxl_pose", "sdxl_text", "sdxl_scribble"} <= names
+    assert {"sdxl_pose", "sdxl_text", "sdxl_scribble", "sd3_pose"} <= names
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_experiment_runs_on_tiny_model(path, tmp_path, tiny_dirs, monkeypatch, request):
     monkeypatch.chdir(ROOT)
-    sdxl = path.stem.startswith("sdxl")  # SDXL experiments run on the tiny SDXL model and its SDXL ControlNets
-    dirs = request.getfixturevalue("tiny_sdxl_dirs") if sdxl else tiny_dirs
+    sdxl = path.stem.startswith(("sdxl", "sd3"))  # SDXL / SD3 experiments run on that family's tiny models
+    dirs = request.getfixturevalue(f"tiny_{path.stem.split('_')[0]}_dirs") if sdxl else tiny_dirs
     config = swap_models(yaml.safe_load(path.read_text()), dirs, tmp_path)
     swapped = tmp_path / path.name
     swapped.write_text(yaml.safe_dump(config))

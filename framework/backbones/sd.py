@@ -105,6 +105,7 @@ class StableDiffusion(Backbone, metaclass=_PicksFamily):
     family = SD1
     label = "Stable Diffusion"  # names the model in messages
     parts = _SD_PARTS  # the folder's components (subfolder -> the file each must hold)
+    network = "unet"  # the subfolder of the denoising network
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -146,10 +147,10 @@ class StableDiffusion(Backbone, metaclass=_PicksFamily):
                               f"use e.g. 512, or null for the VAE's own sample size.")
         self.vae_tile_size = vae_tile_size
         what = self.label
-        check_family(pretrained, what, revision, "unet", runs=self.family)  # first: an SD3 folder has no unet/
+        check_family(pretrained, what, revision, self.network, runs=self.family)  # first: an SD3 folder has no unet/
         _check_sd_folder(pretrained, self.parts)  # then: a missing unet/ is an incomplete folder, like a missing vae/
-        check_variant(pretrained, variant, what, tuple(p for p in self.parts if p.startswith(("unet", "vae", "text"))))
-        self._source = resolve_pretrained(pretrained, what, "unet", revision)
+        check_variant(pretrained, variant, what, tuple(p for p in self.parts if p.startswith((self.network, "vae", "text"))))
+        self._source = resolve_pretrained(pretrained, what, self.network, revision)
         self.vae_source = vae
         if vae is not None and not vae.startswith(BUILTIN_PREFIX) and not _looks_like_hub_id(vae) \
                 and not Path(vae).expanduser().is_dir():

@@ -11,7 +11,8 @@ written here, so a new family is one file that implements `Backbone`:
 | `encode_prompt(prompt)` | a `TextEncoding` of batch 1 |
 | `unet_inputs(latents)` | the family's per-call UNet inputs that do not come from a conditioner (SDXL: `time_ids`) |
 | `sampler(steps)` | the run's sampler (timesteps, step and inverse step: framework.core.sampling) |
-| `unet`, `scheduler` | the noise predictor called with `UNetInputs`; the diffusers scheduler the sampler is read from |
+| `predict(latents, t, inputs)` | the model's prediction (epsilon, or a flow model's velocity) from `UNetInputs` |
+| `unet`, `scheduler` | the denoising network (a UNet, or a transformer) and the diffusers scheduler the sampler is read from |
 | `vae_scale_factor`, `configure_memory(*extra)`, `prompt_used(prompt)`, `family`, `pretrained` | as named |
 
 `TextEncoding` is what a prompt becomes: the token sequence the UNet's cross-attention reads, plus the
@@ -138,6 +139,12 @@ class Backbone(nn.Module):
     def unet_inputs(self, latents: torch.Tensor) -> UNetInputs:
         """A fresh UNet call's inputs for `latents` before the conditioners add theirs (none by default)."""
         return UNetInputs()
+
+    def predict(self, latents: torch.Tensor, t, inputs: UNetInputs) -> torch.Tensor:
+        """The model's prediction for `latents` at timestep t with the conditioners' `inputs` (epsilon for DDIM
+        families, velocity for flow families): the denoising network called the family's way. By default a
+        diffusers UNet: `unet(latents, t, **inputs)`."""
+        return self.unet(latents, t, **inputs.as_kwargs(), return_dict=False)[0]
 
     @property
     def vae_scale_factor(self) -> int:

@@ -37,6 +37,7 @@ class UNetInputs:
     down_block_additional_residuals: Optional[list[torch.Tensor]] = None
     mid_block_additional_residual: Optional[torch.Tensor] = None
     down_intrablock_additional_residuals: Optional[list[torch.Tensor]] = None
+    block_controlnet_hidden_states: Optional[list[torch.Tensor]] = None  # a transformer's ControlNet blocks (SD3)
     added_cond_kwargs: Optional[dict[str, torch.Tensor]] = None  # a family's extra embeddings (SDXL: text_embeds, time_ids)
 
     def add_control(self, down: list[torch.Tensor], mid: torch.Tensor) -> None:
@@ -48,6 +49,13 @@ class UNetInputs:
             self.down_block_additional_residuals = [
                 a + b for a, b in zip(self.down_block_additional_residuals, down)]
             self.mid_block_additional_residual = self.mid_block_additional_residual + mid
+
+    def add_blocks(self, blocks) -> None:
+        """Sum a transformer ControlNet's block samples (several add up, as in diffusers' SD3MultiControlNet)."""
+        if self.block_controlnet_hidden_states is None:
+            self.block_controlnet_hidden_states = list(blocks)
+        else:
+            self.block_controlnet_hidden_states = [a + b for a, b in zip(self.block_controlnet_hidden_states, blocks)]
 
     def add_adapter(self, features: tuple[torch.Tensor, ...]) -> None:
         """Sum T2I-Adapter features (a fresh list: the UNet consumes it by popping)."""

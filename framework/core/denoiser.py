@@ -74,8 +74,11 @@ class Denoiser:
     """
 
     def __init__(self, unet, conditioners: Sequence[Conditioner], num_train_timesteps: int,
-                 chunk_size: Optional[int] = None, unet_inputs: Optional[Callable[[torch.Tensor], UNetInputs]] = None):
-        """`unet_inputs(latents)`: the backbone's own inputs of a UNet call (Backbone.unet_inputs; None: none)."""
+                 chunk_size: Optional[int] = None, unet_inputs: Optional[Callable[[torch.Tensor], UNetInputs]] = None,
+                 predict: Optional[Callable[[torch.Tensor, int, UNetInputs], torch.Tensor]] = None):
+        """`unet_inputs(latents)`: the backbone's own inputs of a UNet call (Backbone.unet_inputs; None: none).
+        `predict(latents, t, inputs)`: how the network is called (Backbone.predict; None: a diffusers UNet)."""
+        self.predict = predict or (lambda x, t, inputs: unet(x, t, **inputs.as_kwargs(), return_dict=False)[0])
         self.unet = unet
         self.unet_inputs = unet_inputs or (lambda latents: UNetInputs())
         self.conditioners = list(conditioners)
@@ -95,7 +98,7 @@ class Denoiser:
         return Conditioning([c.encode(side, backbone) for c in self.conditioners])
 
     def progress(self, t: int) -> float:
-        return 1.0 - (t + 1) / self.num_train_timesteps
+        return min(1.0, max(0.0, 1.0 - (t + 1) / self.num_train_timesteps))  # a flow's t = 1000 is the start
 
     def _unet(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
         inputs = self.unet_inputs(latents)
@@ -105,7 +108,7 @@ class Denoiser:
                 conditioner.apply(inputs, latents, t, encoding, progress)
         self.samples[self.stage] += latents.shape[0]
         self.calls[self.stage] += 1
-        return self.unet(latents, t, **inputs.as_kwargs(), return_dict=False)[0]
+        return self.predict(latents, t, inputs)
 
     def _chunked(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
         size = self.chunk_size or latents.shape[0]

@@ -118,7 +118,7 @@ class EditEngine:
         self.ito_cfg = ito or ITOConfig()
         self.guidance_cfg = guidance or GuidanceConfig()
         self.denoiser = Denoiser(backbone.unet, self.conditioners, backbone.scheduler.config.num_train_timesteps,
-                                 unet_chunk_size, backbone.unet_inputs)
+                                 unet_chunk_size, backbone.unet_inputs, backbone.predict)
         self.denoiser.guidance_rescale = self.sampling.guidance_rescale
         self.emit: Emit = emit or (lambda *args, **kwargs: None)
         self.request_id: Optional[str] = None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
+from framework.core.backbone import TextEncoding
 from framework.core.denoiser import Conditioning, Denoiser
 from framework.core.sampling import Sampler, StepCallback, invert
 

@@ -123,6 +123,10 @@ class PromptToPrompt(Decoder):
         self.last_source: Optional[torch.Tensor] = None  # y_0 of the source branch of the last decode
 
     def decode(self, tools: "StageTools", state: "EditState") -> torch.Tensor:
+        if type(tools.backbone.unet).__name__ != "UNet2DConditionModel":
+            raise ConfigError(f"PromptToPrompt exchanges a UNet's cross-attention maps; the {tools.backbone.family} "
+                              f"backbone is a transformer with joint text-image attention, which it does not handle: "
+                              f"use decoder framework.stages.FlowEditDecode or the default ITO decode instead.")
         chunk = tools.denoiser.chunk_size
         if chunk is not None and chunk < 4:
             raise ConfigError(f"PromptToPrompt decodes source and edit as one UNet batch of 4 (with CFG); "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from framework.backbones.loading import cache_dir
 from framework.toy.tiny import build_tokenizer
 
 T5_DIM = 64  # T5 d_model = the transformers' joint_attention_dim
@@ -153,3 +154,18 @@ def _randomise_zero_projections(controlnet: torch.nn.Module, seed: int) -> None:
         for name, parameter in controlnet.named_parameters():
             if parameter.abs().sum() == 0 and parameter.dim() >= 1:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+
+
+def tiny_sd3_dir(seed: int = 0) -> Path:
+    """The tiny SD3 folder in the cache (`builtin:tiny-random-sd3`), built once."""
+    from framework.toy.tiny import _build_once
+
+    return _build_once(cache_dir() / f"tiny-random-sd3-seed{seed}", lambda p: save_tiny_sd3(p, seed))
+
+
+def tiny_sd3_controlnet_dir(seed: int = 0) -> Path:
+    from framework.toy.tiny import _build_once
+
+    sd3 = tiny_sd3_dir(seed)
+    return _build_once(cache_dir() / f"tiny-random-sd3-controlnet-seed{seed}",
+                       lambda p: save_tiny_sd3_controlnet(p, sd3, seed))

@@ -47,7 +47,6 @@ from framework.toy.model.gates import (
 )
 from framework.toy.world.scenes import SHAPES
 
-
 ROOT = Path(__file__).resolve().parents[3]
 """The repository root: the quickstart gate runs `experiments/quickstart.yaml` from there, as a user would."""
 DEFAULT_MODEL = toyworld_folder()
