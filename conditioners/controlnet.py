@@ -1,4 +1,4 @@
-"""Layout conditions through ControlNet: pose, scribble, MLSD lines, canny, depth ... (SD 1.x, SDXL and SD3 ControlNets)."""
+"""Layout conditions through ControlNet: pose, scribble, lines, canny, depth ... (SD 1.x, SDXL, SD3, FLUX)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from torch import nn
 
 from conditioners.base import ConditionSide, Encoding, LayoutConditioner, UNetInputs, in_window
 from conditioners.compat import check_controlnet
+from framework.core.errors import ConfigError
+
+UNION_MODES = {"canny": 0, "tile": 1, "depth": 2, "blur": 3, "pose": 4, "gray": 5, "lq": 6}
+"""The control modes of InstantX's FLUX.1-dev union ControlNet, by modality (its model card)."""
 
 
 class ControlNetConditioner(LayoutConditioner):
@@ -27,7 +31,7 @@ class ControlNetConditioner(LayoutConditioner):
 
     def __init__(self, modality: str, pretrained: str, scale: float = 1.0, start: float = 0.0,
                  end: float = 1.0, revision: Optional[str] = None, variant: Optional[str] = None,
-                 allow_pickle: bool = False, precompute_embedding: bool = True):
+                 allow_pickle: bool = False, precompute_embedding: bool = True, mode: Optional[int] = None):
         """
         Args:
             modality: Key of this condition's maps in the manifest ('pose', 'scribble', 'lines', 'depth' ...).
@@ -41,16 +45,21 @@ class ControlNetConditioner(LayoutConditioner):
             allow_pickle: Also load pickle weights (they can run code; off by default).
             precompute_embedding: Embed each map once per request side (the ControlNet's own
                 `controlnet_cond_embedding`) instead of at every UNet call; the same result, less work.
+            mode: A FLUX union ControlNet's control mode (None: from the modality, InstantX's numbering).
         """
         super().__init__(modality, pretrained, scale, start, end, revision, variant, allow_pickle)
         self.precompute_embedding = precompute_embedding
+        self.mode = mode
 
     def load(self, backbone) -> None:
         from diffusers import ControlNetModel, SD3ControlNetModel
 
         if "controlnet" not in self._modules:  # loaded once (or given already)
-            if self._checkpoint_class(backbone) == "SD3ControlNetModel":  # a transformer's ControlNet (SD3)
+            kind = self._checkpoint_class(backbone)
+            if kind == "SD3ControlNetModel":  # a transformer's ControlNet (SD3)
                 self.controlnet = self._load_model(SD3ControlNetModel, "controlnet")
+            elif kind == "FluxControlNetModel":
+                self.controlnet = self._load_flux(backbone)
             else:
                 self.controlnet = self._load_model(ControlNetModel, "controlnet", check_controlnet, backbone)
         elif not self._transformer():
@@ -66,8 +75,25 @@ class ControlNetConditioner(LayoutConditioner):
         return config.get("_class_name")
 
     def _transformer(self) -> bool:
-        """An SD3 ControlNet: it reads the map as VAE latents and adds block samples to the transformer."""
-        return type(self.controlnet).__name__ == "SD3ControlNetModel"
+        """An SD3 or FLUX ControlNet: it reads the map as VAE latents and adds block samples to the transformer."""
+        return type(self.controlnet).__name__ in ("SD3ControlNetModel", "FluxControlNetModel")
+
+    def _load_flux(self, backbone):
+        from diffusers import FluxControlNetModel
+
+        controlnet = self._load_model(FluxControlNetModel, "controlnet")
+        if controlnet.input_hint_block is not None:
+            raise ConfigError(f"ControlNet '{self.modality}' ({self.pretrained}) reads the map in pixels (an XLabs "
+                              "FLUX ControlNet), which this project does not run: use one that reads VAE latents, "
+                              "e.g. Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0.")
+        if controlnet.config.num_mode and self.mode is None:
+            self.mode = UNION_MODES.get(self.modality)
+            if self.mode is None:
+                raise ConfigError(f"ControlNet '{self.modality}' ({self.pretrained}) is a union ControlNet with "
+                                  f"{controlnet.config.num_mode} modes and '{self.modality}' is none of "
+                                  f"{', '.join(UNION_MODES)}: set its `mode` (the checkpoint's card lists them).")
+        self._flux = (backbone,)  # a tuple: the backbone is not this module's submodule
+        return controlnet
 
     def _embeds_ahead(self) -> bool:
         """Precompute only where the map goes straight into the embedding (RGB channel order)."""
@@ -89,6 +115,8 @@ class ControlNetConditioner(LayoutConditioner):
         """`encoding` is a map batch (b, 3, H, W) or, from `encode`, its embedding batch (b, c, H/8, W/8)."""
         if not in_window(progress, self.start, self.end):
             return
+        if self._transformer() and getattr(self, "_flux", None):
+            return self._flux[0].control(self.controlnet, latents, t, inputs, encoding, self.scale, self.mode)
         if self._transformer():
             return inputs.add_blocks(self._blocks(inputs, latents, t, encoding))
         embedded = encoding.shape[1] != self.controlnet.config.conditioning_channels
@@ -104,7 +132,7 @@ class ControlNetConditioner(LayoutConditioner):
         """An SD3 ControlNet's map input: the map through the backbone's VAE, (mean - shift) x scale; InstantX's
         ControlNets (zero pooled projections) were trained without the shift, as diffusers' pipeline applies."""
         vae, config = backbone.vae, self.controlnet.config
-        shift = 0.0 if config.force_zeros_for_pooled_projection else (vae.config.shift_factor or 0.0)
+        shift = 0.0 if getattr(config, "force_zeros_for_pooled_projection", False) else (vae.config.shift_factor or 0.0)
         mean = vae.encode((control * 2 - 1).to(next(vae.parameters()).dtype)).latent_dist.mean.float()
         return (mean - shift) * vae.config.scaling_factor
 

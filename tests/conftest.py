@@ -75,6 +75,17 @@ def tiny_sd3_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_flux_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Folders of a tiny FLUX.1-dev-geometry model (FluxPipeline's hub layout) and a FLUX ControlNet."""
+    from framework.toy.tiny_flow import save_tiny_flux, save_tiny_flux_controlnet
+
+    root = tmp_path_factory.mktemp("tiny_flux")
+    sd = save_tiny_flux(root / "sd", seed=0, guidance_embeds=True)
+    cn = save_tiny_flux_controlnet(root / "cn_pose", sd, seed=1)
+    return {"sd": sd, "pose": cn, "scribble": cn}
+
+
+@pytest.fixture(scope="session")
 def backbone(tiny_dirs):
     from framework.backbones.sd import StableDiffusion
 

@@ -39,13 +39,13 @@ def swap_models(config: dict, tiny_dirs, out: Path) -> dict:
 def test_every_paper_setting_is_shipped():
     names = {p.stem for p in EXPERIMENTS}
     assert {"quickstart", "pose", "scribble", "text", "lines", "text_pose", "text_scribble", "lam1", "refine"} <= names
-    assert {"sdxl_pose", "sdxl_text", "sdxl_scribble", "sd3_pose"} <= names
+    assert {"sdxl_pose", "sdxl_text", "sdxl_scribble", "sd3_pose", "flux_pose"} <= names
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_experiment_runs_on_tiny_model(path, tmp_path, tiny_dirs, monkeypatch, request):
     monkeypatch.chdir(ROOT)
-    sdxl = path.stem.startswith(("sdxl", "sd3"))  # SDXL / SD3 experiments run on that family's tiny models
+    sdxl = path.stem.startswith(("sdxl", "sd3", "flux"))  # other families run on that family's tiny models
     dirs = request.getfixturevalue(f"tiny_{path.stem.split('_')[0]}_dirs") if sdxl else tiny_dirs
     config = swap_models(yaml.safe_load(path.read_text()), dirs, tmp_path)
     swapped = tmp_path / path.name

@@ -162,16 +162,20 @@ TINY_SD = "builtin:tiny-random"
 TINY_SDXL = "builtin:tiny-random-sdxl"
 """Tiny seeded random weights in SDXL's geometry (framework.toy.tiny_sdxl), built on first use: tests, dry runs."""
 
+TINY_FLUX = "builtin:tiny-random-flux"
+"""Tiny seeded random weights in FLUX.1-dev's geometry (framework.toy.tiny_flow), built on first use: tests."""
+
 TINY_SD3 = "builtin:tiny-random-sd3"
 """Tiny seeded random weights in SD3's geometry (framework.toy.tiny_flow), built on first use: tests, dry runs."""
 
-BUILTINS = (TINY_SD, TINY_SDXL, TINY_SD3, TOYWORLD)
+BUILTINS = (TINY_SD, TINY_SDXL, TINY_SD3, TINY_FLUX, TOYWORLD)
 _TINY_BUILDERS = {
     TINY_SD: ("framework.toy.tiny", {"sd": "tiny_pipeline_dir", "controlnet": "tiny_controlnet_dir",
                                      "t2i_adapter": "tiny_adapter_dir"}),
     TINY_SDXL: ("framework.toy.tiny_sdxl", {"sd": "tiny_sdxl_dir", "controlnet": "tiny_sdxl_controlnet_dir",
                                             "t2i_adapter": "tiny_sdxl_adapter_dir"}),
     TINY_SD3: ("framework.toy.tiny_flow", {"sd": "tiny_sd3_dir", "controlnet": "tiny_sd3_controlnet_dir"}),
+    TINY_FLUX: ("framework.toy.tiny_flow", {"sd": "tiny_flux_dir"}),
 }
 """The tiny random models' parts: functions of framework.toy, imported by name (the toy layer is above this one)."""
 
@@ -226,18 +230,18 @@ def _toyworld_part(kind: str, modality: Optional[str]) -> Path:
 
 
 # ------------------------------------------------------------------------------ model families
-SD1, SDXL, SD3 = "SD 1.x", "SDXL", "SD3"
+SD1, SDXL, SD3, FLUX = "SD 1.x", "SDXL", "SD3", "FLUX"
 FAMILY_CLASSES = {SD1: "framework.backbones.sd.StableDiffusion", SDXL: "framework.backbones.sdxl.StableDiffusionXL",
-                  SD3: "framework.backbones.sd3.StableDiffusion3"}
+                  SD3: "framework.backbones.sd3.StableDiffusion3", FLUX: "framework.backbones.flux.Flux"}
 """The families this project runs -> their backbone class (imported by name: sdxl.py builds on sd.py)."""
 FAMILY_EXAMPLES = {SD1: "stable-diffusion-v1-5/stable-diffusion-v1-5", SDXL: "stabilityai/stable-diffusion-xl-base-1.0",
-                   SD3: "stabilityai/stable-diffusion-3.5-medium"}
+                   SD3: "stabilityai/stable-diffusion-3.5-medium", FLUX: "black-forest-labs/FLUX.1-dev"}
 RUNS = ", ".join(FAMILY_CLASSES)  # what the backbones run, for messages
-BUILTIN_FAMILIES = {TINY_SD: SD1, TOYWORLD: SD1, TINY_SDXL: SDXL, TINY_SD3: SD3}
+BUILTIN_FAMILIES = {TINY_SD: SD1, TOYWORLD: SD1, TINY_SDXL: SDXL, TINY_SD3: SD3, TINY_FLUX: FLUX}
 # diffusers class names (a pipeline's, in model_index.json; a model's, in config.json) -> the family. Checked by
 # prefix, so img2img, inpaint and ControlNet pipelines count too; the first match wins (SDXL before SD 1.x).
 _FAMILIES = (
-    ("StableDiffusionXL", SDXL), ("StableDiffusion3", SD3), ("SD3", SD3), ("Flux", "FLUX"),
+    ("StableDiffusionXL", SDXL), ("StableDiffusion3", SD3), ("SD3", SD3), ("Flux", FLUX),
     ("StableCascade", "Stable Cascade"), ("Wuerstchen", "Wuerstchen"), ("Kandinsky", "Kandinsky"),
     ("PixArt", "PixArt"), ("Sana", "Sana"), ("HunyuanDiT", "Hunyuan-DiT"), ("AuraFlow", "AuraFlow"),
     ("Lumina", "Lumina"), ("CogView", "CogView"), ("IF", "DeepFloyd IF"), ("StableDiffusionUpscale", "SD x4 upscaler"),

@@ -226,7 +226,7 @@ class StableDiffusion(Backbone, metaclass=_PicksFamily):
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def sampler(self, steps: int) -> Schedule:
+    def sampler(self, steps: int, size: Optional[tuple[int, int]] = None) -> Schedule:
         """The DDIM sampler on `steps` steps of this checkpoint's schedule (its scheduler converted to DDIM)."""
         return Schedule.from_scheduler(self.scheduler, steps)
 

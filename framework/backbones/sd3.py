@@ -96,7 +96,7 @@ class StableDiffusion3(StableDiffusion):
         self.configure_memory()
         return self
 
-    def sampler(self, steps: int) -> FlowSchedule:
+    def sampler(self, steps: int, size: Optional[tuple[int, int]] = None) -> FlowSchedule:
         """The flow ODE's Euler sampler on `steps` steps of the checkpoint's shifted schedule."""
         return FlowSchedule.from_scheduler(self.scheduler, steps)
 

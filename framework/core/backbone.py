@@ -131,9 +131,10 @@ class Backbone(nn.Module):
         """A prompt -> its text encoding, batch 1."""
         raise NotImplementedError
 
-    def sampler(self, steps: int):
-        """The sampler of a run of `steps` steps (framework.core.sampling.Sampler: its timesteps and the moves
-        between them; SD 1.x and SDXL: DDIM on the checkpoint's noise schedule)."""
+    def sampler(self, steps: int, size: Optional[tuple[int, int]] = None):
+        """The sampler of a run of `steps` steps for an image of `size` (height, width) pixels
+        (framework.core.sampling.Sampler: its timesteps and the moves between them; SD 1.x and SDXL: DDIM on the
+        checkpoint's noise schedule; SD3: the flow ODE; FLUX's shift depends on the size)."""
         raise NotImplementedError
 
     def unet_inputs(self, latents: torch.Tensor) -> UNetInputs:

@@ -37,7 +37,8 @@ class UNetInputs:
     down_block_additional_residuals: Optional[list[torch.Tensor]] = None
     mid_block_additional_residual: Optional[torch.Tensor] = None
     down_intrablock_additional_residuals: Optional[list[torch.Tensor]] = None
-    block_controlnet_hidden_states: Optional[list[torch.Tensor]] = None  # a transformer's ControlNet blocks (SD3)
+    block_controlnet_hidden_states: Optional[list[torch.Tensor]] = None  # a transformer's ControlNet blocks (SD3, FLUX)
+    single_block_controlnet_hidden_states: Optional[list[torch.Tensor]] = None  # FLUX's single-stream blocks
     added_cond_kwargs: Optional[dict[str, torch.Tensor]] = None  # a family's extra embeddings (SDXL: text_embeds, time_ids)
 
     def add_control(self, down: list[torch.Tensor], mid: torch.Tensor) -> None:
@@ -50,12 +51,13 @@ class UNetInputs:
                 a + b for a, b in zip(self.down_block_additional_residuals, down)]
             self.mid_block_additional_residual = self.mid_block_additional_residual + mid
 
-    def add_blocks(self, blocks) -> None:
-        """Sum a transformer ControlNet's block samples (several add up, as in diffusers' SD3MultiControlNet)."""
-        if self.block_controlnet_hidden_states is None:
-            self.block_controlnet_hidden_states = list(blocks)
-        else:
-            self.block_controlnet_hidden_states = [a + b for a, b in zip(self.block_controlnet_hidden_states, blocks)]
+    def add_blocks(self, blocks, single=None) -> None:
+        """Sum a transformer ControlNet's block samples (several add up, as in diffusers' multi-ControlNets)."""
+        def summed(current, new):
+            return None if new is None else list(new) if current is None else [a + b for a, b in zip(current, new)]
+        self.block_controlnet_hidden_states = summed(self.block_controlnet_hidden_states, blocks)
+        self.single_block_controlnet_hidden_states = summed(self.single_block_controlnet_hidden_states, single) \
+            if single is not None else self.single_block_controlnet_hidden_states
 
     def add_adapter(self, features: tuple[torch.Tensor, ...]) -> None:
         """Sum T2I-Adapter features (a fresh list: the UNet consumes it by popping)."""

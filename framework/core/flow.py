@@ -26,16 +26,19 @@ class FlowSchedule(Sampler):
     scheduler: Any = field(default=None, compare=False, repr=False)
     mu: Optional[float] = None  # the resolution-dependent shift of dynamically shifted schedules (FLUX)
 
+    linear_sigmas: bool = False  # FLUX's pipelines: sigmas linspace(1, 1/steps), then shifted by mu
+
     @classmethod
-    def from_scheduler(cls, scheduler, steps: int, mu: Optional[float] = None) -> "FlowSchedule":
+    def from_scheduler(cls, scheduler, steps: int, mu: Optional[float] = None,
+                       linear_sigmas: bool = False) -> "FlowSchedule":
         """Timesteps and sigmas as `FlowMatchEulerDiscreteScheduler.set_timesteps(steps)` gives them (shift
-        included; `mu` for schedulers with dynamic shifting)."""
-        if getattr(scheduler.config, "use_dynamic_shifting", False):
-            scheduler.set_timesteps(steps, mu=1.0 if mu is None else mu)
-        else:
-            scheduler.set_timesteps(steps)
+        included; `mu` for schedulers with dynamic shifting; `linear_sigmas` as FLUX's pipelines ask for them)."""
+        kwargs = {"mu": 1.0 if mu is None else mu} if getattr(scheduler.config, "use_dynamic_shifting", False) else {}
+        if linear_sigmas:
+            kwargs["sigmas"] = [1.0 - i / steps for i in range(steps)]
+        scheduler.set_timesteps(steps, **kwargs)
         sigmas = tuple(float(s) for s in scheduler.sigmas)
-        return cls(tuple(float(t) for t in scheduler.timesteps), sigmas, scheduler, mu)
+        return cls(tuple(float(t) for t in scheduler.timesteps), sigmas, scheduler, mu, linear_sigmas)
 
     def sigma(self, t: float) -> float:
         """sigma at timestep t (0 for the clean latents' key)."""
@@ -57,4 +60,4 @@ class FlowSchedule(Sampler):
         return (1 - sigma) * x0 + sigma * noise
 
     def with_steps(self, steps: int) -> "FlowSchedule":
-        return FlowSchedule.from_scheduler(self.scheduler, steps, self.mu)
+        return FlowSchedule.from_scheduler(self.scheduler, steps, self.mu, self.linear_sigmas)

@@ -165,7 +165,7 @@ class EditEngine:
         """A fresh state for `request`: its schedule, t_E, lam and seed (nothing computed yet)."""
         self.request_id = request.id
         self.denoiser.reset_counts()
-        schedule = self.backbone.sampler(self.sampling.steps)
+        schedule = self.backbone.sampler(self.sampling.steps, tuple(request.image.shape[-2:]))
         return EditState(request, None, None, schedule, schedule.encode_level(self.sampling.encode_ratio),
                          float(check_lam_setting(lam)), seed)
 

@@ -89,6 +89,10 @@ class NullTextInversion(Inversion):
         self.inner_steps, self.lr, self.early_stop = inner_steps, lr, early_stop
 
     def invert(self, x0: torch.Tensor, job: InversionJob) -> Inverted:
+        if job.decode_scale == 1:
+            raise ConfigError("NullTextInversion tunes CFG's unconditional branch, and at sampling.guidance_scale 1 "
+                              "(a guidance-distilled model such as FLUX.1) there is none: use DirectInversion or the "
+                              "default inversion, or a guidance scale above 1.")
         trajectory = self.trajectory(x0, job)
         inverted = Inverted(x0, trajectory, uncond_text={})
         cond, uncond = job.source

@@ -169,3 +169,10 @@ def tiny_sd3_controlnet_dir(seed: int = 0) -> Path:
     sd3 = tiny_sd3_dir(seed)
     return _build_once(cache_dir() / f"tiny-random-sd3-controlnet-seed{seed}",
                        lambda p: save_tiny_sd3_controlnet(p, sd3, seed))
+
+
+def tiny_flux_dir(seed: int = 0) -> Path:
+    """The tiny FLUX.1-dev-geometry folder in the cache (`builtin:tiny-random-flux`), built once."""
+    from framework.toy.tiny import _build_once
+
+    return _build_once(cache_dir() / f"tiny-random-flux-seed{seed}", lambda p: save_tiny_flux(p, seed, True))
