@@ -80,7 +80,10 @@ SDXL_CONTROLNETS = {
 }
 # SD3 ControlNets: InstantX's pose and canny for SD3 medium (stabilityai/stable-diffusion-3-medium-diffusers).
 SD3_CONTROLNETS = {"pose": "InstantX/SD3-Controlnet-Pose", "canny": "InstantX/SD3-Controlnet-Canny"}
-CONTROLNETS = {"SD 1.x": SD15_CONTROLNETS, SDXL: SDXL_CONTROLNETS, "SD3": SD3_CONTROLNETS}
+# FLUX.1-dev: Shakker Labs' union ControlNet Pro 2.0 (no modes) for pose, canny, depth and soft edges.
+FLUX_CONTROLNETS = dict.fromkeys(("pose", "canny", "depth", "softedge", "scribble"),
+                                 "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0")
+CONTROLNETS = {"SD 1.x": SD15_CONTROLNETS, SDXL: SDXL_CONTROLNETS, "SD3": SD3_CONTROLNETS, "FLUX": FLUX_CONTROLNETS}
 RUN_SETTINGS = ("output_dir", "overwrite", "metrics")
 """Keys of a YAML's model section that belong to a run (files, scores), not to the edit."""
 
@@ -198,14 +201,16 @@ class EditPipeline(nn.Module):
     @classmethod
     def from_pretrained(cls, pretrained: str, conditioners: Optional[Sequence[Union[str, Conditioner]]] = None, *,
                         torch_dtype: Optional[torch.dtype] = None, **settings) -> "EditPipeline":
-        """Load a pipeline from an SD 1.x or SDXL hub id, folder or `builtin:` name (its model_index.json picks the
-        backbone class; another family is refused in one line).
+        """Load a pipeline from an SD 1.x, SDXL, SD3 or FLUX.1 hub id, folder or `builtin:` name (its model_index.json
+        picks the backbone class; another family is refused in one line).
 
         `conditioners`: short names ('pose', 'scribble': a ControlNet of that modality, the same built-in model or
-        the family's SD15_CONTROLNETS / SDXL_CONTROLNETS) or conditioner objects. `settings`: the pipeline's
-        parameters (`lam`, `mask`, `ito`, `losses`, the stage slots ...) and the backbone's (`variant`, `revision`,
-        `attention_slicing` ...).
+        the family's table in CONTROLNETS) or conditioner objects. `settings`: the pipeline's parameters (`lam`,
+        `mask`, `ito`, `losses`, the stage slots ...; a dict changes some fields of a settings group,
+        `mask={"threshold": 0.3}`) and the backbone's (`variant`, `revision`, `attention_slicing` ...).
         """
+        groups = {"sampling": SamplingConfig(), "mask": MaskConfig(), "ito": ITOConfig(), "guidance": GuidanceConfig()}
+        settings.update({k: _merge(groups[k], v) for k, v in settings.items() if k in groups and isinstance(v, dict)})
         cls_backbone = backbone_class(pretrained, settings.get("revision"))
         backbone_keys = set(inspect.signature(cls_backbone.__init__).parameters) - {"self", "pretrained"}
         backbone = cls_backbone(pretrained, **{k: settings.pop(k) for k in list(settings) if k in backbone_keys})

@@ -175,7 +175,7 @@ _TINY_BUILDERS = {
     TINY_SDXL: ("framework.toy.tiny_sdxl", {"sd": "tiny_sdxl_dir", "controlnet": "tiny_sdxl_controlnet_dir",
                                             "t2i_adapter": "tiny_sdxl_adapter_dir"}),
     TINY_SD3: ("framework.toy.tiny_flow", {"sd": "tiny_sd3_dir", "controlnet": "tiny_sd3_controlnet_dir"}),
-    TINY_FLUX: ("framework.toy.tiny_flow", {"sd": "tiny_flux_dir"}),
+    TINY_FLUX: ("framework.toy.tiny_flow", {"sd": "tiny_flux_dir", "controlnet": "tiny_flux_controlnet_dir"}),
 }
 """The tiny random models' parts: functions of framework.toy, imported by name (the toy layer is above this one)."""
 

@@ -176,3 +176,11 @@ def tiny_flux_dir(seed: int = 0) -> Path:
     from framework.toy.tiny import _build_once
 
     return _build_once(cache_dir() / f"tiny-random-flux-seed{seed}", lambda p: save_tiny_flux(p, seed, True))
+
+
+def tiny_flux_controlnet_dir(seed: int = 0) -> Path:
+    from framework.toy.tiny import _build_once
+
+    flux = tiny_flux_dir(seed)
+    return _build_once(cache_dir() / f"tiny-random-flux-controlnet-seed{seed}",
+                       lambda p: save_tiny_flux_controlnet(p, flux, seed))

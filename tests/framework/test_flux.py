@@ -128,3 +128,18 @@ def test_a_flux_controlnet_steers_the_mask_to_where_the_pose_maps_differ(tiny_fl
     changed[1:3, 1:3] = changed[5:7, 5:7] = True
     assert float(soft[0, 0][changed].mean()) > float(soft[0, 0][~changed].mean()) + 0.1
     assert sum(e.denoiser.samples.values()) == 2 * 2 * 4  # 2 seeds x 2 sides x 4 steps at strength 0.5, no CFG
+
+
+@pytest.mark.parametrize("name, cfg", [("builtin:tiny-random-sd3", 5.0), ("builtin:tiny-random-flux", 1.0)])
+def test_from_pretrained_takes_a_flow_checkpoint_and_short_conditioner_names(name, cfg):
+    from framework import EditPipeline
+
+    pipe = EditPipeline.from_pretrained(name, conditioners=["pose"], sampling={"steps": 4, "guidance_scale": cfg},
+                                        ito={"update_steps": 2}, guidance={"update_steps": 2}, mask={"seeds": 2})
+    pose = [torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)]
+    pose[0][..., :32, :32], pose[1][..., 32:, 32:] = 1, 1
+    out = pipe(torch.rand(1, 3, 64, 64), source_prompt="a figure", source_maps={"pose": pose[0]},
+               edit_maps={"pose": pose[1]}, lam=0.6, seed=0)
+    assert out.image.size == (64, 64) and out.guidance is not None
+    assert type(pipe.backbone).__name__ == ("Flux" if "flux" in name else "StableDiffusion3")
+    assert type(pipe.conditioners[-1].controlnet).__name__.endswith("ControlNetModel")
