@@ -37,7 +37,7 @@ def test_a_controlnet_of_another_family_is_refused_before_its_weights_load(tmp_p
 
 
 @pytest.mark.parametrize("cls, name, changes, family_name", [  # SDXL ones: tests/framework/test_sdxl.py (pairing)
-    (ControlNetConditioner, "pose", {"_class_name": "FluxControlNetModel"}, "FLUX"),
+    (ControlNetConditioner, "pose", {"_class_name": "HunyuanDiT2DControlNetModel"}, "Hunyuan-DiT"),
     (ControlNetConditioner, "pose", {"_class_name": "PixArtControlNetModel"}, "PixArt"),
 ])
 def test_a_model_of_a_family_the_project_cannot_run_is_refused_when_configured(tmp_path, tiny_dirs, monkeypatch, cls,
@@ -49,7 +49,7 @@ def test_a_model_of_a_family_the_project_cannot_run_is_refused_when_configured(t
     with pytest.raises(ModelLoadError) as info:
         cls("pose", str(folder))  # at construction: before the backbone's weights, let alone its own
     message = str(info.value)
-    assert f"'{folder}' is {family_name} (" in message and "this project runs SD 1.x, SDXL, SD3" in message
+    assert f"'{folder}' is {family_name} (" in message and "this project runs SD 1.x, SDXL, SD3, FLUX" in message
     assert "\n" not in message
 
 

@@ -98,7 +98,7 @@ def no_weights(monkeypatch):
     monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
 
 
-def test_sd3_and_sdxl_folders_pick_their_backbones_and_a_flux_one_is_refused_naming_its_family(
+def test_sd3_and_sdxl_folders_pick_their_backbones_and_a_pixart_one_is_refused_naming_its_family(
         tmp_path, sdxl_dirs, sd3_dir, no_weights):
     import json
     import shutil
@@ -109,15 +109,15 @@ def test_sd3_and_sdxl_folders_pick_their_backbones_and_a_flux_one_is_refused_nam
     assert type(backbone) is StableDiffusion3 and backbone.family == "SD3"
     backbone = StableDiffusion(str(sdxl_dirs["sd"]))
     assert type(backbone).__name__ == "StableDiffusionXL" and backbone.family == "SDXL"
-    flux = tmp_path / "flux"
-    shutil.copytree(sd3_dir, flux)
-    index = json.loads((flux / "model_index.json").read_text())
-    (flux / "model_index.json").write_text(json.dumps(dict(index, _class_name="FluxPipeline")))
+    other = tmp_path / "pixart"
+    shutil.copytree(sd3_dir, other)
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps(dict(index, _class_name="PixArtSigmaPipeline")))
     with pytest.raises(ModelLoadError) as info:
-        StableDiffusion(str(flux))
+        StableDiffusion(str(other))
     message = str(info.value)
-    assert f"'{flux}' is FLUX (FluxPipeline in its model_index.json)" in message, message
-    assert "this project runs SD 1.x, SDXL, SD3" in message and "incomplete" not in message and "\n" not in message
+    assert f"'{other}' is PixArt (PixArtSigmaPipeline in its model_index.json)" in message, message
+    assert "this project runs SD 1.x, SDXL, SD3, FLUX" in message and "incomplete" not in message and "\n" not in message
 
 
 def test_the_cli_refuses_an_sd15_controlnet_on_sd3_in_one_line(tmp_path, sd3_dir, tiny_dirs, manifest, capsys,
