@@ -37,9 +37,12 @@ class UNetInputs:
     down_block_additional_residuals: Optional[list[torch.Tensor]] = None
     mid_block_additional_residual: Optional[torch.Tensor] = None
     down_intrablock_additional_residuals: Optional[list[torch.Tensor]] = None
+    control_samples: int = 0
+    """ControlNet sample-evaluations behind these inputs (each ControlNet counts its batch)."""
 
     def add_control(self, down: list[torch.Tensor], mid: torch.Tensor) -> None:
         """Sum ControlNet residuals (several ControlNets add up, as in diffusers' MultiControlNet)."""
+        self.control_samples += int(mid.shape[0])
         if self.down_block_additional_residuals is None:
             self.down_block_additional_residuals = list(down)
             self.mid_block_additional_residual = mid
@@ -57,7 +60,7 @@ class UNetInputs:
                 a + b for a, b in zip(self.down_intrablock_additional_residuals, features)]
 
     def as_kwargs(self) -> dict:
-        return {k: v for k, v in vars(self).items() if v is not None}
+        return {k: v for k, v in vars(self).items() if v is not None and k != "control_samples"}
 
 
 class Conditioner(nn.Module):

@@ -69,6 +69,7 @@ class Denoiser:
         self.chunk_size = chunk_size
         self.samples = Counter()  # stage -> UNet sample-evaluations
         self.calls = Counter()  # stage -> UNet calls
+        self.control_samples = Counter()  # stage -> ControlNet sample-evaluations (every ControlNet counts)
         self.stage = "other"
         self.guidance_rescale = 0.0  # sampling.guidance_rescale (phi); 0 = plain CFG
 
@@ -91,6 +92,8 @@ class Denoiser:
                 conditioner.apply(inputs, latents, t, encoding, progress)
         self.samples[self.stage] += latents.shape[0]
         self.calls[self.stage] += 1
+        if inputs.control_samples:
+            self.control_samples[self.stage] += inputs.control_samples
         return self.unet(latents, t, **inputs.as_kwargs(), return_dict=False)[0]
 
     def _chunked(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
@@ -127,3 +130,4 @@ class Denoiser:
     def reset_counts(self) -> None:
         self.samples.clear()
         self.calls.clear()
+        self.control_samples.clear()

@@ -206,6 +206,10 @@ class GuidanceConfig:
     decode runs the same CFG decode, so with 'decode' a y_t that reaches g_t at step t_u goes on to G
     itself, which the inversion (made without CFG) does not ensure: at lam = 0 it is what lets the edit
     land on G (docs/lam.md)."""
+    invert: str = "missing"
+    """Cost: with reference 'decode', 'missing' inverts G only when its decode left a timestep of the edit's t_E
+    unvisited (at guidance.encode_ratio >= sampling.encode_ratio it visits all: t_E samples saved, g_t the same);
+    'always' inverts G through t_E anyway (the old cost)."""
     refine: bool = False
     """Refine the guidance image with ITO at lam = 0 towards the input (A.5)."""
     refine_update_steps: int = 6
@@ -218,6 +222,7 @@ class GuidanceConfig:
         _check(self.inner_steps >= 1 and self.refine_inner_steps >= 1, "guidance inner steps must be >= 1.")
         _check(self.encode_ratio is None or 0 < self.encode_ratio <= 1,
                f"guidance.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
+        _check(self.invert in ("missing", "always"), f"guidance.invert must be 'missing' or 'always', got '{self.invert}'.")
         _check(self.reference in ("inversion", "decode"),
                f"guidance.reference must be 'inversion' or 'decode', got '{self.reference}'.")
 

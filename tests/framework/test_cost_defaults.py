@@ -30,21 +30,26 @@ def _counts(tiny_dirs, tmp_path, request, **settings) -> dict[str, int]:
     return module.edit(request).record["unet_evaluations"]
 
 
-def test_default_text_edit_costs_155_unet_samples_and_230_with_a_guidance_image(tiny_dirs, tmp_path, text_request):
+def test_default_text_edit_costs_155_unet_samples_and_205_with_a_guidance_image(tiny_dirs, tmp_path, text_request):
     # inversion: 25 steps, conditional only; mask: 5 decode steps (strength 0.5 of the 10-step grid) x
     # 4 seeds x 2 conditions x 2 CFG halves; final: 25 steps x 2 halves. lam 1 (the default) makes no guidance
-    # image: 155, DiffEdit's own count. With one (lam < 1): its 25 decode steps x 2 halves + its 25-step inversion.
+    # image: 155, DiffEdit's own count. With one (lam < 1): its 25 decode steps x 2 halves; g_t is the latents
+    # of that decode (guidance.invert 'missing'), no inversion of G; 'always' adds it (25).
     counts = _counts(tiny_dirs, tmp_path, text_request)
     assert counts == {"inversion": 25, "mask": 5 * 4 * 2 * 2, "final": 25 * 2}
     assert sum(counts.values()) == 155
     counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6)
-    assert counts == {"inversion": 25, "mask": 80, "guidance": 25 * 2 + 25, "final": 25 * 2}
-    assert sum(counts.values()) == 230
+    assert counts == {"inversion": 25, "mask": 80, "guidance": 25 * 2, "final": 25 * 2}
+    assert sum(counts.values()) == 205
+    counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, guidance=GuidanceConfig(invert="always"))
+    assert counts["guidance"] == 25 * 2 + 25
 
 
 def test_paper_literal_text_edit_costs_630_unet_samples(tiny_dirs, tmp_path, text_request):
-    # mask: 12 decode steps (strength 0.5 of 25) x 10 seeds x 2 conditions x 2 CFG halves; lam 0.6, the paper's.
-    counts = _counts(tiny_dirs, tmp_path, text_request, mask=paper_literal_mask(), lam=0.6)
+    # mask: 12 decode steps (strength 0.5 of 25) x 10 seeds x 2 conditions x 2 CFG halves; lam 0.6, the paper's
+    # (G inverted: guidance.reference 'inversion').
+    counts = _counts(tiny_dirs, tmp_path, text_request, mask=paper_literal_mask(), lam=0.6,
+                     guidance=GuidanceConfig(reference="inversion"))
     assert counts == {"inversion": 25, "mask": 12 * 10 * 2 * 2, "guidance": 75, "final": 50}
 
 
