@@ -31,6 +31,11 @@ class Conditioning:
             parts.append(None if column[0] is None else _cat(column))
         return Conditioning(parts)
 
+    def slice(self, start: int, stop: int) -> "Conditioning":
+        """Samples start:stop of every part."""
+        return Conditioning([None if p is None else (tuple(q[start:stop] for q in p) if isinstance(p, tuple)
+                                                     else p[start:stop]) for p in self.parts])
+
     def repeat(self, n: int) -> "Conditioning":
         return Conditioning.cat([self] * n)
 
@@ -72,6 +77,8 @@ class Denoiser:
         self.control_samples = Counter()  # stage -> ControlNet sample-evaluations (every ControlNet counts)
         self.stage = "other"
         self.guidance_rescale = 0.0  # sampling.guidance_rescale (phi); 0 = plain CFG
+        self.batcher = None  # framework.core.batching.UNetBatcher: this edit's UNet calls join other edits'
+        self.order = 0  # this edit's place in the batch
 
     @property
     def text_index(self) -> int:
@@ -84,17 +91,25 @@ class Denoiser:
     def progress(self, t: int) -> float:
         return 1.0 - (t + 1) / self.num_train_timesteps
 
-    def _unet(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, t: int, cond: Conditioning) -> tuple[torch.Tensor, int]:
+        """One UNet call (with the conditioners' inputs), uncounted: (eps, ControlNet samples it took)."""
         inputs = UNetInputs()
         progress = self.progress(t)
         for conditioner, encoding in zip(self.conditioners, cond.parts):
             if encoding is not None:
                 conditioner.apply(inputs, latents, t, encoding, progress)
+        return self.unet(latents, t, **inputs.as_kwargs(), return_dict=False)[0], inputs.control_samples
+
+    def _unet(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
+        if self.batcher is not None and not torch.is_grad_enabled():
+            out, control = self.batcher.unet(self, self.order, latents, t, cond)
+        else:
+            out, control = self.forward(latents, t, cond)
         self.samples[self.stage] += latents.shape[0]
         self.calls[self.stage] += 1
-        if inputs.control_samples:
-            self.control_samples[self.stage] += inputs.control_samples
-        return self.unet(latents, t, **inputs.as_kwargs(), return_dict=False)[0]
+        if control:
+            self.control_samples[self.stage] += control
+        return out
 
     def _chunked(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
         size = self.chunk_size or latents.shape[0]
@@ -102,9 +117,7 @@ class Denoiser:
             return self._unet(latents, t, cond)
         outs = []
         for start in range(0, latents.shape[0], size):
-            part = Conditioning([None if p is None else (tuple(q[start:start + size] for q in p)
-                                 if isinstance(p, tuple) else p[start:start + size]) for p in cond.parts])
-            outs.append(self._unet(latents[start:start + size], t, part))
+            outs.append(self._unet(latents[start:start + size], t, cond.slice(start, start + size)))
         return torch.cat(outs)
 
     def __call__(self, latents: torch.Tensor, t: int, cond: Conditioning, uncond: Optional[Conditioning] = None,
