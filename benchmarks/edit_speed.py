@@ -80,13 +80,15 @@ def build(tmp: Path, device: torch.device):
 
 
 def paper_literal_settings() -> dict:
-    """The `mask` and `guidance` settings of experiments/paper_literal.yaml, as the module's config objects."""
+    """The `mask`, `guidance`, `sampling` and `ito` settings of experiments/paper_literal.yaml, as the module's
+    config objects (25 steps, t_u 15: the defaults are 20 and 12)."""
     import yaml
 
-    from framework.core.settings import GuidanceConfig, MaskConfig
+    from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
 
     args = yaml.safe_load((ROOT / "experiments/paper_literal.yaml").read_text())["model"]["init_args"]
-    return {"mask": MaskConfig(**args["mask"]), "guidance": GuidanceConfig(**args["guidance"])}
+    return {"mask": MaskConfig(**args["mask"]), "guidance": GuidanceConfig(**args["guidance"]),
+            "sampling": SamplingConfig(**args["sampling"]), "ito": ITOConfig(**args["ito"])}
 
 
 # (task suffix, label): the module's defaults and the paper-literal mask / guidance settings

@@ -7,7 +7,14 @@ from dataclasses import asdict
 import pytest
 import yaml
 
-from framework.core.settings import PAPER_MASK, GuidanceConfig, MaskConfig, paper_literal_mask
+from framework.core.settings import (
+    PAPER_MASK,
+    GuidanceConfig,
+    ITOConfig,
+    MaskConfig,
+    SamplingConfig,
+    paper_literal_mask,
+)
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,7 +41,7 @@ def test_default_text_edit_costs_155_unet_samples_and_205_with_a_guidance_image(
     # inversion: 25 steps, conditional only; mask: 5 decode steps (strength 0.5 of the 10-step grid) x
     # 4 seeds x 2 conditions x 2 CFG halves; final: 25 steps x 2 halves. lam 1 (the default) makes no guidance
     # image: 155, DiffEdit's own count. With one (lam < 1): its 25 decode steps x 2 halves; g_t is the latents
-    # of that decode (guidance.invert 'missing'), no inversion of G; 'always' adds it (25).
+    # of that decode (guidance.invert 'missing'), no inversion of G; 'always' adds it (25), as before issue 33.
     counts = _counts(tiny_dirs, tmp_path, text_request)
     assert counts == {"inversion": 25, "mask": 5 * 4 * 2 * 2, "final": 25 * 2}
     assert sum(counts.values()) == 155
@@ -45,11 +52,24 @@ def test_default_text_edit_costs_155_unet_samples_and_205_with_a_guidance_image(
     assert counts["guidance"] == 25 * 2 + 25
 
 
+@pytest.mark.parametrize("mask, lam1, lam06", [({}, 140, 180), ({"seeds": 2}, 100, 140), ({"steps": 6}, 108, 148)])
+def test_the_measured_20_step_settings_cost_what_the_cost_page_says(tiny_dirs, tmp_path, text_request, mask, lam1,
+                                                                    lam06):
+    # experiments/eval/cost150.yaml's candidates: 20 DDIM steps, t_u 12 (0.6 of them), the mask as given
+    steps = dict(sampling=SamplingConfig(steps=20), ito=ITOConfig(update_steps=12),
+                 guidance=GuidanceConfig(update_steps=12), mask=MaskConfig(**mask))
+    counts = _counts(tiny_dirs, tmp_path, text_request, **steps)
+    assert (counts["inversion"], counts["final"], sum(counts.values())) == (20, 40, lam1)
+    counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, **steps)
+    assert (counts["guidance"], sum(counts.values())) == (40, lam06)
+
+
 def test_paper_literal_text_edit_costs_630_unet_samples(tiny_dirs, tmp_path, text_request):
-    # mask: 12 decode steps (strength 0.5 of 25) x 10 seeds x 2 conditions x 2 CFG halves; lam 0.6, the paper's
-    # (G inverted: guidance.reference 'inversion').
+    # mask: 12 decode steps (strength 0.5 of 25) x 10 seeds x 2 conditions x 2 CFG halves; lam 0.6, 25 steps, t_u 15,
+    # G inverted (guidance.reference 'inversion'): the paper's.
     counts = _counts(tiny_dirs, tmp_path, text_request, mask=paper_literal_mask(), lam=0.6,
-                     guidance=GuidanceConfig(reference="inversion"))
+                     sampling=SamplingConfig(steps=25), ito=ITOConfig(update_steps=15),
+                     guidance=GuidanceConfig(reference="inversion", update_steps=15))
     assert counts == {"inversion": 25, "mask": 12 * 10 * 2 * 2, "guidance": 75, "final": 50}
 
 
