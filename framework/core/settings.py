@@ -20,7 +20,7 @@ def _check(condition: bool, message: str) -> None:
 class SamplingConfig:
     """DDIM sampling and inversion (paper Sec. 3.1 and 4)."""
 
-    steps: int = 25
+    steps: int = 20
     """Number of DDIM steps of the full schedule."""
     encode_ratio: float = 1.0
     """t_E / steps: how far the input is DDIM-inverted before decoding (paper: 1.0)."""
@@ -127,7 +127,7 @@ def paper_literal_mask(**changes) -> MaskConfig:
 class ITOConfig:
     """The final decode's inference-time optimisation (paper Eq. 6, Sec. 4)."""
 
-    update_steps: int = 15
+    update_steps: int = 12
     """t_u: ITO runs at each of the first t_u decoding steps."""
     inner_steps: int = 2
     """k: optimiser steps per timestep. 2 (default): with Adam's ~lr-sized steps, k = 1 (the paper) gives the
@@ -193,7 +193,7 @@ class ITOConfig:
 class GuidanceConfig:
     """The guidance image: ITO with lam = 1 from a random-noise encoding (Sec. 3.2), optional refinement (A.5)."""
 
-    update_steps: int = 15
+    update_steps: int = 12
     """t_u of the guidance decode (paper: 15; A.2 suggests 20 with k = 30)."""
     inner_steps: int = 1
     """k of the guidance decode."""

@@ -37,19 +37,27 @@ def _counts(tiny_dirs, tmp_path, request, **settings) -> dict[str, int]:
     return module.edit(request).record["unet_evaluations"]
 
 
-def test_default_text_edit_costs_155_unet_samples_and_205_with_a_guidance_image(tiny_dirs, tmp_path, text_request):
-    # inversion: 25 steps, conditional only; mask: 5 decode steps (strength 0.5 of the 10-step grid) x
-    # 4 seeds x 2 conditions x 2 CFG halves; final: 25 steps x 2 halves. lam 1 (the default) makes no guidance
-    # image: 155, DiffEdit's own count. With one (lam < 1): its 25 decode steps x 2 halves; g_t is the latents
-    # of that decode (guidance.invert 'missing'), no inversion of G; 'always' adds it (25), as before issue 33.
+def test_default_text_edit_costs_140_unet_samples_and_180_with_a_guidance_image(tiny_dirs, tmp_path, text_request):
+    # inversion: 20 steps, conditional only; mask: 5 decode steps (strength 0.5 of the 10-step grid) x
+    # 4 seeds x 2 conditions x 2 CFG halves; final: 20 steps x 2 halves. lam 1 (the default) makes no guidance
+    # image: 140 (DiffEdit: 115). With one (lam < 1): its 20 decode steps x 2 halves; g_t is the latents of that
+    # decode (guidance.invert 'missing'), no inversion of G; 'always' adds it (20).
     counts = _counts(tiny_dirs, tmp_path, text_request)
-    assert counts == {"inversion": 25, "mask": 5 * 4 * 2 * 2, "final": 25 * 2}
-    assert sum(counts.values()) == 155
+    assert counts == {"inversion": 20, "mask": 5 * 4 * 2 * 2, "final": 20 * 2}
+    assert sum(counts.values()) == 140
     counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6)
-    assert counts == {"inversion": 25, "mask": 80, "guidance": 25 * 2, "final": 25 * 2}
-    assert sum(counts.values()) == 205
+    assert counts == {"inversion": 20, "mask": 80, "guidance": 20 * 2, "final": 20 * 2}
+    assert sum(counts.values()) == 180
     counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, guidance=GuidanceConfig(invert="always"))
-    assert counts["guidance"] == 25 * 2 + 25
+    assert counts["guidance"] == 20 * 2 + 20
+
+
+def test_the_defaults_before_issue_33_cost_155_and_230(tiny_dirs, tmp_path, text_request):
+    before = dict(sampling=SamplingConfig(steps=25), ito=ITOConfig(update_steps=15))
+    assert sum(_counts(tiny_dirs, tmp_path, text_request, **before).values()) == 155
+    counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, **before,
+                     guidance=GuidanceConfig(update_steps=15, invert="always"))
+    assert counts == {"inversion": 25, "mask": 80, "guidance": 75, "final": 50}
 
 
 @pytest.mark.parametrize("mask, lam1, lam06", [({}, 140, 180), ({"seeds": 2}, 100, 140), ({"steps": 6}, 108, 148)])
