@@ -27,7 +27,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,8 +36,9 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from benchmarks import common as C  # noqa: E402
 import torch  # noqa: E402
+
+from benchmarks import common as C  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -80,13 +80,15 @@ def build(tmp: Path, device: torch.device):
 
 
 def paper_literal_settings() -> dict:
-    """The `mask` and `guidance` settings of experiments/paper_literal.yaml, as the module's config objects."""
+    """The `mask`, `guidance`, `sampling` and `ito` settings of experiments/paper_literal.yaml, as the module's
+    config objects (25 steps, t_u 15: the defaults are 20 and 12)."""
     import yaml
 
-    from framework.core.settings import GuidanceConfig, MaskConfig
+    from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig
 
     args = yaml.safe_load((ROOT / "experiments/paper_literal.yaml").read_text())["model"]["init_args"]
-    return {"mask": MaskConfig(**args["mask"]), "guidance": GuidanceConfig(**args["guidance"])}
+    return {"mask": MaskConfig(**args["mask"]), "guidance": GuidanceConfig(**args["guidance"]),
+            "sampling": SamplingConfig(**args["sampling"]), "ito": ITOConfig(**args["ito"])}
 
 
 # (task suffix, label): the module's defaults and the paper-literal mask / guidance settings

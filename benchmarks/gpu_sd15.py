@@ -5,6 +5,7 @@
     python -m benchmarks.gpu_sd15 --device cpu --size 64 --tiny    # a quick check on the CPU
     python -m benchmarks.gpu_sd15 --model sdxl                     # SDXL at 1024 px, fp16: ours per stage
     python -m benchmarks.gpu_sd15 --model sdxl --device cpu --size 64 --tiny   # its dry run on the CPU
+    python -m benchmarks.gpu_sd15 --dtypes fp16 --no-stages --batch-sizes 1 2 4 8   # + batched edits per minute
 
 No downloads: the SD 1.5 UNet, its ControlNet (`ControlNetModel.from_unet`), the VAE and the CLIP
 ViT-L/14 text encoder are built from their published configs (written below) with random weights,
@@ -33,7 +34,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -42,8 +42,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from benchmarks import common as C  # noqa: E402
 import torch  # noqa: E402
+
+from benchmarks import common as C  # noqa: E402
 
 # --------------------------------------------------------------------------- published configs
 # stable-diffusion-v1-5/stable-diffusion-v1-5, unet/config.json
@@ -110,6 +111,9 @@ def parse_args(argv=None):
     p.add_argument("--no-stages", action="store_true", help="only the whole edit, not the per-stage table")
     p.add_argument("--max-seconds", type=float, default=540, help="start no new run after this (whole script)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU runs)")
+    p.add_argument("--batch-sizes", type=int, nargs="*", default=[],
+                   help="also time EditPipeline.edit_batch (data.batch_size) on this many copies of the edit each, "
+                        "at the shipped defaults: edits per minute against batch size")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -313,6 +317,41 @@ def format_full(ours: dict, theirs: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def batch_throughput(backbone, conditioners, req: dict, device, sizes, log) -> list[dict]:
+    """Edits per minute of EditPipeline.edit_batch at the shipped defaults (lam 1: inversion, mask, final decode),
+    `size` copies of the text + pose edit (seeds 0, 1, ...) per batch; one untimed warm-up batch per size."""
+    from dataclasses import replace
+
+    from framework.core.request import EditRequest
+    from framework.pipeline import EditPipeline
+
+    pipe = EditPipeline(backbone, conditioners).load()
+    base = EditRequest("batch", req["image"].to(device), req["source_prompt"], req["edit_prompt"],
+                       {"pose": req["source_pose"].to(device)}, {"pose": req["edit_pose"].to(device)}, None, 0, None, {})
+    rows = []
+    for size in sizes:
+        batch = [replace(base, id=f"batch_{i}", seed=i) for i in range(size)]
+        with torch.no_grad():
+            pipe.edit_batch(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            results = pipe.edit_batch(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise errors[0]
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+        calls = pipe.last_batch["unet_calls"] if size > 1 else sum(results[0].record["unet_calls"].values())
+        rows.append({"batch_size": size, "s": round(seconds, 3), "edits_per_min": round(60 * size / seconds, 1),
+                     "unet_calls": calls, "peak_gib": None if peak is None else round(peak, 2)})
+        log(f"[batch] {rows[-1]}")
+    return rows
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -406,6 +445,13 @@ def main(argv=None) -> dict:
             print(printed[-1], flush=True)
         unet_counter.remove()
         cn_counter.remove()
+        if args.batch_sizes and time.perf_counter() < deadline:
+            entry["batches"] = batch_throughput(backbone, conditioners, req, device, args.batch_sizes, log)
+            printed.append(f"\n== batched edits (edit_batch), {name}, {args.size} px, {gpu}: the shipped defaults ==\n"
+                           "| batch size | s | edits / min | UNet calls | peak GiB |\n|---|---|---|---|---|\n" + "\n".join(
+                               f"| {r['batch_size']} | {r['s']:.2f} | {r['edits_per_min']} | {r['unet_calls']} | "
+                               f"{r['peak_gib']} |" for r in entry["batches"]))
+            print(printed[-1], flush=True)
         results["precisions"][name] = entry
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     print("\n".join(["\n######## summary ########"] + printed + [f"\nscript time {results['seconds']} s"]), flush=True)

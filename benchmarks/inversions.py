@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -180,7 +179,7 @@ def main(argv=None) -> dict:
                       "unet": statistics.mean(out["unet"]), "seconds": round(statistics.mean(out["seconds"]), 3),
                       "background_shift_rgb": shift}
         print(name, rows[name], flush=True)
-    print(f"\n| inversion | PSNR dB (sd) | VAE PSNR dB | gap dB | background shift R,G,B | UNet evals | s |")
+    print("\n| inversion | PSNR dB (sd) | VAE PSNR dB | gap dB | background shift R,G,B | UNet evals | s |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['psnr']} ({r['psnr_sd']}) | {r['vae_psnr']} | {r['vae_psnr'] - r['psnr']:.2f} | "

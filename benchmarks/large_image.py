@@ -37,8 +37,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from benchmarks import common as C  # noqa: E402
 import torch  # noqa: E402
+
+from benchmarks import common as C  # noqa: E402
 
 VARIANTS = ("off", "attention_slicing", "vae_tiling", "both")
 GIB = 2 ** 30
@@ -80,9 +81,9 @@ def options(variant: str, args) -> dict:
 
 def vae_child(args, device, dtype) -> dict:
     """One variant, VAE only: VAE-encode the toy image at --size and decode its latents, each measured."""
-    from benchmarks import gpu_sd15 as G
     from diffusers import AutoencoderKL
 
+    from benchmarks import gpu_sd15 as G
     from framework.backbones.sd import StableDiffusion
     from framework.toy.tiny import TINY_SD, build_tiny_models
 

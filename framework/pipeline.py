@@ -196,6 +196,8 @@ class EditPipeline(nn.Module):
         self.engine: Optional[EditEngine] = None  # built by `load`
         self._placement: dict[str, Any] = {}  # what `.to` asked for before the weights were read
         self._callback: Optional[StepCallback] = None
+        self._engines: list[EditEngine] = []  # the further engines of batched edits (edit_batch)
+        self.last_batch: Optional[dict[str, int]] = None  # UNet calls and samples of the last edit_batch
 
     # -------------------------------------------------------------------------------- building
     @classmethod
@@ -308,9 +310,9 @@ class EditPipeline(nn.Module):
             super().to(**self._placement)
         return self
 
-    def _update_engine(self) -> None:
+    def _update_engine(self, engine: Optional[EditEngine] = None) -> None:
         """The engine runs with the pipeline's settings and slots as they are now (benchmarks call its stages)."""
-        engine = self.engine
+        engine = engine or self.engine
         engine.sampling, engine.mask_cfg, engine.ito_cfg, engine.guidance_cfg = \
             self.sampling, self.mask, self.ito, self.guidance
         engine.optimizer_factory, engine.losses = self.optimizer, list(self.losses)
@@ -406,10 +408,67 @@ class EditPipeline(nn.Module):
         result.record.update(self._prompts_used(request))
         return result
 
+    def edit_batch(self, requests: Sequence[EditRequest],
+                   callback: Optional[StepCallback] = None) -> list[Union[EditResult, Exception]]:
+        """Several requests edited side by side, their UNet calls joined into one per step (framework.core.batching):
+        each keeps its own mask, lam, seed, guidance image and ITO, and its result equals `edit`'s up to the float
+        rounding of a larger UNet batch. Returns one result per request, or the exception its edit raised.
+        Slots that change the UNet for one edit (prompt-to-prompt's attention) run the requests one at a time."""
+        from framework.core.batching import UNetBatcher, run_side_by_side
+
+        self.load()
+        self._update_engine()
+        slots = (self.inversion, self.mask_estimator, self.guidance_generator, self.decoder)
+        if len(requests) <= 1 or not all(getattr(slot, "batchable", True) for slot in slots):
+            results: list[Union[EditResult, Exception]] = []
+            for request in requests:
+                try:
+                    results.append(self.edit(request, callback))
+                except Exception as err:  # noqa: BLE001 - handed to the caller, per request
+                    results.append(err)
+            return results
+        while len(self._engines) < len(requests) - 1:  # one engine (and sample counter) per edit in flight
+            engine = EditEngine(self.backbone, list(self.conditioners), list(self.losses),
+                                **method_slots(self.inversion, self.mask_estimator, self.guidance_generator,
+                                               self.decoder))
+            engine.emit = lambda *args, engine=engine, **kwargs: self._emit_from(engine, *args, **kwargs)
+            self._engines.append(engine)
+        engines = [self.engine, *self._engines[:len(requests) - 1]]
+        batcher = UNetBatcher(len(requests))
+        for order, engine in enumerate(engines):
+            self._update_engine(engine)
+            engine.denoiser.guidance_rescale = self.engine.denoiser.guidance_rescale
+            engine.denoiser.batcher, engine.denoiser.order = batcher, order
+
+        def job(engine: EditEngine, request: EditRequest):
+            def run() -> EditResult:
+                lam = request.lam
+                setting = self.lam if lam is None else check_lam_setting(lam, f"request '{request.id}' lam")
+                seed = self.seed if request.seed is None else request.seed
+                return engine.edit(request.to(self.device), setting, seed, self.auto_lam)
+            return run
+
+        self._callback = callback
+        try:
+            results = run_side_by_side([job(e, r) for e, r in zip(engines, requests)], batcher)
+        finally:
+            self._callback = None
+            for engine in engines:
+                engine.denoiser.batcher = None
+        self.last_batch = {"unet_calls": batcher.calls, "unet_samples": batcher.samples}
+        for request, result in zip(requests, results):
+            if isinstance(result, EditResult):
+                result.record.update(self._prompts_used(request))
+        return results
+
     def _emit(self, stage: str, kind: str, i: int, t: int, latents: torch.Tensor, **extra) -> None:
         """The engine's intermediates, to the callback of the edit in progress."""
+        self._emit_from(self.engine, stage, kind, i, t, latents, **extra)
+
+    def _emit_from(self, engine: EditEngine, stage: str, kind: str, i: int, t: int, latents: torch.Tensor,
+                   **extra) -> None:
         if self._callback is not None:
-            info = {"id": self.engine.request_id, "stage": stage, "kind": kind, "i": i, "t": t, "latents": latents,
+            info = {"id": engine.request_id, "stage": stage, "kind": kind, "i": i, "t": t, "latents": latents,
                     **extra}
             self._callback(self, i, t, info)
 

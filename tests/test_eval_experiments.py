@@ -45,7 +45,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_every_eval_config_is_shipped():
     assert {p.stem for p in EVAL.glob("*.yaml")} == {"toy_table1", "imagenet_table1", "lam_sweep", "tu_k_sweep",
                                                  "toy_diagnosis", "toy_table1_true_mask", "fronts", "inversions",
-                                                 "piebench", "cost", "background_study"}
+                                                 "piebench", "cost", "background_study", "cost150"}
 
 
 def test_toy_table1_true_mask_gives_every_method_the_true_edit_region(tmp_path, tiny_dirs):

@@ -39,10 +39,13 @@ class UNetInputs:
     down_intrablock_additional_residuals: Optional[list[torch.Tensor]] = None
     block_controlnet_hidden_states: Optional[list[torch.Tensor]] = None  # a transformer's ControlNet blocks (SD3, FLUX)
     single_block_controlnet_hidden_states: Optional[list[torch.Tensor]] = None  # FLUX's single-stream blocks
-    added_cond_kwargs: Optional[dict[str, torch.Tensor]] = None  # a family's extra embeddings (SDXL: text_embeds, time_ids)
+    added_cond_kwargs: Optional[dict[str, torch.Tensor]] = None  # a family's extras (SDXL: text_embeds, time_ids)
+    control_samples: int = 0
+    """ControlNet sample-evaluations behind these inputs (each ControlNet counts its batch)."""
 
     def add_control(self, down: list[torch.Tensor], mid: torch.Tensor) -> None:
         """Sum ControlNet residuals (several ControlNets add up, as in diffusers' MultiControlNet)."""
+        self.control_samples += int(mid.shape[0])
         if self.down_block_additional_residuals is None:
             self.down_block_additional_residuals = list(down)
             self.mid_block_additional_residual = mid
@@ -55,6 +58,7 @@ class UNetInputs:
         """Sum a transformer ControlNet's block samples (several add up, as in diffusers' multi-ControlNets)."""
         def summed(current, new):
             return None if new is None else list(new) if current is None else [a + b for a, b in zip(current, new)]
+        self.control_samples += int(blocks[0].shape[0])
         self.block_controlnet_hidden_states = summed(self.block_controlnet_hidden_states, blocks)
         self.single_block_controlnet_hidden_states = summed(self.single_block_controlnet_hidden_states, single) \
             if single is not None else self.single_block_controlnet_hidden_states
@@ -68,7 +72,7 @@ class UNetInputs:
                 a + b for a, b in zip(self.down_intrablock_additional_residuals, features)]
 
     def as_kwargs(self) -> dict:
-        return {k: v for k, v in vars(self).items() if v is not None}
+        return {k: v for k, v in vars(self).items() if v is not None and k != "control_samples"}
 
 
 class Conditioner(nn.Module):

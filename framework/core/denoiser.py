@@ -41,6 +41,10 @@ class Conditioning:
             parts.append(None if column[0] is None else _cat(column))
         return Conditioning(parts)
 
+    def slice(self, start: int, stop: int) -> "Conditioning":
+        """Samples start:stop of every part."""
+        return Conditioning([None if p is None else _rows(p, start, stop) for p in self.parts])
+
     def repeat(self, n: int) -> "Conditioning":
         return Conditioning.cat([self] * n)
 
@@ -86,8 +90,11 @@ class Denoiser:
         self.chunk_size = chunk_size
         self.samples = Counter()  # stage -> UNet sample-evaluations
         self.calls = Counter()  # stage -> UNet calls
+        self.control_samples = Counter()  # stage -> ControlNet sample-evaluations (every ControlNet counts)
         self.stage = "other"
         self.guidance_rescale = 0.0  # sampling.guidance_rescale (phi); 0 = plain CFG
+        self.batcher = None  # framework.core.batching.UNetBatcher: this edit's UNet calls join other edits'
+        self.order = 0  # this edit's place in the batch
 
     @property
     def text_index(self) -> int:
@@ -100,15 +107,26 @@ class Denoiser:
     def progress(self, t: int) -> float:
         return min(1.0, max(0.0, 1.0 - (t + 1) / self.num_train_timesteps))  # a flow's t = 1000 is the start
 
-    def _unet(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, t: int, cond: Conditioning) -> tuple[torch.Tensor, int]:
+        """One network call (with the backbone's and the conditioners' inputs), uncounted: (the prediction, the
+        ControlNet samples it took)."""
         inputs = self.unet_inputs(latents)
         progress = self.progress(t)
         for conditioner, encoding in zip(self.conditioners, cond.parts):
             if encoding is not None:
                 conditioner.apply(inputs, latents, t, encoding, progress)
+        return self.predict(latents, t, inputs), inputs.control_samples
+
+    def _unet(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
+        if self.batcher is not None and not torch.is_grad_enabled():
+            out, control = self.batcher.unet(self, self.order, latents, t, cond)
+        else:
+            out, control = self.forward(latents, t, cond)
         self.samples[self.stage] += latents.shape[0]
         self.calls[self.stage] += 1
-        return self.predict(latents, t, inputs)
+        if control:
+            self.control_samples[self.stage] += control
+        return out
 
     def _chunked(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
         size = self.chunk_size or latents.shape[0]
@@ -116,8 +134,7 @@ class Denoiser:
             return self._unet(latents, t, cond)
         outs = []
         for start in range(0, latents.shape[0], size):
-            part = Conditioning([None if p is None else _rows(p, start, start + size) for p in cond.parts])
-            outs.append(self._unet(latents[start:start + size], t, part))
+            outs.append(self._unet(latents[start:start + size], t, cond.slice(start, start + size)))
         return torch.cat(outs)
 
     def __call__(self, latents: torch.Tensor, t: int, cond: Conditioning, uncond: Optional[Conditioning] = None,
@@ -143,3 +160,4 @@ class Denoiser:
     def reset_counts(self) -> None:
         self.samples.clear()
         self.calls.clear()
+        self.control_samples.clear()

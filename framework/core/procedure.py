@@ -287,4 +287,5 @@ class EditEngine:
             "mask_source": state.mask_source,
             "height": int(request.image.shape[-2]), "width": int(request.image.shape[-1]),
             "seconds": state.seconds, "unet_evaluations": dict(counts.samples), "unet_calls": dict(counts.calls),
+            "controlnet_evaluations": dict(counts.control_samples),
         }

@@ -20,7 +20,7 @@ def _check(condition: bool, message: str) -> None:
 class SamplingConfig:
     """DDIM sampling and inversion (paper Sec. 3.1 and 4)."""
 
-    steps: int = 25
+    steps: int = 20
     """Number of DDIM steps of the full schedule."""
     encode_ratio: float = 1.0
     """t_E / steps: how far the input is DDIM-inverted before decoding (paper: 1.0)."""
@@ -107,7 +107,7 @@ def paper_literal_mask(**changes) -> MaskConfig:
 class ITOConfig:
     """The final decode's inference-time optimisation (paper Eq. 6, Sec. 4)."""
 
-    update_steps: int = 15
+    update_steps: int = 12
     """t_u: ITO runs at each of the first t_u decoding steps."""
     inner_steps: int = 2
     """k: optimiser steps per timestep (the paper: 1; experiments/paper_literal.yaml)."""
@@ -154,7 +154,7 @@ class ITOConfig:
 class GuidanceConfig:
     """The guidance image: ITO with lam = 1 from a random-noise encoding (Sec. 3.2), optional refinement (A.5)."""
 
-    update_steps: int = 15
+    update_steps: int = 12
     """t_u of the guidance decode (paper: 15; A.2 suggests 20 with k = 30)."""
     inner_steps: int = 1
     """k of the guidance decode."""
@@ -162,6 +162,8 @@ class GuidanceConfig:
     """Noise level of its random-noise encoding; None = sampling.encode_ratio."""
     reference: str = "decode"
     """g_t of the guidance loss: 'decode' (G's own decode latents) or 'inversion' (G DDIM-inverted, the paper)."""
+    invert: str = "missing"
+    """'missing': invert G only where its decode skipped a timestep of t_E; 'always': through t_E (the old cost)."""
     refine: bool = False
     """Refine the guidance image with ITO at lam = 0 towards the input (A.5)."""
     refine_update_steps: int = 6
@@ -174,6 +176,7 @@ class GuidanceConfig:
         _check(self.inner_steps >= 1 and self.refine_inner_steps >= 1, "guidance inner steps must be >= 1.")
         _check(self.encode_ratio is None or 0 < self.encode_ratio <= 1,
                f"guidance.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
+        _check(self.invert in ("missing", "always"), f"guidance.invert must be 'missing' or 'always', got '{self.invert}'.")
         _check(self.reference in ("inversion", "decode"),
                f"guidance.reference must be 'inversion' or 'decode', got '{self.reference}'.")
 

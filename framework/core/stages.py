@@ -175,6 +175,7 @@ class Decoder:
     uses_inversion = True  # starts from the inversion trajectory
     uses_guidance = False  # reads a guidance image's trajectory
     uses_ito = False  # runs ITO (t_u and k apply)
+    batchable = True  # may run beside other edits whose UNet calls join its own (framework.core.batching)
 
     def decode(self, tools: StageTools, state: "EditState") -> torch.Tensor:
         raise NotImplementedError

@@ -31,12 +31,16 @@ def _single(item: Optional[EditRequest]) -> Optional[EditRequest]:
     return item
 
 
+def _several(items: list[Optional[EditRequest]]) -> list[Optional[EditRequest]]:
+    return list(items)
+
+
 class EditDataModule(pl.LightningDataModule):
     """Serves the requests of a manifest, one edit per step, in order; validated at construction."""
 
     def __init__(self, manifest: str, resolution: Optional[int] = None, limit: Optional[int] = None,
                  num_workers: int = 0, annotators: Optional[str] = None, allow_pickle: bool = False,
-                 captioner: Optional[Captioner] = None):
+                 captioner: Optional[Captioner] = None, batch_size: int = 1):
         """
         Args:
             manifest: Path of a .yaml (list or `requests:` list) or .jsonl manifest of edit requests.
@@ -49,6 +53,8 @@ class EditDataModule(pl.LightningDataModule):
             allow_pickle: Allow loading those weights, which are pickle .pth files (pickles can run code).
             captioner: Writes the source prompt of requests that have none (e.g.
                 framework.io.captioning.BlipCaptioner); the caption is recorded in the outputs.
+            batch_size: Requests edited side by side in one set of UNet calls (each keeps its own mask, lam,
+                seed and ITO; results as one at a time up to float rounding); raise it as far as memory allows.
         """
         super().__init__()
         if resolution is not None and resolution < 8:
@@ -57,6 +63,9 @@ class EditDataModule(pl.LightningDataModule):
         self.resolution = resolution
         self.num_workers = num_workers
         self.captioner = captioner
+        if batch_size < 1:
+            raise ManifestError(f"batch_size must be >= 1, got {batch_size}.")
+        self.batch_size = batch_size
         self.specs = self.load_specs(annotators, allow_pickle)[:limit]
         check_requests(self.specs, resolution)  # every file opened now, before any weights load
 
@@ -82,6 +91,8 @@ class EditDataModule(pl.LightningDataModule):
         self.captioner.to("cpu")  # free accelerator memory for the editor
 
     def transfer_batch_to_device(self, batch: Optional[EditRequest], device, dataloader_idx: int):
+        if isinstance(batch, list):
+            return [None if r is None else r.to(device) for r in batch]
         return None if batch is None else batch.to(device)
 
     def shard(self) -> list[Optional[RequestSpec]]:
@@ -97,8 +108,9 @@ class EditDataModule(pl.LightningDataModule):
         return shard + [None] * (-(-len(self.specs) // trainer.world_size) - len(shard))
 
     def _loader(self) -> DataLoader:
-        return DataLoader(EditDataset(self.shard(), self.resolution), batch_size=None, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=_single)
+        several = self.batch_size > 1
+        return DataLoader(EditDataset(self.shard(), self.resolution), batch_size=self.batch_size if several else None,
+                          shuffle=False, num_workers=self.num_workers, collate_fn=_several if several else _single)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader()

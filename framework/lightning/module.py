@@ -191,7 +191,14 @@ class EditModule(pl.LightningModule):
 
     def edit(self, request: EditRequest) -> EditResult:
         """The whole procedure on one request (paper Fig. 1), by the pipeline; the record names method and settings."""
-        result = self.pipeline.edit(request, self._emit)
+        return self._recorded(request, self.pipeline.edit(request, self._emit))
+
+    def edit_batch(self, requests: list[EditRequest]) -> list[Union[EditResult, Exception]]:
+        """Several requests edited side by side in one set of UNet calls (EditPipeline.edit_batch; data.batch_size)."""
+        results = self.pipeline.edit_batch(requests, self._emit)
+        return [r if isinstance(r, Exception) else self._recorded(q, r) for q, r in zip(requests, results)]
+
+    def _recorded(self, request: EditRequest, result: EditResult) -> EditResult:
         result.record.update({"method": self.method_name(), "settings": self.settings_digest(),
                               "weights": self.weights_digest(), "inputs": request_digest(request),
                               **({"extra": request.extra} if request.extra else {})})
@@ -223,9 +230,18 @@ class EditModule(pl.LightningModule):
         return finished_record(self.output_dir, request, self.settings_digest(), self.overwrite, seed=seed,
                                weights=self.weights_digest())
 
-    def _run(self, request: Optional[EditRequest]) -> dict[str, Any]:
-        if request is None:  # padding of a shard: this process has no edit at this step
+    def _run(self, request: Union[None, EditRequest, list[Optional[EditRequest]]]) -> dict[str, Any]:
+        if isinstance(request, list):  # data.batch_size > 1: the batch's edits side by side
+            todo = [r for r in request if r is not None and not self._resumed(r)]
+            results = self.edit_batch(todo) if todo else []
+            outs = [self._completed(r, result) for r, result in zip(todo, results)]
+            return {"results": [o["result"] for o in outs if "result" in o]}
+        if request is None or self._resumed(request):  # None: padding of a shard, no edit at this step
             return {}
+        return self._completed(request, None)
+
+    def _resumed(self, request: EditRequest) -> bool:
+        """An edit finished earlier with these settings and inputs: its record (and scores) kept, True."""
         done = self._finished(request)
         if done is not None:
             if self.metrics:  # the run's scores cover resumed edits too
@@ -239,11 +255,18 @@ class EditModule(pl.LightningModule):
                 note(f"resuming: edits finished earlier in {self.output_dir} with this run's settings and inputs "
                      f"(first: '{request.id}') are kept, not edited again; --model.overwrite true edits them again.")
             self.records.append(dict(done, resumed=True))
-            return {}
+            return True
+        return False
+
+    def _completed(self, request: EditRequest, result: Union[None, EditResult, Exception]) -> dict[str, Any]:
+        """Edit `request` (None) or take its batched result or error; score, write and record it."""
         for stale in (self.output_dir / request.id).glob(".*"):  # temporaries of an interrupted write
             stale.unlink(missing_ok=True)
         try:
-            result = self.edit(request)
+            if result is None:
+                result = self.edit(request)
+            elif isinstance(result, Exception):
+                raise result
         except torch.cuda.OutOfMemoryError as err:
             raise EditError(f"Edit '{request.id}': {OOM_HINT} ({err})") from None
         except NonFiniteLatents as err:
@@ -277,7 +300,8 @@ class EditModule(pl.LightningModule):
         return self._run(batch)
 
     def predict_step(self, batch: EditRequest, batch_idx: int):
-        return self._run(batch).get("result")
+        out = self._run(batch)
+        return out.get("results") if isinstance(batch, list) else out.get("result")
 
     def _write_summary(self) -> None:
         write_summary(self)

@@ -36,6 +36,9 @@ class NoiseEncodedGuidance(GuidanceGenerator):
         step = guidance_step if cfg.reference == "decode" else hook
         g0 = decode(start, eps_edit, schedule, level, step, tools.step_callback("guidance"))
         if not cfg.refine:  # g_t is only the guidance loss's reference: the trajectory is all it needs
+            needed = schedule.decode_timesteps(state.n_final)
+            if cfg.reference == "decode" and cfg.invert == "missing" and all(t in visited for t in needed):
+                return g0, {t: visited[t] for t in reversed(needed)}  # the decode visited every g_t: no inversion
             eps_invert = tools.eps(state.sides.edit, tools.sampling.inversion_guidance_scale)
             g_traj = invert(g0, eps_invert, schedule, state.n_final)
             # guidance.reference 'decode': G's decode where it visited, its inversion elsewhere

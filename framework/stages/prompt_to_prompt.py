@@ -109,6 +109,8 @@ class ExchangingAttnProcessor:
 class PromptToPrompt(Decoder):
     """Prompt-to-prompt's decode from the inversion (no mask, no ITO, no guidance image)."""
 
+    batchable = False  # it swaps the UNet's attention processors for its decode: batched edits run one at a time
+
     def __init__(self, cross_replace: float = 0.8, self_replace: float = 0.4):
         """
         Args:

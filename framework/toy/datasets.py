@@ -127,7 +127,8 @@ class ToyEditDataModule(EditDataModule):
 
     def __init__(self, edits: int = 200, kinds: Optional[list[str]] = None, split: str = "test", offset: int = 0,
                  size: int = 64, cache_dir: Optional[str] = None, resolution: Optional[int] = None,
-                 limit: Optional[int] = None, num_workers: int = 0, true_mask: bool = False, seed_shift: int = 0):
+                 limit: Optional[int] = None, num_workers: int = 0, true_mask: bool = False, seed_shift: int = 0,
+                 batch_size: int = 1):
         """
         Args:
             edits: Number of edits.
@@ -145,6 +146,7 @@ class ToyEditDataModule(EditDataModule):
                 method from what the method itself does (`experiments/eval/toy_table1_true_mask.yaml`).
             seed_shift: Added to every edit's seed (its noise draws: mask, guidance image), the scenes
                 unchanged: a second run with another shift measures the seed-to-seed spread (the seed floor).
+            batch_size: Edits run side by side in one set of UNet calls (EditDataModule).
         """
         from framework.backbones.loading import cache_dir as default_cache
         from framework.toy.world import EDIT_KINDS
@@ -153,7 +155,8 @@ class ToyEditDataModule(EditDataModule):
         self.kinds, self.split, self.offset, self.size = tuple(kinds or EDIT_KINDS), split, offset, size
         self.true_mask, self.seed_shift = true_mask, seed_shift
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache() / "toyworld-edits"
-        super().__init__(manifest=f"toyworld:{split}", resolution=resolution, limit=limit, num_workers=num_workers)
+        super().__init__(manifest=f"toyworld:{split}", resolution=resolution, limit=limit, num_workers=num_workers,
+                         batch_size=batch_size)
 
     def load_specs(self, annotators: Optional[str], allow_pickle: bool) -> list[RequestSpec]:
         return toy_requests(self.edits, self.kinds, self.split, self.offset, self.size, self.cache_dir, self.true_mask,

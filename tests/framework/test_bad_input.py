@@ -113,7 +113,7 @@ def test_help_and_print_config_show_every_nested_setting(tmp_path, tiny_dirs, ma
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(config), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
-    assert printed["sampling"]["steps"] == 25 and printed["ito"]["update_steps"] == 15
+    assert printed["sampling"]["steps"] == 20 and printed["ito"]["update_steps"] == 12
     assert printed["guidance"]["refine_update_steps"] == 6 and printed["mask"]["threshold"] == 0.1
     assert printed["auto_lam"]["low"] == 0.3
     for args in (["fit", "--help"], ["fit", "--model.help", "EditModule"], ["fit", "--model.sampling.help"]):

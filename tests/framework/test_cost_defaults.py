@@ -7,7 +7,14 @@ from dataclasses import asdict
 import pytest
 import yaml
 
-from framework.core.settings import PAPER_MASK, GuidanceConfig, MaskConfig, paper_literal_mask
+from framework.core.settings import (
+    PAPER_MASK,
+    GuidanceConfig,
+    ITOConfig,
+    MaskConfig,
+    SamplingConfig,
+    paper_literal_mask,
+)
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,21 +37,47 @@ def _counts(tiny_dirs, tmp_path, request, **settings) -> dict[str, int]:
     return module.edit(request).record["unet_evaluations"]
 
 
-def test_default_text_edit_costs_155_unet_samples_and_230_with_a_guidance_image(tiny_dirs, tmp_path, text_request):
-    # inversion: 25 steps, conditional only; mask: 5 decode steps (strength 0.5 of the 10-step grid) x
-    # 4 seeds x 2 conditions x 2 CFG halves; final: 25 steps x 2 halves. lam 1 (the default) makes no guidance
-    # image: 155, DiffEdit's own count. With one (lam < 1): its 25 decode steps x 2 halves + its 25-step inversion.
+def test_default_text_edit_costs_140_unet_samples_and_180_with_a_guidance_image(tiny_dirs, tmp_path, text_request):
+    # inversion: 20 steps, conditional only; mask: 5 decode steps (strength 0.5 of the 10-step grid) x
+    # 4 seeds x 2 conditions x 2 CFG halves; final: 20 steps x 2 halves. lam 1 (the default) makes no guidance
+    # image: 140 (DiffEdit: 115). With one (lam < 1): its 20 decode steps x 2 halves; g_t is the latents of that
+    # decode (guidance.invert 'missing'), no inversion of G; 'always' adds it (20).
     counts = _counts(tiny_dirs, tmp_path, text_request)
-    assert counts == {"inversion": 25, "mask": 5 * 4 * 2 * 2, "final": 25 * 2}
-    assert sum(counts.values()) == 155
+    assert counts == {"inversion": 20, "mask": 5 * 4 * 2 * 2, "final": 20 * 2}
+    assert sum(counts.values()) == 140
     counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6)
-    assert counts == {"inversion": 25, "mask": 80, "guidance": 25 * 2 + 25, "final": 25 * 2}
-    assert sum(counts.values()) == 230
+    assert counts == {"inversion": 20, "mask": 80, "guidance": 20 * 2, "final": 20 * 2}
+    assert sum(counts.values()) == 180
+    counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, guidance=GuidanceConfig(invert="always"))
+    assert counts["guidance"] == 20 * 2 + 20
+
+
+def test_the_defaults_before_issue_33_cost_155_and_230(tiny_dirs, tmp_path, text_request):
+    before = dict(sampling=SamplingConfig(steps=25), ito=ITOConfig(update_steps=15))
+    assert sum(_counts(tiny_dirs, tmp_path, text_request, **before).values()) == 155
+    counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, **before,
+                     guidance=GuidanceConfig(update_steps=15, invert="always"))
+    assert counts == {"inversion": 25, "mask": 80, "guidance": 75, "final": 50}
+
+
+@pytest.mark.parametrize("mask, lam1, lam06", [({}, 140, 180), ({"seeds": 2}, 100, 140), ({"steps": 6}, 108, 148)])
+def test_the_measured_20_step_settings_cost_what_the_cost_page_says(tiny_dirs, tmp_path, text_request, mask, lam1,
+                                                                    lam06):
+    # experiments/eval/cost150.yaml's candidates: 20 DDIM steps, t_u 12 (0.6 of them), the mask as given
+    steps = dict(sampling=SamplingConfig(steps=20), ito=ITOConfig(update_steps=12),
+                 guidance=GuidanceConfig(update_steps=12), mask=MaskConfig(**mask))
+    counts = _counts(tiny_dirs, tmp_path, text_request, **steps)
+    assert (counts["inversion"], counts["final"], sum(counts.values())) == (20, 40, lam1)
+    counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, **steps)
+    assert (counts["guidance"], sum(counts.values())) == (40, lam06)
 
 
 def test_paper_literal_text_edit_costs_630_unet_samples(tiny_dirs, tmp_path, text_request):
-    # mask: 12 decode steps (strength 0.5 of 25) x 10 seeds x 2 conditions x 2 CFG halves; lam 0.6, the paper's.
-    counts = _counts(tiny_dirs, tmp_path, text_request, mask=paper_literal_mask(), lam=0.6)
+    # mask: 12 decode steps (strength 0.5 of 25) x 10 seeds x 2 conditions x 2 CFG halves; lam 0.6, 25 steps, t_u 15,
+    # G inverted (guidance.reference 'inversion'): the paper's.
+    counts = _counts(tiny_dirs, tmp_path, text_request, mask=paper_literal_mask(), lam=0.6,
+                     sampling=SamplingConfig(steps=25), ito=ITOConfig(update_steps=15),
+                     guidance=GuidanceConfig(reference="inversion", update_steps=15))
     assert counts == {"inversion": 25, "mask": 12 * 10 * 2 * 2, "guidance": 75, "final": 50}
 
 
