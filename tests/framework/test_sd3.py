@@ -182,3 +182,20 @@ def test_prompt_to_prompt_refuses_a_transformer_in_one_line(sd3):
     e.invert(state)
     with pytest.raises(ConfigError, match="FlowEditDecode"):
         e.final(state)
+
+
+def test_a_batch_of_sd3_edits_equals_its_edits_one_at_a_time(tiny_sd3_dirs):
+    """Batched edits join the transformer calls of several edits (their TextEncodings and pooled projections)."""
+    from dataclasses import replace
+
+    from framework import EditPipeline
+
+    pipe = EditPipeline.from_pretrained(str(tiny_sd3_dirs["sd"]), sampling={"steps": 6},
+                                        ito={"update_steps": 3}, guidance={"update_steps": 3}, mask={"seeds": 2})
+    requests = [request(), replace(request(), id="r2", lam=0.6, seed=5)]
+    with torch.no_grad():
+        alone = [pipe.edit(r) for r in requests]
+        batched = pipe.edit_batch(requests)
+    for a, b in zip(alone, batched):
+        assert torch.equal(a.mask, b.mask) and (a.edit - b.edit).abs().max() <= 1e-4
+        assert a.record["unet_evaluations"] == b.record["unet_evaluations"]
