@@ -59,11 +59,13 @@ class ControlNetConditioner(LayoutConditioner):
             if kind == "SD3ControlNetModel":  # a transformer's ControlNet (SD3)
                 self.controlnet = self._load_model(SD3ControlNetModel, "controlnet")
             elif kind == "FluxControlNetModel":
-                self.controlnet = self._load_flux(backbone)
+                self.controlnet = self._load_flux()
             else:
                 self.controlnet = self._load_model(ControlNetModel, "controlnet", check_controlnet, backbone)
         elif not self._transformer():
             self._check_loaded(self.controlnet, check_controlnet, backbone)
+        if self._transformer():  # the backbone makes the call (its timestep, packing); a tuple: not a submodule
+            self._backbone = (backbone,)
 
     def _checkpoint_class(self, backbone) -> Optional[str]:
         from diffusers import ControlNetModel
@@ -78,7 +80,7 @@ class ControlNetConditioner(LayoutConditioner):
         """An SD3 or FLUX ControlNet: it reads the map as VAE latents and adds block samples to the transformer."""
         return type(self.controlnet).__name__ in ("SD3ControlNetModel", "FluxControlNetModel")
 
-    def _load_flux(self, backbone):
+    def _load_flux(self):
         from diffusers import FluxControlNetModel
 
         controlnet = self._load_model(FluxControlNetModel, "controlnet")
@@ -92,7 +94,6 @@ class ControlNetConditioner(LayoutConditioner):
                 raise ConfigError(f"ControlNet '{self.modality}' ({self.pretrained}) is a union ControlNet with "
                                   f"{controlnet.config.num_mode} modes and '{self.modality}' is none of "
                                   f"{', '.join(UNION_MODES)}: set its `mode` (the checkpoint's card lists them).")
-        self._flux = (backbone,)  # a tuple: the backbone is not this module's submodule
         return controlnet
 
     def _embeds_ahead(self) -> bool:
@@ -115,10 +116,8 @@ class ControlNetConditioner(LayoutConditioner):
         """`encoding` is a map batch (b, 3, H, W) or, from `encode`, its embedding batch (b, c, H/8, W/8)."""
         if not in_window(progress, self.start, self.end):
             return
-        if self._transformer() and getattr(self, "_flux", None):
-            return self._flux[0].control(self.controlnet, latents, t, inputs, encoding, self.scale, self.mode)
         if self._transformer():
-            return inputs.add_blocks(self._blocks(inputs, latents, t, encoding))
+            return self._backbone[0].control(self.controlnet, latents, t, inputs, encoding, self.scale, self.mode)
         embedded = encoding.shape[1] != self.controlnet.config.conditioning_channels
         with _embedding_given(self.controlnet) if embedded else nullcontext():
             down, mid = self.controlnet(
@@ -129,22 +128,12 @@ class ControlNetConditioner(LayoutConditioner):
         inputs.add_control(down, mid)
 
     def _map_latents(self, control: torch.Tensor, backbone) -> torch.Tensor:
-        """An SD3 ControlNet's map input: the map through the backbone's VAE, (mean - shift) x scale; InstantX's
-        ControlNets (zero pooled projections) were trained without the shift, as diffusers' pipeline applies."""
-        vae, config = backbone.vae, self.controlnet.config
-        shift = 0.0 if getattr(config, "force_zeros_for_pooled_projection", False) else (vae.config.shift_factor or 0.0)
-        mean = vae.encode((control * 2 - 1).to(next(vae.parameters()).dtype)).latent_dist.mean.float()
-        return (mean - shift) * vae.config.scaling_factor
-
-    def _blocks(self, inputs: UNetInputs, latents: torch.Tensor, t, encoding: torch.Tensor):
-        config = self.controlnet.config
-        pooled = (inputs.added_cond_kwargs or {})["pooled_projections"]
-        return self.controlnet(
-            hidden_states=latents, timestep=torch.full((latents.shape[0],), float(t), device=latents.device,
-                                                       dtype=latents.dtype),
-            encoder_hidden_states=inputs.encoder_hidden_states if config.joint_attention_dim is not None else None,
-            pooled_projections=torch.zeros_like(pooled) if config.force_zeros_for_pooled_projection else pooled,
-            controlnet_cond=encoding.to(latents.dtype), conditioning_scale=self.scale, return_dict=False)[0]
+        """A transformer ControlNet's map input: the map encoded as the backbone encodes images; InstantX's SD3
+        ControlNets (zero pooled projections) were trained without the VAE's shift, as diffusers' pipeline applies."""
+        latents = backbone.encode_image(control)
+        if getattr(self.controlnet.config, "force_zeros_for_pooled_projection", False):
+            latents = latents + (backbone.vae.config.shift_factor or 0.0) * backbone.vae.config.scaling_factor
+        return latents
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from framework.backbones.loading import FLUX, load_component
-from framework.backbones.sd3 import StableDiffusion3
+from framework.backbones.sd3 import StableDiffusion3, _timestep
 from framework.core.backbone import TextEncoding
 from framework.core.conditioning import UNetInputs
 from framework.core.flow import FlowSchedule
@@ -81,20 +81,16 @@ class Flux(StableDiffusion3):
                          vae, True, max_sequence_length)
         self.distilled_guidance = distilled_guidance
 
-    def load(self) -> "Flux":
-        """Read the weights (once)."""
-        if self.loaded:
-            return self
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    @staticmethod
+    def _transformer_class():
+        from diffusers import FluxTransformer2DModel
+
+        return FluxTransformer2DModel
+
+    def _load_text(self, source: str, common: dict) -> None:
+        """CLIP-L (its pooled output) and T5 with their tokenizers."""
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        source = self._folder()
-        common = dict(revision=self.revision, allow_pickle=self.allow_pickle)
-        self.unet = load_component(FluxTransformer2DModel, source, "FLUX transformer", "transformer",
-                                   variant=self.variant, **common)
-        self.vae = load_component(AutoencoderKL, source, "VAE", "vae", variant=self.variant, **common)
-        if self.vae_source is not None:
-            self.vae = self._replacement_vae(AutoencoderKL, common)
         self.text_encoder = load_component(CLIPTextModel, source, "text encoder (CLIP)", "text_encoder",
                                            variant=self.variant, **common)
         self.tokenizer = load_component(CLIPTokenizer, source, "tokenizer", "tokenizer", revision=self.revision)
@@ -102,12 +98,6 @@ class Flux(StableDiffusion3):
                                              variant=self.variant, **common)
         self.tokenizer_2 = load_component(T5TokenizerFast, source, "tokenizer 2", "tokenizer_2",
                                           revision=self.revision)
-        self.scheduler = load_component(FlowMatchEulerDiscreteScheduler, source, "scheduler", "scheduler",
-                                        revision=self.revision)
-        for module in self.children():
-            module.requires_grad_(False).eval()
-        self.configure_memory()
-        return self
 
     def sampler(self, steps: int, size: Optional[tuple[int, int]] = None) -> FlowSchedule:
         """The flow sampler with FLUX's size-dependent shift: mu grows linearly with the packed tokens
@@ -147,7 +137,7 @@ class Flux(StableDiffusion3):
         b, _, h, w = latents.shape
         text = inputs.encoder_hidden_states
         guided = (model or self.unet).config.guidance_embeds
-        return dict(timestep=torch.full((b,), float(t) / 1000, device=latents.device, dtype=latents.dtype),
+        return dict(timestep=_timestep(latents, t, 1000),
                     guidance=torch.full((b,), self.distilled_guidance, device=latents.device, dtype=torch.float32)
                     if guided else None,
                     pooled_projections=(inputs.added_cond_kwargs or {})["pooled_projections"],

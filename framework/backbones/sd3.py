@@ -62,21 +62,39 @@ class StableDiffusion3(StableDiffusion):
         self.text_encoder_2 = self.tokenizer_2 = self.text_encoder_3 = self.tokenizer_3 = None
 
     def load(self) -> "StableDiffusion3":
-        """Read the weights (once)."""
+        """Read the weights (once): the transformer, the VAE and the scheduler here, the text encoders in
+        `_load_text` (the part FLUX does its own way)."""
         if self.loaded:
             return self
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
-
-        from framework.backbones.loading import checkpoint_index
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
         source = self._folder()
         common = dict(revision=self.revision, allow_pickle=self.allow_pickle)
-        self.unet = load_component(SD3Transformer2DModel, source, "SD3 transformer", "transformer",
+        self.unet = load_component(self._transformer_class(), source, f"{self.label} transformer", "transformer",
                                    variant=self.variant, **common)
         self.vae = load_component(AutoencoderKL, source, "VAE", "vae", variant=self.variant, **common)
         if self.vae_source is not None:
             self.vae = self._replacement_vae(AutoencoderKL, common)
+        self._load_text(source, common)
+        self.scheduler = load_component(FlowMatchEulerDiscreteScheduler, source, "scheduler", "scheduler",
+                                        revision=self.revision)
+        for module in self.children():
+            module.requires_grad_(False).eval()
+        self.configure_memory()
+        return self
+
+    @staticmethod
+    def _transformer_class():
+        from diffusers import SD3Transformer2DModel
+
+        return SD3Transformer2DModel
+
+    def _load_text(self, source: str, common: dict) -> None:
+        """CLIP-L and OpenCLIP-bigG with their tokenizers, and T5 when the checkpoint has it and `t5` is on."""
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+        from framework.backbones.loading import checkpoint_index
+
         for n, suffix in ((1, ""), (2, "_2")):
             setattr(self, f"text_encoder{suffix}", load_component(
                 CLIPTextModelWithProjection, source, f"text encoder {n}", f"text_encoder{suffix}",
@@ -89,12 +107,6 @@ class StableDiffusion3(StableDiffusion):
                                                  variant=self.variant, **common)
             self.tokenizer_3 = load_component(T5TokenizerFast, source, "tokenizer 3", "tokenizer_3",
                                               revision=self.revision)
-        self.scheduler = load_component(FlowMatchEulerDiscreteScheduler, source, "scheduler", "scheduler",
-                                        revision=self.revision)
-        for module in self.children():
-            module.requires_grad_(False).eval()
-        self.configure_memory()
-        return self
 
     def sampler(self, steps: int, size: Optional[tuple[int, int]] = None) -> FlowSchedule:
         """The flow ODE's Euler sampler on `steps` steps of the checkpoint's shifted schedule."""
@@ -142,11 +154,27 @@ class StableDiffusion3(StableDiffusion):
     # -------------------------------------------------------------------------------- network
     def predict(self, latents: torch.Tensor, t, inputs: UNetInputs) -> torch.Tensor:
         """The transformer's velocity for `latents` at timestep t (sigma x 1000)."""
-        extras = inputs.added_cond_kwargs or {}
-        timestep = torch.full((latents.shape[0],), float(t), device=latents.device, dtype=latents.dtype)
-        return self.unet(hidden_states=latents, timestep=timestep, encoder_hidden_states=inputs.encoder_hidden_states,
-                         pooled_projections=extras["pooled_projections"],
+        return self.unet(hidden_states=latents, timestep=_timestep(latents, t),
+                         encoder_hidden_states=inputs.encoder_hidden_states,
+                         pooled_projections=(inputs.added_cond_kwargs or {})["pooled_projections"],
                          block_controlnet_hidden_states=inputs.block_controlnet_hidden_states, return_dict=False)[0]
+
+    def control(self, controlnet, latents: torch.Tensor, t, inputs: UNetInputs, cond: torch.Tensor, scale: float,
+                mode: Optional[int] = None) -> None:
+        """Add an SD3ControlNetModel's block samples for map latents `cond` to `inputs`. InstantX's ControlNets
+        see zero pooled projections; SD3.5's (no joint attention) see no text, as diffusers' pipeline runs them."""
+        config = controlnet.config
+        pooled = (inputs.added_cond_kwargs or {})["pooled_projections"]
+        inputs.add_blocks(controlnet(
+            hidden_states=latents, timestep=_timestep(latents, t),
+            encoder_hidden_states=inputs.encoder_hidden_states if config.joint_attention_dim is not None else None,
+            pooled_projections=torch.zeros_like(pooled) if config.force_zeros_for_pooled_projection else pooled,
+            controlnet_cond=cond.to(latents.dtype), conditioning_scale=scale, return_dict=False)[0])
+
+
+def _timestep(latents: torch.Tensor, t, scale: float = 1.0) -> torch.Tensor:
+    """t / scale for every sample of the batch, in the latents' dtype (the transformers' timestep input)."""
+    return torch.full((latents.shape[0],), float(t) / scale, device=latents.device, dtype=latents.dtype)
 
     @property
     def vae_scale_factor(self) -> int:
