@@ -8,91 +8,34 @@ prints a command's options.
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional, Sequence
+from importlib import import_module
+from typing import Optional, Sequence
 
-
-def _lightning(argv: list[str]) -> None:
-    from framework.lightning.cli import main
-
-    main(argv)
-
-
-def _sweep(argv: list[str]) -> None:
-    from framework.evaluation.sweep import main
-
-    main(argv)
-
-
-def _fronts(argv: list[str]) -> None:
-    from framework.evaluation.fronts import main
-
-    main(argv)
-
-
-def _paired(argv: list[str]) -> None:
-    from framework.evaluation.paired import main
-
-    main(argv)
-
-
-def _plots(argv: list[str]) -> None:
-    from framework.evaluation.plots import main
-
-    main(argv)
-
-
-def _fit_auto_lam(argv: list[str]) -> None:
-    from framework.evaluation.auto_lam_fit import main
-
-    main(argv)
-
-
-def _cost_quality(argv: list[str]) -> None:
-    from framework.evaluation.cost_quality import main
-
-    main(argv)
-
-
-def _gates(argv: list[str]) -> None:
-    from framework.toy.model.gate_report import main
-
-    main(argv)
-
-
-def _demo(argv: list[str]) -> None:
-    from framework.cli.demo import main
-
-    main(argv)
-
-
-def _condition_map(argv: list[str]) -> None:
-    from framework.io.conditions import main
-
-    main(argv)
-
-
-def _toy_examples(argv: list[str]) -> None:
-    from framework.toy.world.make_examples import main
-
-    main(argv)
-
-
-COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
-    "fit": (_lightning, "edit every request of a manifest (one training step = one edit)"),
-    "test": (_lightning, "edit and score with the model's metrics (evaluation runs)"),
-    "predict": (_lightning, "edit without writing metrics"),
-    "validate": (_lightning, "Lightning's validate loop (checks a config end to end)"),
-    "sweep": (_sweep, "several runs of one experiment: method tables and parameter sweeps"),
-    "fronts": (_fronts, "trade-off fronts of finished sweeps (one line per method)"),
-    "paired": (_paired, "paired comparison of a sweep's settings against a base run"),
-    "plots": (_plots, "each metric against lam, t_u or k over several runs"),
-    "fit-auto-lam": (_fit_auto_lam, "fit the constants of `lam: auto` on a lam study's per-edit results"),
-    "cost-quality": (_cost_quality, "cost against quality of a cost sweep, each run beside the unreduced one"),
-    "gates": (_gates, "the toy model's quality gates, each measured value against its gate"),
-    "demo": (_demo, "the interactive editing page (needs the [demo] extra)"),
-    "condition-map": (_condition_map, "draw a pose map from keypoints or detect a map in a photo"),
-    "toy-examples": (_toy_examples, "write toy-world edit requests (a manifest with images and maps)"),
+LIGHTNING = "framework.lightning.cli"
+COMMANDS: dict[str, tuple[str, str]] = {  # command -> (the module whose main(argv) runs it, what it does)
+    "fit": (LIGHTNING, "edit every request of a manifest (one training step = one edit)"),
+    "test": (LIGHTNING, "edit and score with the model's metrics (evaluation runs)"),
+    "predict": (LIGHTNING, "edit without writing metrics"),
+    "validate": (LIGHTNING, "Lightning's validate loop (checks a config end to end)"),
+    "sweep": ("framework.evaluation.sweep", "several runs of one experiment: method tables and parameter sweeps"),
+    "fronts": ("framework.evaluation.fronts", "trade-off fronts of finished sweeps (one line per method)"),
+    "paired": ("framework.evaluation.paired", "paired comparison of a sweep's settings against a base run"),
+    "plots": ("framework.evaluation.plots", "each metric against lam, t_u or k over several runs"),
+    "fit-auto-lam": ("framework.evaluation.auto_lam_fit",
+                     "fit the constants of `lam: auto` on a lam study's per-edit results"),
+    "cost-quality": ("framework.evaluation.cost_quality",
+                     "cost against quality of a cost sweep, each run beside the unreduced one"),
+    "gates": ("framework.toy.model.gate_report", "the toy model's quality gates, each measured value against its gate"),
+    "demo": ("framework.cli.demo", "the interactive editing page (needs the [demo] extra)"),
+    "condition-map": ("framework.io.conditions", "draw a pose map from keypoints or detect a map in a photo"),
+    "toy-examples": ("framework.toy.world.make_examples",
+                     "write toy-world edit requests (a manifest with images and maps)"),
 }
+"""Each module is imported only when its command runs, so `fit` never loads Gradio or matplotlib."""
+
+
+def _run(module: str, argv: list[str]) -> None:
+    import_module(module).main(argv)
 
 
 def usage() -> str:
@@ -109,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     command = argv[0]
     if command not in COMMANDS:
         if command.startswith("-"):  # LightningCLI's own top-level options (--version, --print_config ...)
-            return _lightning(argv)
+            return _run(LIGHTNING, argv)
         raise SystemExit(f"error: unknown command '{command}'.\n{usage()}")
-    run, _ = COMMANDS[command]
-    run(argv if run is _lightning else argv[1:])
+    module, _ = COMMANDS[command]
+    _run(module, argv if module == LIGHTNING else argv[1:])  # Lightning's CLI reads the subcommand itself
