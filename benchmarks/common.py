@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,7 +23,7 @@ from framework.core.denoiser import Conditioning
 from framework.core.procedure import EditEngine, EditState, Sides
 from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, paper_literal_mask
 from framework.io.manifests import EditRequest
-from framework.stages import method_slots
+from framework.stages import ITODecode, NoiseDifferenceMask, NoiseEncodedGuidance, method_slots
 from framework.stages.inversions import Inverted
 from losses.guidance import CosineGuidance
 from losses.preservation import MaskedMSEPreservation
@@ -217,10 +217,11 @@ class OurStages:
         self.conditioners = list(conditioners)
         self.device = device
         self.engine = EditEngine(
-            backbone, self.conditioners, [MaskedMSEPreservation(), CosineGuidance()], **method_slots(),
+            backbone, self.conditioners, [MaskedMSEPreservation(), CosineGuidance()],
+            **method_slots(ito=ITOConfig(update_steps=min(T_U, steps)),
+                           guidance=GuidanceConfig(update_steps=min(GUIDANCE.update_steps, steps))),
             sampling=SamplingConfig(steps=steps, guidance_scale=CFG, inversion_guidance_scale=INVERSION_CFG),
-            ito=ITOConfig(update_steps=min(T_U, steps)),
-            guidance=GuidanceConfig(update_steps=min(GUIDANCE.update_steps, steps)), unet_chunk_size=unet_chunk_size)
+            unet_chunk_size=unet_chunk_size)
         self.denoiser = self.engine.denoiser
         self.steps = steps
         self.request: Optional[EditRequest] = None  # the last encoded one (the mask reads its image size)
@@ -261,7 +262,7 @@ class OurStages:
 
     def mask(self, x0, src, edit, cfg: MaskConfig, seed: int = 0, scale: float = CFG):
         """The mask stage (Eq. 7 by `cfg`, its own grid, seed groups and early stop) at full resolution."""
-        self.engine.mask_cfg = MaskConfig(**{**vars(cfg), "guidance_scale": scale})
+        self.engine.mask_estimator = NoiseDifferenceMask(**{**asdict(cfg), "guidance_scale": scale})
         state = self._state(x0, src, edit, seed=seed)
         self.engine.estimate_mask(state)
         return state.mask
@@ -269,20 +270,20 @@ class OurStages:
     def guidance(self, x0, x_traj, mask, edit, seed: int = 0, scale: float = CFG,
                  update_steps: int = GUIDANCE.update_steps):
         """The guidance-image stage: random-noise encoding, decode under C_EDIT with lam = 1 ITO, invert G."""
-        self.engine.guidance_cfg = GuidanceConfig(update_steps=update_steps)
+        self.engine.guidance_generator = NoiseEncodedGuidance(update_steps=update_steps)
         state = self._state(x0, None, edit, x_traj, mask, seed=seed)
         self.engine.make_guidance(state)
         return state.g0, state.g_traj
 
     def final(self, x_traj, g_traj, mask, edit, lam: float = LAM, update_steps: int = T_U, scale: float = CFG):
         """The final decode from x_{t_E} under C_EDIT with ITO on the first t_u steps (Eq. 6)."""
-        self.engine.ito_cfg = ITOConfig(update_steps=update_steps)
+        self.engine.decoder = ITODecode(update_steps=update_steps)
         x0 = next(iter(x_traj.values()))
         return self.engine.final(self._state(x0, None, edit, x_traj, mask, g_traj, lam))
 
     def ito_alone(self, x_traj, g_traj, mask, lam: float = LAM, update_steps: int = T_U):
         """Only the optimiser steps of a final decode (t_u of them, k each), on the trajectory's latents."""
-        optimizer = self.engine.optimizer(lam, K)
+        optimizer = self.engine.optimizer(lam, K, ITOConfig())
         for t in sorted(x_traj, reverse=True)[:update_steps]:
             optimizer(x_traj[t], x_t=x_traj[t], g_t=g_traj[t], mask=mask, t=t)
 

@@ -45,19 +45,21 @@ from framework.core.settings import (
     AutoLam,
     GuidanceConfig,
     ITOConfig,
+    ITOObjective,
     MaskConfig,
     SamplingConfig,
     check_lam_setting,
-    check_steps,
 )
 from framework.io.manifests import EditRequest, align_image, as_mode, check_aspect, fit_image, target_size
 from framework.io.outputs import EditResult, to_pil, upsample_mask
 from framework.stages import (
+    SETTINGS_GROUPS,
     Decoder,
     GuidanceGenerator,
     MaskEstimator,
     NoMask,
     method_slots,
+    settings_group,
 )
 from framework.stages.inversions import Inversion
 from losses.base import EditLoss
@@ -113,6 +115,11 @@ def controlnet_for(modality: str, pretrained: str, family: str = "SD 1.x") -> st
     return known[modality]
 
 
+def settings_fields(settings: Any, cls: type) -> dict[str, Any]:
+    """The fields of settings dataclass `cls` in `settings` (the dataclass or a stage that is one)."""
+    return {name: getattr(settings, name) for name in cls.__dataclass_fields__}
+
+
 def _merge(current: Any, change: Any) -> Any:
     """A setting override: a dict changes some fields of a dataclass setting (`mask={"threshold": 0.3}`)."""
     return replace(current, **change) if isinstance(change, dict) and is_dataclass(current) else change
@@ -155,7 +162,10 @@ class EditPipeline(nn.Module):
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1).
             lam: lambda of Eq. 6 (1, the default: keeps most and makes no guidance image; 0 lands on the guidance
                 image), or 'auto' (from the mask).
-            sampling, mask, ito, guidance: The settings groups (dataclasses of framework.core.settings; None: defaults).
+            sampling: The run's sampling settings (SamplingConfig; None: defaults), shared by every stage.
+            mask, ito, guidance: The init_args of the method's own stage in the mask, decoder and guidance slots
+                (MaskConfig, ITOConfig, GuidanceConfig or a dict of some of their fields; None: defaults); the
+                default guidance stage takes its ITO objective from `ito`. A plugin given in a slot carries its own.
             seed: Seed of every random draw of an edit (a call's own seed wins).
             unet_chunk_size: Most samples per UNet call; None: no cap.
             auto_lam: The rule of lam='auto' (None: AutoLam's defaults).
@@ -166,15 +176,15 @@ class EditPipeline(nn.Module):
         self.lam = check_lam_setting(lam)
         # Copies: callers (EditModule's signature) pass shared default instances.
         self.sampling = replace(sampling) if sampling is not None else SamplingConfig()
-        self.mask = replace(mask) if mask is not None else MaskConfig()
-        self.ito = replace(ito) if ito is not None else ITOConfig()
-        self.guidance = replace(guidance) if guidance is not None else GuidanceConfig()
         self.auto_lam = replace(auto_lam) if auto_lam is not None else AutoLam()
-        slots = method_slots(inversion, mask_estimator, guidance_generator, decoder)
+        # The settings groups as given (None: defaults); the stages built from them hold the settings in use.
+        self._groups = {"mask": settings_group("mask", mask), "ito": settings_group("ito", ito),
+                        "guidance": settings_group("guidance", guidance)}
+        self._guidance_follows_ito = guidance_generator is None  # the default G takes model.ito's objective
+        slots = method_slots(inversion, mask_estimator, guidance_generator, decoder, **self._groups)
         self.inversion, self.mask_estimator = slots["inversion"], slots["mask_estimator"]
         self.guidance_generator, self.decoder = slots["guidance_generator"], slots["decoder"]
-        check_steps(self.sampling, self.ito if self.decoder.uses_ito else None,
-                    self.guidance if self.decoder.uses_guidance else None)
+        self.check_stages()
         if unet_chunk_size is not None and unet_chunk_size < 1:
             raise ConfigError(f"unet_chunk_size must be >= 1 or null, got {unet_chunk_size}.")
         if resolution is not None and resolution < 8:
@@ -251,8 +261,50 @@ class EditPipeline(nn.Module):
         return pipe.to(dtype=torch_dtype).load()
 
     def arguments(self) -> dict[str, Any]:
-        """The constructor arguments that make this pipeline (models and plugins as the objects held)."""
-        return {name: getattr(self, name) for name in inspect.signature(type(self)).parameters}
+        """The constructor arguments that make this pipeline (models and plugins as the objects held; a slot that
+        holds the method's own stage as its settings group, so a group override reaches it)."""
+        args = {name: getattr(self, name) for name in inspect.signature(type(self)).parameters}
+        for group, (slot, stage_cls, cls) in SETTINGS_GROUPS.items():
+            stage = args[slot]
+            own = type(stage) is stage_cls and (group != "guidance" or self._follows_ito(stage))
+            args[group], args[slot] = (settings_group(group, stage), None) if own else (None, stage)
+        return args
+
+    # --------------------------------------------------------------------------- settings groups
+    # `pipe.mask`, `pipe.ito`, `pipe.guidance`: the settings of the stage in the slot when it is the method's own
+    # (the stage itself, a dataclass of those fields), else the group as given; setting one rebuilds that stage.
+    def _group(self, group: str):
+        slot, _, cls = SETTINGS_GROUPS[group]
+        stage = getattr(self, slot)
+        return stage if isinstance(stage, cls) else (self._groups[group] or cls())
+
+    def _set_group(self, group: str, value) -> None:
+        value = settings_group(group, value)
+        self._groups[group] = value
+        slot, _, cls = SETTINGS_GROUPS[group]
+        stage, settings = getattr(self, slot), asdict(value or cls())
+        if isinstance(stage, cls):  # the slot's stage has these settings: the same stage with the new ones
+            setattr(self, slot, replace(stage, **settings))
+        if group == "ito" and self._guidance_follows_ito and isinstance(self.guidance_generator, ITOObjective):
+            self.guidance_generator = replace(self.guidance_generator, **(value or cls()).objective())
+        self.check_stages()
+
+    def _follows_ito(self, stage) -> bool:
+        return self._guidance_follows_ito and stage.objective() == self.ito.objective()
+
+    mask = property(lambda self: self._group("mask"), lambda self, v: self._set_group("mask", v),
+                    doc="The Eq. 7 settings (MaskConfig) of the mask estimator, when it is NoiseDifferenceMask.")
+    ito = property(lambda self: self._group("ito"), lambda self, v: self._set_group("ito", v),
+                   doc="The ITO settings (ITOConfig) of the decoder, when it is ITODecode.")
+    guidance = property(lambda self: self._group("guidance"), lambda self, v: self._set_group("guidance", v),
+                        doc="The guidance-image settings (GuidanceConfig) of NoiseEncodedGuidance.")
+
+    def check_stages(self) -> None:
+        """Each stage's settings against the run's sampling (t_u within the steps ...), before any model work."""
+        for slot in ("inversion", "mask_estimator", "guidance_generator", "decoder"):
+            if slot == "guidance_generator" and not self.decoder.uses_guidance:
+                continue  # not run
+            getattr(self, slot).check(self.sampling)
 
     def resolved_settings(self) -> dict[str, Any]:
         """Everything of the pipeline that decides an edit, as plain values (summary.json's parameters)."""
@@ -266,8 +318,9 @@ class EditPipeline(nn.Module):
             "seed": self.seed, "backbone": self.backbone.pretrained,
             "memory": {k: getattr(self.backbone, k, None)
                        for k in ("attention_slicing", "vae_tiling", "vae_tile_size")},
-            "sampling": asdict(self.sampling), "mask": asdict(self.mask), "ito": asdict(self.ito),
-            "guidance": asdict(self.guidance), "conditioners": [plain_fields(c) for c in self.conditioners],
+            "sampling": asdict(self.sampling), "mask": settings_fields(self.mask, MaskConfig),
+            "ito": settings_fields(self.ito, ITOConfig), "guidance": settings_fields(self.guidance, GuidanceConfig),
+            "conditioners": [plain_fields(c) for c in self.conditioners],
             "losses": [plain_fields(loss) for loss in self.losses],
             "optimizer": repr((self.optimizer or default_optimizer)(probe)),
         }
@@ -313,8 +366,7 @@ class EditPipeline(nn.Module):
     def _update_engine(self, engine: Optional[EditEngine] = None) -> None:
         """The engine runs with the pipeline's settings and slots as they are now (benchmarks call its stages)."""
         engine = engine or self.engine
-        engine.sampling, engine.mask_cfg, engine.ito_cfg, engine.guidance_cfg = \
-            self.sampling, self.mask, self.ito, self.guidance
+        engine.sampling = self.sampling
         engine.optimizer_factory, engine.losses = self.optimizer, list(self.losses)
         engine.inversion, engine.mask_estimator = self.inversion, self.mask_estimator
         engine.guidance_generator, engine.decoder = self.guidance_generator, self.decoder

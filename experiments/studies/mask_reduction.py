@@ -145,7 +145,8 @@ def load_requests(args, modalities: set[str]):
 def run_mask(module, request, cfg: MaskConfig):
     """The engine's mask stage for one request under `cfg`: (binary mask (h, w), UNet samples, CPU s, wall s)."""
     engine = module.engine
-    module.mask_cfg = engine.mask_cfg = cfg
+    module.mask_cfg = cfg  # the pipeline's mask stage with these settings
+    engine.mask_estimator = module.mask_estimator
     denoiser = engine.denoiser
     seed = module.seed if request.seed is None else request.seed
     state = engine.start(request, 1.0, seed)

@@ -141,15 +141,16 @@ class DemoEngine:
 
     # ---------------------------------------------------------------------------- edit
     def set_options(self, update_steps: int, threshold: float) -> None:
-        """t_u and tau, checked as the CLI checks them (the dataclasses' own checks, then `check_steps`)."""
-        from framework.core.settings import check_steps
-
+        """t_u and tau, checked as the CLI checks them (the settings' own checks, then the stages' against the
+        sampling); a refused value leaves the pipeline as it was."""
         pipe = self.pipe
-        ito = replace(pipe.ito, update_steps=int(update_steps))
-        mask = replace(pipe.mask, threshold=float(threshold))
-        check_steps(pipe.sampling, ito if pipe.decoder.uses_ito else None,
-                    pipe.guidance if pipe.decoder.uses_guidance else None)
-        pipe.ito, pipe.mask = ito, mask
+        before = pipe.ito
+        try:
+            pipe.ito = replace(pipe.ito, update_steps=int(update_steps))
+            pipe.mask = replace(pipe.mask, threshold=float(threshold))
+        except Exception:
+            pipe.ito = before
+            raise
 
     def edit(self, manifest: Path, report: Callable[[str, int, int], None] = lambda *a: None):
         """Load the manifest's request with the data module's loader and edit it with the pipeline."""

@@ -51,6 +51,10 @@ class Schedule(Sampler):
     def inverse_step(self, x: torch.Tensor, prediction: torch.Tensor, t: int) -> torch.Tensor:
         return ddim_step(x, prediction, self.alpha(t - self.stride), self.alpha(t))
 
+    def clean(self, x: torch.Tensor, prediction: torch.Tensor, t: int) -> torch.Tensor:
+        alpha = self.alpha(t)
+        return (x - (1 - alpha) ** 0.5 * prediction) / alpha ** 0.5
+
     def encode(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
         return noise_encode(x0, noise, self.alpha(t))
 

@@ -28,7 +28,7 @@ from framework.core.ito import LatentOptimizer, OptimizerFactory
 from framework.core.loss import EditLoss
 from framework.core.request import EditRequest, EditResult
 from framework.core.sampling import Sampler
-from framework.core.settings import AutoLam, GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, check_lam_setting
+from framework.core.settings import AutoLam, ITOObjective, SamplingConfig, check_lam_setting
 from framework.core.stages import (
     Decoder,
     GuidanceGenerator,
@@ -104,9 +104,7 @@ class EditEngine:
                  inversion: Inversion, mask_estimator: MaskEstimator, guidance_generator: GuidanceGenerator,
                  decoder: Decoder,
                  optimizer: Optional[OptimizerFactory] = None, sampling: Optional[SamplingConfig] = None,
-                 mask: Optional[MaskConfig] = None, ito: Optional[ITOConfig] = None,
-                 guidance: Optional[GuidanceConfig] = None, unet_chunk_size: Optional[int] = None,
-                 emit: Optional[Emit] = None):
+                 unet_chunk_size: Optional[int] = None, emit: Optional[Emit] = None):
         self.backbone = backbone
         self.conditioners = list(conditioners)
         self.losses = list(losses)
@@ -114,9 +112,6 @@ class EditEngine:
         self.guidance_generator, self.decoder = guidance_generator, decoder
         self.optimizer_factory = optimizer
         self.sampling = sampling or SamplingConfig()
-        self.mask_cfg = mask or MaskConfig()
-        self.ito_cfg = ito or ITOConfig()
-        self.guidance_cfg = guidance or GuidanceConfig()
         self.denoiser = Denoiser(backbone.unet, self.conditioners, backbone.scheduler.config.num_train_timesteps,
                                  unet_chunk_size, backbone.unet_inputs, backbone.predict)
         self.denoiser.guidance_rescale = self.sampling.guidance_rescale
@@ -194,9 +189,9 @@ class EditEngine:
 
     # ---------------------------------------------------------------------- what stages call
     def guided(self, lam: float) -> bool:
-        """Whether an edit at this lam makes a guidance image: the decoder uses one and its loss has weight."""
-        if self.decoder.uses_ito and self.ito_cfg.lam_end is not None:  # a schedule reaches lam_end too
-            lam = min(lam, self.ito_cfg.lam_end)
+        """Whether an edit at this lam makes a guidance image: the decoder uses one and its loss has weight at the
+        lowest lam the decode reaches (a lam schedule may go below the edit's lam)."""
+        lam = self.decoder.least_lam(lam)
         return self.decoder.uses_guidance and lam < 1 and any(
             loss.role_weight(lam) != 0 for loss in self.losses if loss.role == "guidance")
 
@@ -205,7 +200,7 @@ class EditEngine:
         return self.decoder.uses_inversion or guided
 
     def guidance_level(self, state: EditState) -> int:
-        return state.schedule.encode_level(self.guidance_cfg.encode_ratio or self.sampling.encode_ratio)
+        return self.guidance_generator.level(state.schedule, self.sampling)
 
     def inversion_job(self, inversion: Side, source: Side, schedule: Sampler, num: int, decode_num: int,
                       callback=None) -> InversionJob:
@@ -231,13 +226,10 @@ class EditEngine:
             return None
         return lambda i, t, x: x + inverted.corrections[t].to(x.dtype) if t in inverted.corrections else x
 
-    def optimizer(self, lam: float, inner_steps: int) -> LatentOptimizer:
+    def optimizer(self, lam: float, inner_steps: int, objective: ITOObjective) -> LatentOptimizer:
+        """The run's losses and optimiser at `lam`, k = `inner_steps`, with a stage's objective settings."""
         return LatentOptimizer(self.losses, lam, inner_steps, self.optimizer_factory,
-                               self.ito_cfg.keep_optimizer_state, self.ito_cfg.balance)
-
-    def loss_mask(self, state: EditState) -> torch.Tensor:
-        """The mask the ITO losses see (ito.loss_mask): the binary one, or the soft Eq. 7 map where estimated."""
-        return state.soft if self.ito_cfg.loss_mask == "soft" and state.soft is not None else state.mask
+                               objective.keep_optimizer_state, objective.balance)
 
     def ito_hook(self, optimizer: LatentOptimizer, update_steps: int, x_traj: dict, g_traj: Optional[dict],
                  mask: torch.Tensor, stage: str = "final", first: int = 0,

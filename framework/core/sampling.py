@@ -43,6 +43,10 @@ class Sampler:
         """One inversion move of x from `below(t)` up to t with the prediction at t on x (Eq. 2)."""
         raise NotImplementedError
 
+    def clean(self, x: torch.Tensor, prediction: torch.Tensor, t: int) -> torch.Tensor:
+        """The clean latents the prediction at t points to from x (x_0's estimate, a decode's preview)."""
+        raise NotImplementedError
+
     def encode(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
         """Random-noise encoding of clean latents to level t (SDEdit's start, the mask's and G's)."""
         raise NotImplementedError
@@ -53,14 +57,16 @@ class Sampler:
 
 
 def decode(x: torch.Tensor, predict: PredictFn, sampler: Sampler, num: int, before_step: Optional[StepHook] = None,
-           callback: Optional[StepCallback] = None, after_step: Optional[StepHook] = None) -> torch.Tensor:
-    """Decode latents at encode level `num` down to the clean latents (Eq. 1).
+           callback: Optional[StepCallback] = None, after_step: Optional[StepHook] = None,
+           steps: Optional[int] = None) -> torch.Tensor:
+    """Decode latents at encode level `num` down to the clean latents (Eq. 1); with `steps`, only its first
+    `steps` steps (the latents that far down).
 
     `before_step(i, t, y_t) -> y_t'` may replace the latents before the model sees them: that is where the
     inference-time optimisation acts. `after_step(i, t, y) -> y'` may replace the result of the step from t
     (direct inversion adds its per-step correction there).
     """
-    for i, t in enumerate(sampler.decode_timesteps(num)):
+    for i, t in enumerate(sampler.decode_timesteps(num)[:steps]):
         if before_step is not None:
             x = before_step(i, t, x)
         x = sampler.step(x, predict(x, t).to(x.dtype), t)

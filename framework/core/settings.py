@@ -45,8 +45,22 @@ class SamplingConfig:
 
 
 @dataclass
-class MaskConfig:
-    """Edit-mask estimation from noise-prediction differences (paper Eq. 7; DiffEdit as an option; docs/settings.md)."""
+class GivenMaskConfig:
+    """How a user's mask (the request's `mask:`) is put on the latent grid: the settings of GivenMask."""
+
+    given: str = "cover"
+    """A given mask on the latent grid: 'cover' (any marked pixel of a block) or 'area' (more than half of it)."""
+
+    def __post_init__(self):
+        _check(self.given in ("cover", "area"), f"mask.given must be 'cover' or 'area', got '{self.given}'.")
+
+
+@dataclass
+class MaskConfig(GivenMaskConfig):
+    """Edit-mask estimation from noise-prediction differences (paper Eq. 7; DiffEdit as an option; docs/settings.md).
+
+    The settings of the Eq. 7 stage, framework.stages.NoiseDifferenceMask (its init_args); `model.mask` sets those of
+    the default mask estimator."""
 
     seeds: int = 4
     """n: random-noise encodings averaged (paper and DiffEdit: 10)."""
@@ -72,14 +86,12 @@ class MaskConfig:
     """Add seeds in groups until the mask's IoU with the previous group's exceeds this; None = all n at once."""
     seed_group: int = 2
     """Seeds per group when early_stop_iou is set."""
-    given: str = "cover"
-    """A given mask on the latent grid: 'cover' (any marked pixel of a block) or 'area' (more than half of it)."""
     cache_dir: Optional[str] = None
     """Folder where estimated soft masks are stored and reused (runs of a sweep share them); None: no cache."""
 
     def __post_init__(self):
+        super().__post_init__()
         _check(self.seeds >= 1, f"mask.seeds must be >= 1, got {self.seeds}.")
-        _check(self.given in ("cover", "area"), f"mask.given must be 'cover' or 'area', got '{self.given}'.")
         _check(self.steps is None or self.steps >= 1, f"mask.steps must be >= 1 or null, got {self.steps}.")
         _check(0 < self.resolution <= 1, f"mask.resolution must be in (0, 1], got {self.resolution}.")
         _check(self.early_stop_iou is None or 0 < self.early_stop_iou <= 1,
@@ -104,19 +116,38 @@ def paper_literal_mask(**changes) -> MaskConfig:
 
 
 @dataclass
-class ITOConfig:
-    """The final decode's inference-time optimisation (paper Eq. 6, Sec. 4)."""
+class ITOObjective:
+    """How a stage's ITO steps optimise the latents: the settings every ITO stage has (the final decode's and the
+    guidance image's; with `model.ito` both default stages take these from it)."""
 
-    update_steps: int = 12
-    """t_u: ITO runs at each of the first t_u decoding steps."""
-    inner_steps: int = 2
-    """k: optimiser steps per timestep (the paper: 1; experiments/paper_literal.yaml)."""
     keep_optimizer_state: bool = False
     """False: a fresh optimiser at every timestep; True: one optimiser (and its moments) for the whole decode."""
     balance: str = "gradient"
     """'gradient': each loss's gradient at unit RMS before the lam mix; 'none': Eq. 6 as printed (the paper)."""
     loss_mask: str = "binary"
     """Mask the ITO losses see: 'binary' (thresholded Eq. 7 mask, or the given one) or 'soft' (the map before it)."""
+
+    def __post_init__(self):
+        _check(self.balance in BALANCES, f"ito.balance must be one of {BALANCES}, got '{self.balance}'.")
+        _check(self.loss_mask in ("binary", "soft"),
+               f"ito.loss_mask must be 'binary' or 'soft', got '{self.loss_mask}'.")
+
+    def objective(self) -> dict:
+        """The ITOObjective fields of these settings (what the default guidance stage takes from `model.ito`)."""
+        return {name: getattr(self, name) for name in ITOObjective.__dataclass_fields__}
+
+
+@dataclass
+class ITOConfig(ITOObjective):
+    """The final decode's inference-time optimisation (paper Eq. 6, Sec. 4).
+
+    The settings of framework.stages.ITODecode (its init_args); `model.ito` sets those of the default decoder, and
+    its objective (balance, loss_mask, keep_optimizer_state) those of the default guidance stage's ITO as well."""
+
+    update_steps: int = 12
+    """t_u: ITO runs at each of the first t_u decoding steps."""
+    inner_steps: int = 2
+    """k: optimiser steps per timestep (the paper: 1; experiments/paper_literal.yaml)."""
     first_step: str = "skip"
     """'skip': no ITO at the final decode's first step (where y_t = x_t); 'optimize' (the paper): ITO from it."""
     lam_end: Optional[float] = None
@@ -133,11 +164,9 @@ class ITOConfig:
     """CFG scale outside the mask in the steps after t_u (1: condition alone); None: one scale."""
 
     def __post_init__(self):
+        super().__post_init__()
         _check(self.update_steps >= 0, f"update_steps (t_u) must be >= 0, got {self.update_steps}.")
         _check(self.inner_steps >= 1, f"inner_steps (k) must be >= 1, got {self.inner_steps}.")
-        _check(self.balance in BALANCES, f"ito.balance must be one of {BALANCES}, got '{self.balance}'.")
-        _check(self.loss_mask in ("binary", "soft"),
-               f"ito.loss_mask must be 'binary' or 'soft', got '{self.loss_mask}'.")
         _check(self.first_step in ("optimize", "skip"),
                f"ito.first_step must be 'optimize' or 'skip', got '{self.first_step}'.")
         _check(self.lam_end is None or 0 <= self.lam_end <= 1, f"ito.lam_end must be in [0, 1], got {self.lam_end}.")
@@ -152,7 +181,10 @@ class ITOConfig:
 
 @dataclass
 class GuidanceConfig:
-    """The guidance image: ITO with lam = 1 from a random-noise encoding (Sec. 3.2), optional refinement (A.5)."""
+    """The guidance image: ITO with lam = 1 from a random-noise encoding (Sec. 3.2), optional refinement (A.5).
+
+    The settings of framework.stages.NoiseEncodedGuidance (its init_args, with an ITOObjective); `model.guidance`
+    sets those of the default guidance stage."""
 
     update_steps: int = 12
     """t_u of the guidance decode (paper: 15; A.2 suggests 20 with k = 30)."""
@@ -164,6 +196,8 @@ class GuidanceConfig:
     """g_t of the guidance loss: 'decode' (G's own decode latents) or 'inversion' (G DDIM-inverted, the paper)."""
     invert: str = "missing"
     """'missing': invert G only where its decode skipped a timestep of t_E; 'always': through t_E (the old cost)."""
+    decode: str = "needed"
+    """'needed': G's decode stops at the last g_t the edit's decode reads (G shown as its x_0 estimate); 'full'."""
     refine: bool = False
     """Refine the guidance image with ITO at lam = 0 towards the input (A.5)."""
     refine_update_steps: int = 6
@@ -177,6 +211,7 @@ class GuidanceConfig:
         _check(self.encode_ratio is None or 0 < self.encode_ratio <= 1,
                f"guidance.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
         _check(self.invert in ("missing", "always"), f"guidance.invert must be 'missing' or 'always', got '{self.invert}'.")
+        _check(self.decode in ("needed", "full"), f"guidance.decode must be 'needed' or 'full', got '{self.decode}'.")
         _check(self.reference in ("inversion", "decode"),
                f"guidance.reference must be 'inversion' or 'decode', got '{self.reference}'.")
 
@@ -187,16 +222,16 @@ def check_lam(lam: float, where: str = "lam") -> float:
     return float(lam)
 
 
-def check_steps(sampling: SamplingConfig, ito: Optional[ITOConfig], guidance: Optional[GuidanceConfig]) -> None:
-    """t_u cannot exceed the number of decoding steps (None: that stage is not used)."""
-    decode_steps = max(1, min(sampling.steps, int(sampling.encode_ratio * sampling.steps + 1e-9)))
-    if ito is not None:
-        _check(ito.update_steps <= decode_steps,
-               f"ito.update_steps (t_u = {ito.update_steps}) exceeds the {decode_steps} decoding steps "
-               f"(sampling.steps x encode_ratio); lower t_u or raise steps.")
-    if guidance is not None:
-        _check(guidance.update_steps <= sampling.steps,
-               f"guidance.update_steps ({guidance.update_steps}) exceeds sampling.steps ({sampling.steps}).")
+def decode_steps(sampling: SamplingConfig, encode_ratio: Optional[float] = None) -> int:
+    """Steps of a decode from the encode ratio (sampling.encode_ratio when None) on the run's grid."""
+    ratio = sampling.encode_ratio if encode_ratio is None else encode_ratio
+    return max(1, min(sampling.steps, int(ratio * sampling.steps + 1e-9)))
+
+
+def check_update_steps(update_steps: int, steps: int, what: str, steps_name: str, fix: str) -> None:
+    """A stage's t_u cannot exceed the steps of the decode it runs in."""
+    _check(update_steps <= steps,
+           f"{what} (t_u = {update_steps}) exceeds the {steps} decoding steps ({steps_name}); {fix}.")
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 from framework.core.backbone import TextEncoding
 from framework.core.denoiser import Conditioning, Denoiser
 from framework.core.sampling import Sampler, StepCallback, invert
+from framework.core.settings import ITOObjective, SamplingConfig
 
 if TYPE_CHECKING:
     from framework.core.procedure import EditEngine, EditState
@@ -64,12 +65,14 @@ class StageTools:
     - `denoiser`: eps_theta(x_t, t, cond, uncond, scale) with the conditioners and CFG; counts UNet samples.
     - `backbone`: encode_image / decode_latents / encode_prompt, `scheduler`, `tokenizer`, `unet`.
     - `conditioners`: the run's conditioners (text first).
-    - `sampling`, `mask`, `ito`, `guidance`: the run's settings groups (`model.sampling` ...); the default stages
-      read theirs here, so `model.mask.threshold` sets the Eq. 7 stage's threshold.
+    - `sampling`: the run's sampling settings (`model.sampling`: steps, encode ratio, CFG scales), which every
+      stage shares. A stage's own settings are its init_args (`self`), not here.
     - `eps(side, scale, inverted=None)`: x, t -> eps under one condition side, with an inversion's per-step text.
+    - `guidance_timesteps(state)`: the final decode's timesteps whose g_t it reads (a guidance stage may stop there).
     - `corrections(inverted)`: the after-step of a decode from an inversion with per-step offsets, or None.
     - `step_callback(stage)`: the callback a decode must pass on, so progress and previews see each step.
-    - `optimizer(lam, inner_steps)`, `ito_hook(...)`, `loss_mask(state)`: ITO (Eq. 6) on the latents being decoded.
+    - `optimizer(lam, inner_steps, objective)`, `ito_hook(...)`, `loss_mask(state, objective)`: ITO (Eq. 6) on the
+      latents being decoded, with the run's losses and optimiser and the stage's ITOObjective settings.
     - `inversion_job(...)`, `invert(x0, job)`, `trajectory(x0, job)`: the run's inversion plugin, for a stage
       that inverts another image (the guidance image's refinement).
     - `sides(request)`: the encoded (cond, uncond) sides of a request (e.g. one resized for the mask).
@@ -82,12 +85,14 @@ class StageTools:
     backbone = property(lambda self: self._engine.backbone)
     conditioners = property(lambda self: self._engine.conditioners)
     sampling = property(lambda self: self._engine.sampling)
-    mask = property(lambda self: self._engine.mask_cfg)
-    ito = property(lambda self: self._engine.ito_cfg)
-    guidance = property(lambda self: self._engine.guidance_cfg)
 
     def eps(self, side: Side, scale, inverted: Optional[Inverted] = None):
         return self._engine.eps(side, scale, inverted)
+
+    def guidance_timesteps(self, state: "EditState") -> tuple:
+        """The timesteps of the final decode whose g_t it reads (the decoder's `guidance_steps`), noisiest first."""
+        timesteps = state.schedule.decode_timesteps(state.n_final)
+        return timesteps[:self._engine.decoder.guidance_steps(state.n_final)]
 
     def corrections(self, inverted: Optional[Inverted]):
         return self._engine.corrections(inverted)
@@ -95,14 +100,16 @@ class StageTools:
     def step_callback(self, stage: str):
         return self._engine.step_callback(stage)
 
-    def optimizer(self, lam: float, inner_steps: int):
-        return self._engine.optimizer(lam, inner_steps)
+    def optimizer(self, lam: float, inner_steps: int, objective: ITOObjective):
+        return self._engine.optimizer(lam, inner_steps, objective)
 
     def ito_hook(self, *args, **kwargs):
         return self._engine.ito_hook(*args, **kwargs)
 
-    def loss_mask(self, state: "EditState") -> torch.Tensor:
-        return self._engine.loss_mask(state)
+    @staticmethod
+    def loss_mask(state: "EditState", objective: ITOObjective) -> torch.Tensor:
+        """The mask the ITO losses see (`objective.loss_mask`): the binary one, or the soft Eq. 7 map where estimated."""
+        return state.soft if objective.loss_mask == "soft" and state.soft is not None else state.mask
 
     def inversion_job(self, *args, **kwargs) -> InversionJob:
         return self._engine.inversion_job(*args, **kwargs)
@@ -119,7 +126,15 @@ class StageTools:
         return Sides(self.denoiser, self.backbone, request, self.sampling)
 
 
-class Inversion:
+class Stage:
+    """What every stage plugin has besides its slot's method: its settings are its own init_args (a dataclass
+    stage's fields), checked against the run's sampling settings before any model work."""
+
+    def check(self, sampling: SamplingConfig) -> None:
+        """Raise ConfigError when the stage's settings do not fit the run's sampling (e.g. t_u > the steps)."""
+
+
+class Inversion(Stage):
     """Base class of inversion plugins (`model.inversion`): `invert(x0, job) -> Inverted`.
 
     Receives x_0 (1, C, h, w) and an `InversionJob` (the denoiser, schedule, number of steps, the inversion and
@@ -140,7 +155,7 @@ MaskResult = tuple[torch.Tensor, Optional[torch.Tensor], str]  # binary (1, 1, h
 
 
 # ------------------------------------------------------------------------------------- masks
-class MaskEstimator:
+class MaskEstimator(Stage):
     """Base class of mask estimators (`model.mask_estimator`): the edit region m (1 = edit) on the latent grid.
 
     `estimate(tools, state)` runs after the inversion (`state.x0`, `state.sides`, `state.schedule`,
@@ -153,19 +168,24 @@ class MaskEstimator:
 
 
 # ---------------------------------------------------------------------------- guidance image
-class GuidanceGenerator:
+class GuidanceGenerator(Stage):
     """Base class of guidance-image generators (`model.guidance_generator`): G under C_EDIT and {t: g_t}.
 
     `generate(tools, state, level)` runs after the mask (`state.mask`). `level` is the number of steps G is
-    encoded to. Must return (G latents (1, C, h, w), {t: g_t} for the final decode's timesteps), and pass
+    encoded to, `level(schedule, sampling)`'s answer (the inversion is run that deep before the mask). Must
+    return (G latents (1, C, h, w), {t: g_t} for the final decode's timesteps), and pass
     `tools.step_callback("guidance")` to its decode."""
+
+    def level(self, schedule: Sampler, sampling: SamplingConfig) -> int:
+        """Steps G is encoded to: t_E (sampling.encode_ratio) unless the generator has its own."""
+        return schedule.encode_level(sampling.encode_ratio)
 
     def generate(self, tools: StageTools, state: "EditState", level: int):
         raise NotImplementedError
 
 
 # ----------------------------------------------------------------------------- final decode
-class Decoder:
+class Decoder(Stage):
     """Base class of final decodes (`model.decoder`): y_0 from the state.
 
     `decode(tools, state)` runs last; it reads `state.inverted` (if `uses_inversion`), `state.mask`,
@@ -176,6 +196,15 @@ class Decoder:
     uses_guidance = False  # reads a guidance image's trajectory
     uses_ito = False  # runs ITO (t_u and k apply)
     batchable = True  # may run beside other edits whose UNet calls join its own (framework.core.batching)
+
+    def guidance_steps(self, n_final: int) -> int:
+        """How many of the first of its `n_final` steps read the guidance trajectory g_t (all, unless it says)."""
+        return n_final
+
+    def least_lam(self, lam: float) -> float:
+        """The lowest lam the decode's ITO reaches from the edit's lam (a lam schedule may go lower): whether a
+        guidance image is made is decided by it."""
+        return lam
 
     def decode(self, tools: StageTools, state: "EditState") -> torch.Tensor:
         raise NotImplementedError

@@ -87,9 +87,10 @@ class EditModule(pl.LightningModule):
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1, the paper's).
             lam: lambda of Eq. 6 in [0, 1]: 1 keeps the input most (no guidance image), 0 lands on G; 'auto': per edit.
             sampling: DDIM steps, encode ratio, CFG scales, inversion prompt.
-            mask: Edit-mask estimation (Eq. 7) settings.
-            ito: t_u, k and optimiser-state policy of the final decode.
-            guidance: Guidance-image settings and optional refinement (A.5).
+            mask: The default mask estimator's settings (NoiseDifferenceMask's init_args: Eq. 7).
+            ito: The default decoder's settings (ITODecode's init_args: t_u, k, blend ...); their ITO objective
+                (balance, loss_mask, keep_optimizer_state) is the default guidance stage's too.
+            guidance: The default guidance stage's settings (NoiseEncodedGuidance's init_args; refinement, A.5).
             seed: Seed of every random draw of an edit (a request's own seed wins).
             output_dir: Folder that receives one sub-folder per edit and summary.json.
             unet_chunk_size: Most samples per UNet call (bounds memory of the batched mask); None: no cap.
@@ -97,9 +98,11 @@ class EditModule(pl.LightningModule):
             metrics: Scores of each edit and of the run (framework.evaluation.metrics), written to results.md/.csv.
             auto_lam: The rule of `lam: auto`: lam from the mask area (fit it: python -m framework fit-auto-lam).
             inversion: Inversion plugin (None: DDIMInversion, the paper's; framework.stages.inversions has others).
-            mask_estimator: Mask plugin (None: NoiseDifferenceMask, Eq. 7 by `mask`; GivenMask, NoMask, your own).
-            guidance_generator: Guidance-image plugin (None: NoiseEncodedGuidance by `guidance`).
-            decoder: Final decode (None: ITODecode, Eq. 6; MaskBlendDecode, NoiseEncodedDecode, PromptToPrompt).
+            mask_estimator: Mask plugin (None: NoiseDifferenceMask with `mask`; GivenMask, NoMask, your own), its
+                settings its init_args.
+            guidance_generator: Guidance-image plugin (None: NoiseEncodedGuidance with `guidance`).
+            decoder: Final decode (None: ITODecode, Eq. 6, with `ito`; MaskBlendDecode, NoiseEncodedDecode,
+                PromptToPrompt).
         """
         super().__init__()
         self.pipeline = EditPipeline(backbone, conditioners, losses, optimizer, lam, sampling, mask, ito, guidance,

@@ -4,11 +4,13 @@
   blend outside the mask after t_u (`model.ito.blend`).
 - MaskBlendDecode: DiffEdit's decode, the inversion's x_t pasted outside the mask at every step.
 - NoiseEncodedDecode: SDEdit's decode, from random-noise encoding of x_0 without inversion or mask.
-Each reads its settings from `tools` (`tools.sampling`, `tools.ito`, `tools.mask`); the contract they fulfil,
-`Decoder`, and what `tools` holds are in framework.core.stages and docs/stages.md.
+Each has its own settings as init_args (ITODecode: ITOConfig's fields, which `model.ito` sets for the default
+decoder) and reads the run's sampling from `tools.sampling`; the contract they fulfil, `Decoder`, and what
+`tools` holds are in framework.core.stages and docs/stages.md.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from framework.core.errors import ConfigError
 from framework.core.masks import gaussian_blur
 from framework.core.sampling import decode, seeded_noise
+from framework.core.settings import ITOConfig, SamplingConfig, check_update_steps, decode_steps
 from framework.core.stages import Decoder
 
 if TYPE_CHECKING:
@@ -24,23 +27,35 @@ if TYPE_CHECKING:
     from framework.core.stages import StageTools
 
 
-class ITODecode(Decoder):
+@dataclass
+class ITODecode(Decoder, ITOConfig):
     """The method (Eq. 6): decode from x_{t_E} under C_EDIT; at each of the first t_u steps, k optimiser
-    steps on y_t with lam * L_pres + (1 - lam) * L_guid. Settings from `model.ito`: lam may follow a schedule
-    over the ITO steps (`lam_end`); the steps after t_u may blend the background back onto the inversion
-    (`blend`, `feather`) and use another CFG scale outside the mask (`outside_guidance_scale`)."""
+    steps on y_t with lam * L_pres + (1 - lam) * L_guid. Its init_args are ITOConfig's fields (`model.ito` sets
+    those of the default decoder): lam may follow a schedule over the ITO steps (`lam_end`); the steps after t_u
+    may blend the background back onto the inversion (`blend`, `feather`) and use another CFG scale outside the
+    mask (`outside_guidance_scale`)."""
 
     uses_guidance = True
     uses_ito = True
 
+    def check(self, sampling: SamplingConfig) -> None:
+        check_update_steps(self.update_steps, decode_steps(sampling), "ito.update_steps",
+                           "sampling.steps x encode_ratio", "lower t_u or raise steps")
+
+    def guidance_steps(self, n_final: int) -> int:
+        return min(self.update_steps, n_final)  # ITO reads g_t at its t_u steps only
+
+    def least_lam(self, lam: float) -> float:
+        return lam if self.lam_end is None else min(lam, self.lam_end)
+
     def decode(self, tools: "StageTools", state: "EditState") -> torch.Tensor:
-        cfg, inverted = tools.ito, state.inverted
+        cfg, inverted = self, state.inverted
         x_traj, t_u = inverted.trajectory, cfg.update_steps
-        optimizer = tools.optimizer(state.lam, cfg.inner_steps)
+        optimizer = tools.optimizer(state.lam, cfg.inner_steps, self)
         start = x_traj[state.schedule.decode_timesteps(state.n_final)[0]]
         first = 1 if cfg.first_step == "skip" else 0  # y_t = x_t at step 0: nothing to preserve yet
         lam_at = None if cfg.lam_end is None else linear_lam(state.lam, cfg.lam_end, first, t_u - 1)
-        ito = tools.ito_hook(optimizer, t_u, x_traj, state.g_traj, tools.loss_mask(state), first=first,
+        ito = tools.ito_hook(optimizer, t_u, x_traj, state.g_traj, tools.loss_mask(state, self), first=first,
                               lam_at=lam_at)
         keep = feathered(grown(state.mask, cfg.blend_margin), cfg.feather)  # (1, 1, h, w): 0 = the input's latents
         blend = cfg.blend == "after"
@@ -61,13 +76,12 @@ class ITODecode(Decoder):
                          tools.corrections(inverted))
         return blend_outside(y0, state.x0, keep) if blend else y0
 
-    @staticmethod
-    def outside_guidance(tools: "StageTools", state: "EditState", keep: torch.Tensor, eps):
-        """eps with CFG scale ito.outside_guidance_scale outside the mask in the steps after t_u (one UNet batch:
+    def outside_guidance(self, tools: "StageTools", state: "EditState", keep: torch.Tensor, eps):
+        """eps with CFG scale `outside_guidance_scale` outside the mask in the steps after t_u (one UNet batch:
         the scale is a map)."""
         inside = tools.sampling.guidance_scale
-        scale = keep * inside + (1 - keep) * tools.ito.outside_guidance_scale  # (1, 1, h, w)
-        after = set(state.schedule.decode_timesteps(state.n_final)[tools.ito.update_steps:])
+        scale = keep * inside + (1 - keep) * self.outside_guidance_scale  # (1, 1, h, w)
+        after = set(state.schedule.decode_timesteps(state.n_final)[self.update_steps:])
         mapped = tools.eps(state.sides.edit, scale, state.inverted)
         return lambda x, t: mapped(x, t) if t in after else eps(x, t)
 

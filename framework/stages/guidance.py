@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from framework.core.sampling import decode, invert, seeded_noise
+from framework.core.sampling import Sampler, decode, invert, seeded_noise
+from framework.core.settings import GuidanceConfig, ITOObjective, SamplingConfig, check_update_steps
 from framework.core.stages import GuidanceGenerator
 
 if TYPE_CHECKING:
@@ -14,27 +16,64 @@ if TYPE_CHECKING:
     from framework.core.stages import StageTools
 
 
-class NoiseEncodedGuidance(GuidanceGenerator):
+@dataclass
+class NoiseEncodedGuidance(GuidanceGenerator, GuidanceConfig, ITOObjective):
     """G: random-noise encoding of x_0, decode under C_EDIT with preservation-only ITO (Sec. 3.2); then g_t.
 
-    Settings from `model.guidance` (GuidanceConfig). With `refine` (A.5), ITO at lam = 0 decodes G again
-    from g_{t_E} towards the input (G's trajectory updated, the input's as the guidance loss's reference);
-    that decode starts from G's inversion, so it is inverted with the model's inversion plugin."""
+    Its init_args are GuidanceConfig's fields and its ITO's objective (ITOObjective); `model.guidance` sets
+    those of the default guidance stage, which takes its objective from `model.ito`. With `refine` (A.5), ITO at
+    lam = 0 decodes G again from g_{t_E} towards the input (G's trajectory updated, the input's as the guidance
+    loss's reference); that decode starts from G's inversion, so it is inverted with the model's inversion
+    plugin."""
+
+    def __post_init__(self):
+        GuidanceConfig.__post_init__(self)
+        ITOObjective.__post_init__(self)
+
+    def check(self, sampling: SamplingConfig) -> None:
+        check_update_steps(self.update_steps, sampling.steps, "guidance.update_steps",
+                           "sampling.steps", "lower it or raise sampling.steps")
+
+    def level(self, schedule: Sampler, sampling: SamplingConfig) -> int:
+        return schedule.encode_level(self.encode_ratio or sampling.encode_ratio)
+
+    def decode_steps(self, timesteps: tuple, read: tuple) -> Optional[int]:
+        """Steps of G's decode (over `timesteps`) that give every g_t the edit reads (`read`), when G's own decode
+        is the reference and nothing after needs G itself (`decode: needed`); None: decode G to the end."""
+        if self.decode != "needed" or self.reference != "decode" or self.invert != "missing" or self.refine or not read:
+            return None
+        if not set(read) <= set(timesteps):  # G's decode skips a timestep the edit reads: G is inverted
+            return None
+        stop = timesteps.index(read[-1]) + 1  # g_t is the latents the UNet saw at t: the step from t included
+        return stop if stop < len(timesteps) else None
 
     def generate(self, tools: "StageTools", state: "EditState", level: int):
-        cfg, schedule, x0 = tools.guidance, state.schedule, state.x0
+        cfg, schedule, x0 = self, state.schedule, state.x0
         noise = seeded_noise(tuple(x0.shape), state.seed + 1, x0.device)
         start = schedule.encode(x0, noise, schedule.decode_timesteps(level)[0])
         eps_edit = tools.eps(state.sides.edit, tools.sampling.guidance_scale)
-        optimizer = tools.optimizer(1.0, cfg.inner_steps)
-        hook = tools.ito_hook(optimizer, cfg.update_steps, state.x_traj, None, tools.loss_mask(state), "guidance")
+        optimizer = tools.optimizer(1.0, cfg.inner_steps, self)
+        loss_mask = tools.loss_mask(state, self)
+        hook = tools.ito_hook(optimizer, cfg.update_steps, state.x_traj, None, loss_mask, "guidance")
         visited: dict[int, torch.Tensor] = {}  # G's own decode: the latents the UNet saw at each timestep
 
         def guidance_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
             visited[t] = hook(i, t, y_t)
             return visited[t]
         step = guidance_step if cfg.reference == "decode" else hook
-        g0 = decode(start, eps_edit, schedule, level, step, tools.step_callback("guidance"))
+        callback = tools.step_callback("guidance")
+        read = tools.guidance_timesteps(state)
+        stop = self.decode_steps(schedule.decode_timesteps(level), read)
+        if stop is not None:  # the edit reads g_t down to read[-1] only: decode G that far, show its x_0 estimate
+            last: dict = {}
+
+            def predict(x, t):
+                last["x"], last["t"], last["prediction"] = x, t, eps_edit(x, t)
+                return last["prediction"]
+            decode(start, predict, schedule, level, step, callback, steps=stop)
+            g0 = schedule.clean(last["x"], last["prediction"].to(last["x"].dtype), last["t"])
+            return g0, {t: visited[t] for t in reversed(read)}
+        g0 = decode(start, eps_edit, schedule, level, step, callback)
         if not cfg.refine:  # g_t is only the guidance loss's reference: the trajectory is all it needs
             needed = schedule.decode_timesteps(state.n_final)
             if cfg.reference == "decode" and cfg.invert == "missing" and all(t in visited for t in needed):
@@ -46,11 +85,11 @@ class NoiseEncodedGuidance(GuidanceGenerator):
             return g0, g_traj
         job = tools.inversion_job(state.sides.edit, state.sides.edit, schedule, state.n_final, state.n_final)
         inverted = tools.invert(g0, job)
-        optimizer = tools.optimizer(0.0, cfg.refine_inner_steps)
+        optimizer = tools.optimizer(0.0, cfg.refine_inner_steps, self)
         start = inverted.trajectory[schedule.decode_timesteps(state.n_final)[0]]
         g0 = decode(start, tools.eps(state.sides.edit, tools.sampling.guidance_scale, inverted), schedule,
                          state.n_final,
                          tools.ito_hook(optimizer, cfg.refine_update_steps, inverted.trajectory, state.x_traj,
-                                         tools.loss_mask(state), "refine"),
+                                         loss_mask, "refine"),
                          after_step=tools.corrections(inverted))
         return g0, tools.trajectory(g0, job)

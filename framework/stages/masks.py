@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from framework.core.errors import EditError, warn
 from framework.core.mask_cache import MaskCache, mask_key
 from framework.core.masks import binary_mask, estimate_soft_mask, mask_image_size, mask_schedule
+from framework.core.settings import GivenMaskConfig, MaskConfig
 from framework.core.stages import MaskEstimator, MaskResult
 
 if TYPE_CHECKING:
@@ -35,16 +36,18 @@ def warn_degenerate(mask: torch.Tensor, request_id: str, given: bool = False, ru
         warn(f"Edit '{request_id}': {mask_area_hint(area, given, rule)}")
 
 
-class GivenMask(MaskEstimator):
-    """Only the request's own mask (manifest `mask:`); a request without one is an error."""
+@dataclass
+class GivenMask(MaskEstimator, GivenMaskConfig):
+    """Only the request's own mask (manifest `mask:`); a request without one is an error. Its setting: `given`,
+    how the mask is put on the latent grid."""
 
     def estimate(self, tools: "StageTools", state: "EditState") -> MaskResult:
         request = state.request
         if request.mask is None:
             raise EditError(f"Edit '{request.id}' has no mask, but the mask estimator is GivenMask: add a `mask:` "
                             "to the request or use framework.stages.NoiseDifferenceMask.")
-        mask = given_mask(request.mask, tuple(state.x0.shape[-2:]), tools.mask.given)
-        warn_degenerate(mask, request.id, given=True, rule=tools.mask.given)
+        mask = given_mask(request.mask, tuple(state.x0.shape[-2:]), self.given)
+        warn_degenerate(mask, request.id, given=True, rule=self.given)
         return mask, None, "given"
 
 
@@ -55,47 +58,45 @@ class NoMask(MaskEstimator):
         return torch.zeros_like(state.x0[:, :1]), None, "none"
 
 
-class NoiseDifferenceMask(MaskEstimator):
-    """Eq. 7 (or DiffEdit's variant, by `model.mask` settings) from noise-prediction differences; a given mask wins.
+@dataclass
+class NoiseDifferenceMask(MaskEstimator, MaskConfig):
+    """Eq. 7 (or DiffEdit's variant) from noise-prediction differences; a given mask wins.
 
-    Settings come from `model.mask` (MaskConfig): seeds, strength, threshold, smoothing, compare_at and
-    normalize (the DiffEdit variant), the cost options and the cache."""
-
-    def __init__(self):
-        self._store: Optional[MaskCache] = None  # mask.cache_dir, opened on first use
+    Its init_args are MaskConfig's fields (seeds, strength, threshold, smoothing, compare_at and normalize for
+    the DiffEdit variant, the cost options, the cache); `model.mask` sets those of the default mask estimator."""
 
     def estimate(self, tools: "StageTools", state: "EditState") -> MaskResult:
-        request, x0, cfg = state.request, state.x0, tools.mask
+        request, x0 = state.request, state.x0
         if request.mask is not None:
-            return GivenMask().estimate(tools, state)
+            return GivenMask(self.given).estimate(tools, state)
         cache = key = soft = None
         source = "estimated"
-        if cfg.cache_dir:
-            if self._store is None or self._store.folder != Path(cfg.cache_dir):
-                self._store = MaskCache(cfg.cache_dir)  # once per run (it creates the folder)
-            cache = self._store
-            key = mask_key(request, tools.backbone, tools.conditioners, tools.sampling, cfg, state.seed,
+        if self.cache_dir:
+            store: Optional[MaskCache] = self.__dict__.get("_store")  # opened on first use, once per run
+            if store is None or store.folder != Path(self.cache_dir):
+                store = self.__dict__["_store"] = MaskCache(self.cache_dir)  # it creates the folder
+            cache = store
+            key = mask_key(request, tools.backbone, tools.conditioners, tools.sampling, self, state.seed,
                            x0.dtype, x0.device)
             soft = cache.get(key)
             if soft is not None:
                 soft, source = soft.to(x0.device, x0.dtype), "cached"
         if soft is None:
-            scale = tools.sampling.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
+            scale = tools.sampling.guidance_scale if self.guidance_scale is None else self.guidance_scale
             x_mask, sides = self.inputs(tools, state)
-            grid = mask_schedule(state.schedule, cfg)
-            soft, _ = estimate_soft_mask(x_mask, tools.denoiser, sides.source, sides.edit, grid, cfg, state.seed,
+            grid = mask_schedule(state.schedule, self)
+            soft, _ = estimate_soft_mask(x_mask, tools.denoiser, sides.source, sides.edit, grid, self, state.seed,
                                          scale, tuple(x0.shape[-2:]))
             if cache is not None:
                 cache.put(key, soft)
-        mask = binary_mask(soft, cfg.threshold)
+        mask = binary_mask(soft, self.threshold)
         warn_degenerate(mask, request.id)
         return mask, soft[None, None], source
 
-    @staticmethod
-    def inputs(tools: "StageTools", state: "EditState"):
-        """x_0 and the condition sides at `mask.resolution`: the input and its maps resized, re-encoded."""
+    def inputs(self, tools: "StageTools", state: "EditState"):
+        """x_0 and the condition sides at `resolution`: the input and its maps resized, re-encoded."""
         request = state.request
-        size = mask_image_size(*request.image.shape[-2:], tools.mask.resolution)
+        size = mask_image_size(*request.image.shape[-2:], self.resolution)
         if size == tuple(request.image.shape[-2:]):
             return state.x0, state.sides
         small = lambda image: F.interpolate(image.float(), size=size, mode="area")  # noqa: E731

@@ -14,7 +14,7 @@ from framework.core.errors import ConfigError
 from framework.core.procedure import EditEngine
 from framework.core.settings import ITOConfig, MaskConfig, SamplingConfig
 from framework.io.manifests import load_manifest, load_request
-from framework.stages import ITODecode, MaskBlendDecode, blend_outside, feathered, linear_lam, method_slots
+from framework.stages import MaskBlendDecode, blend_outside, feathered, linear_lam, method_slots
 from losses.guidance import CosineGuidance
 from losses.preservation import MaskedMSEPreservation
 
@@ -26,8 +26,9 @@ def state(backbone, manifest, one_thread):
 
     engine = EditEngine(backbone, [TextConditioner()], [MaskedMSEPreservation(reduction="mean"),
                                                        CosineGuidance(granularity="pixel", norm_weight=1.0)],
-                        sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2),
-                        ito=ITOConfig(update_steps=6, blend="none", blend_margin=0), **method_slots())
+                        sampling=SamplingConfig(steps=6),
+                        **method_slots(mask=MaskConfig(seeds=2), ito=ITOConfig(update_steps=6, blend="none",
+                                                                               blend_margin=0)))
     s = engine.start(load_request(load_manifest(manifest)[0], None), 0.6, 0)
     engine.encode(s)
     engine.invert(s)
@@ -37,8 +38,9 @@ def state(backbone, manifest, one_thread):
 
 
 def with_ito(engine, **changes):
-    engine.ito_cfg = replace(engine.ito_cfg, **changes)
-    return engine
+    """The engine's ITO decoder with some settings changed (kept for the next change)."""
+    engine.decoder = replace(engine.decoder, **changes)
+    return engine.decoder
 
 
 def test_blend_outside_keeps_the_inside_and_takes_the_input_outside():
@@ -58,7 +60,7 @@ def test_blend_with_no_ito_steps_is_diffedit(state):
     """t_u = 0 and blend 'after': every step blends outside the mask onto the inversion, as DiffEdit does."""
     engine, s = state
     with_ito(engine, update_steps=0, blend="after", blend_weight=1.0)
-    assert torch.equal(ITODecode().decode(engine.tools, s), MaskBlendDecode().decode(engine.tools, s))
+    assert torch.equal(engine.decoder.decode(engine.tools, s), MaskBlendDecode().decode(engine.tools, s))
 
 
 def test_blend_after_t_u_ends_on_the_input_outside_the_mask_and_leaves_the_ito_steps(state):
@@ -66,10 +68,10 @@ def test_blend_after_t_u_ends_on_the_input_outside_the_mask_and_leaves_the_ito_s
     s.g_traj = {t: x + 0.5 * torch.randn_like(x) for t, x in s.x_traj.items()}
     seen = {}
     engine.emit = lambda stage, kind, i, t, y, **_: seen.setdefault((kind, i), y.clone())
-    free = ITODecode().decode(with_ito(engine, update_steps=3).tools, s)
+    free = with_ito(engine, update_steps=3).decode(engine.tools, s)
     free_ito = {k: v for k, v in seen.items() if k[0] == "ito"}
     seen.clear()
-    y0 = ITODecode().decode(with_ito(engine, blend="after", blend_weight=1.0).tools, s)
+    y0 = with_ito(engine, blend="after", blend_weight=1.0).decode(engine.tools, s)
     outside = (s.mask == 0).expand_as(y0)
     assert torch.equal(y0[outside], s.x0[outside])  # y_0 <- m y_0 + (1 - m) x_0
     assert float((free - s.x0)[outside].abs().mean()) > 1e-3  # without it the background drifts
@@ -82,7 +84,7 @@ def test_the_blend_follows_lam_unless_its_weight_is_set(state):
     """blend_weight None: w = lam, so lam 0 blends nothing (the edit may land on G) and lam 1 blends fully."""
     engine, s = state
     s.g_traj = {t: x + 0.5 * torch.randn_like(x) for t, x in s.x_traj.items()}
-    decode = lambda lam, **ito: (setattr(s, "lam", lam), ITODecode().decode(with_ito(engine, **ito).tools, s))[1]  # noqa
+    decode = lambda lam, **ito: (setattr(s, "lam", lam), with_ito(engine, **ito).decode(engine.tools, s))[1]  # noqa
     assert torch.equal(decode(0.0, update_steps=3, blend="after"), decode(0.0, blend="none"))
     assert torch.equal(decode(1.0, blend="after"), decode(1.0, blend_weight=1.0))
     free, full = decode(0.6, blend="none"), decode(0.6, blend="after", blend_weight=1.0)
@@ -104,7 +106,7 @@ def test_lam_schedule_ending_at_one_brings_the_background_back_onto_the_inversio
     for name, lam_end in (("constant", None), ("schedule", 1.0)):
         seen = {}
         engine.emit = lambda stage, kind, i, t, y, **_: seen.update({(kind, i): (t, y.clone())})
-        ITODecode().decode(with_ito(engine, lam_end=lam_end, inner_steps=8).tools, s)
+        with_ito(engine, lam_end=lam_end, inner_steps=8).decode(engine.tools, s)
         t, y = seen[("ito", 5)]
         outside = (s.mask == 0).expand_as(y)
         errors[name] = float((y - s.x_traj[t])[outside].abs().mean())
@@ -116,7 +118,8 @@ def test_lam_schedule_ending_at_one_brings_the_background_back_onto_the_inversio
 def test_a_schedule_to_a_lower_lam_makes_the_guidance_image(state):
     engine, _ = state
     assert not engine.guided(1.0)
-    assert with_ito(engine, lam_end=0.5).guided(1.0)
+    with_ito(engine, lam_end=0.5)
+    assert engine.guided(1.0)
 
 
 def test_outside_guidance_scale_is_a_cfg_map(state):
@@ -130,8 +133,8 @@ def test_outside_guidance_scale_is_a_cfg_map(state):
     inside = s.mask.bool().expand_as(x)
     assert torch.allclose(mixed[inside], engine.denoiser(x, t, cond, uncond, 7.5)[inside], atol=1e-4)
     assert torch.allclose(mixed[~inside], engine.denoiser(x, t, cond, None)[~inside], atol=1e-4)
-    same = ITODecode().decode(with_ito(engine, update_steps=2, outside_guidance_scale=7.5).tools, s)
-    plain = ITODecode().decode(with_ito(engine, outside_guidance_scale=None).tools, s)
+    same = with_ito(engine, update_steps=2, outside_guidance_scale=7.5).decode(engine.tools, s)
+    plain = with_ito(engine, outside_guidance_scale=None).decode(engine.tools, s)
     assert torch.allclose(same, plain, atol=1e-5)
 
 
@@ -195,7 +198,7 @@ def test_the_blend_margin_frees_a_ring_around_the_mask(state):
     engine, s = state
     ring = grown(s.mask, 1) - s.mask
     assert float(ring.sum()) == 8  # the row below the top-half mask
-    y0 = ITODecode().decode(with_ito(engine, update_steps=3, blend="after", blend_weight=1.0, blend_margin=1).tools, s)
+    y0 = with_ito(engine, update_steps=3, blend="after", blend_weight=1.0, blend_margin=1).decode(engine.tools, s)
     far = (grown(s.mask, 1) == 0).expand_as(y0)
     assert torch.equal(y0[far], s.x0[far])
     assert float((y0 - s.x0)[ring.bool().expand_as(y0)].abs().mean()) > 1e-3

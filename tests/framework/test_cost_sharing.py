@@ -4,6 +4,9 @@
   inversion of G when that decode visited every timestep of t_E; 'always' inverts G as before and then
   overwrites the visited timesteps, so both give the same G, the same g_t and the same edit, and 'missing'
   costs t_E UNet samples less.
+- guidance.decode 'needed' (default): G's decode stops after the step from the last g_t the edit's decode reads
+  (ITO's t_u steps): the same g_t there and the same edit, bit for bit, with (t_E - t_u) CFG steps fewer; G is then
+  shown as its x_0 estimate at that step.
 - controlnet_evaluations: each ControlNet counts its batch at each UNet call it conditions.
 """
 
@@ -42,8 +45,8 @@ def test_guidance_trajectory_from_its_decode_equals_the_inverted_one_and_saves_t
     requests = _requests(manifest)
     results = {}
     for invert in ("missing", "always"):
-        module = _module(tiny_dirs, tmp_path / invert, guidance=GuidanceConfig(invert=invert, update_steps=4),
-                         lam=0.6)
+        module = _module(tiny_dirs, tmp_path / invert,
+                         guidance=GuidanceConfig(invert=invert, update_steps=4, decode="full"), lam=0.6)
         engine = module.pipeline.engine
         captured = {}
         make = engine.make_guidance
@@ -65,6 +68,51 @@ def test_guidance_trajectory_from_its_decode_equals_the_inverted_one_and_saves_t
     assert old.record["unet_evaluations"]["guidance"] == 16 + 8
 
 
+def _guided_edit(module, request):
+    engine, captured = module.pipeline.engine, {}
+    make = engine.make_guidance
+
+    def spy(state):
+        make(state)
+        captured["g0"], captured["g_traj"] = state.g0.clone(), {t: g.clone() for t, g in state.g_traj.items()}
+    engine.make_guidance = spy
+    with torch.no_grad():
+        return module.edit(request), captured
+
+
+def test_guidance_decode_stops_at_the_last_g_t_the_edit_reads(tiny_dirs, tmp_path, manifest):
+    request = _requests(manifest)["text"]
+    runs = {decode: _guided_edit(_module(tiny_dirs, tmp_path / decode, lam=0.6, ito=ITOConfig(update_steps=3),
+                                         guidance=GuidanceConfig(update_steps=4, decode=decode)), request)
+            for decode in ("needed", "full")}
+    (short, g_short), (full, g_full) = runs["needed"], runs["full"]
+    read = list(g_full["g_traj"])[-3:]  # the 3 noisiest timesteps of t_E: ITO's t_u = 3 steps read them
+    assert sorted(g_short["g_traj"]) == sorted(read)
+    assert all(torch.equal(g_short["g_traj"][t], g_full["g_traj"][t]) for t in read)
+    assert torch.equal(short.edit, full.edit) and torch.equal(short.mask, full.mask)
+    # 3 of G's 8 CFG steps instead of 8; the other stages alike
+    assert short.record["unet_evaluations"]["guidance"] == 3 * 2 and full.record["unet_evaluations"]["guidance"] == 16
+    assert {k: v for k, v in short.record["unet_evaluations"].items() if k != "guidance"} == \
+        {k: v for k, v in full.record["unet_evaluations"].items() if k != "guidance"}
+    assert short.guidance.shape == full.guidance.shape and torch.isfinite(short.guidance).all()  # its x_0 estimate
+
+
+def test_sampler_clean_inverts_the_noise_encoding():
+    """Sampler.clean(x_t, prediction, t) is x_0 when the prediction is the true one (DDIM: eps; flow: noise - x_0)."""
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from framework.core.ddim import Schedule
+    from framework.core.flow import FlowSchedule
+
+    x0, noise = torch.randn(1, 4, 8, 8, dtype=torch.float64), torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    ddim = Schedule.from_scheduler(DDIMScheduler(), 10)
+    t = ddim.timesteps[3]
+    assert torch.allclose(ddim.clean(ddim.encode(x0, noise, t), noise, t), x0, atol=1e-10)
+    flow = FlowSchedule.from_scheduler(FlowMatchEulerDiscreteScheduler(), 10)
+    t = flow.timesteps[3]
+    assert torch.allclose(flow.clean(flow.encode(x0, noise, t), noise - x0, t), x0, atol=1e-10)
+
+
 def test_a_shallower_guidance_image_is_still_inverted(tiny_dirs, tmp_path, manifest):
     # encoded to 0.5 of the schedule, G's decode never visits the top half of t_E: the inversion fills it
     module = _module(tiny_dirs, tmp_path, guidance=GuidanceConfig(encode_ratio=0.5, update_steps=4), lam=0.6)
@@ -84,6 +132,7 @@ def test_every_controlnet_sample_is_counted(tiny_dirs, tmp_path, manifest, names
         record = module.edit(request).record
     unet, control = record["unet_evaluations"], record["controlnet_evaluations"]
     # inversion 8 (conditional only); mask: the 10-step grid capped at the edit's 8, strength 0.5 -> 4 steps x
-    # 4 seeds x 2 conditions x 2 CFG halves; guidance decode 8 x 2 (no inversion of G); final 8 x 2
-    assert unet == {"inversion": 8, "mask": 4 * 4 * 2 * 2, "guidance": 16, "final": 16}
+    # 4 seeds x 2 conditions x 2 CFG halves; guidance decode 4 x 2 (to ITO's t_u = 4; no inversion of G);
+    # final 8 x 2
+    assert unet == {"inversion": 8, "mask": 4 * 4 * 2 * 2, "guidance": 4 * 2, "final": 16}
     assert control == {stage: n * len(names) for stage, n in unet.items()}

@@ -37,8 +37,8 @@ def engine(backbone, steps: int = 8, **slots) -> EditEngine:
     from losses import CosineGuidance, MaskedMSEPreservation
 
     return EditEngine(backbone, [TextConditioner()], [MaskedMSEPreservation(), CosineGuidance()],
-                      sampling=SamplingConfig(steps=steps, guidance_scale=1.0), mask=MaskConfig(seeds=2, steps=None),
-                      ito=ITOConfig(update_steps=4), **method_slots(**slots))
+                      sampling=SamplingConfig(steps=steps, guidance_scale=1.0), 
+                      **method_slots(**slots, mask=MaskConfig(seeds=2, steps=None), ito=ITOConfig(update_steps=4)))
 
 
 def test_the_family_text_and_packing_are_diffusers_fluxs(flux_dir, flux):
@@ -105,7 +105,6 @@ def test_null_text_inversion_has_nothing_to_tune_without_cfg(flux):
 def test_a_flux_controlnet_steers_the_mask_to_where_the_pose_maps_differ(tiny_flux_dirs):
     from conditioners import ControlNetConditioner
     from framework.backbones import StableDiffusion
-    from framework.stages import NoiseDifferenceMask
 
     backbone = StableDiffusion(str(tiny_flux_dirs["sd"])).load()
     pose = ControlNetConditioner("pose", str(tiny_flux_dirs["pose"]))
@@ -119,11 +118,11 @@ def test_a_flux_controlnet_steers_the_mask_to_where_the_pose_maps_differ(tiny_fl
     from losses import MaskedMSEPreservation
 
     e = EditEngine(backbone, [TextConditioner(), pose], [MaskedMSEPreservation()],
-                   sampling=SamplingConfig(steps=8, guidance_scale=1.0), mask=MaskConfig(seeds=2, steps=None),
-                   **method_slots())
+                   sampling=SamplingConfig(steps=8, guidance_scale=1.0),
+                   **method_slots(mask=MaskConfig(seeds=2, steps=None)))
     state = e.start(req, 1.0, 0)
     e.encode(state)
-    _, soft, _ = NoiseDifferenceMask().estimate(e.tools, state)
+    _, soft, _ = e.mask_estimator.estimate(e.tools, state)
     changed = torch.zeros(8, 8, dtype=torch.bool)
     changed[1:3, 1:3] = changed[5:7, 5:7] = True
     assert float(soft[0, 0][changed].mean()) > float(soft[0, 0][~changed].mean()) + 0.1

@@ -9,7 +9,7 @@ import torch
 
 from framework.core.errors import ConfigError
 from framework.core.procedure import EditEngine
-from framework.core.settings import ITOConfig, SamplingConfig
+from framework.core.settings import SamplingConfig
 from framework.io.manifests import load_manifest, load_request
 from framework.stages import ITODecode, method_slots
 from framework.stages.inversions import DDIMInversion, DirectInversion, NegativePromptInversion, NullTextInversion
@@ -18,9 +18,8 @@ from framework.stages.inversions import DDIMInversion, DirectInversion, Negative
 def _engine(backbone, inversion, steps=6, cfg=7.5, conditioners=None):
     from conditioners.text import TextConditioner
 
-    return EditEngine(backbone, conditioners or [TextConditioner()], [], **method_slots(inversion, decoder=ITODecode()),
-                      sampling=SamplingConfig(steps=steps, guidance_scale=cfg),
-                      ito=ITOConfig(update_steps=0, blend="none"))  # the free decode: what the inversion gives
+    return EditEngine(backbone, conditioners or [TextConditioner()], [], sampling=SamplingConfig(steps=steps, guidance_scale=cfg),
+                      **method_slots(inversion, decoder=ITODecode(update_steps=0, blend="none")))  # the free decode: what the inversion gives
 
 
 def _source_decode(engine, request):

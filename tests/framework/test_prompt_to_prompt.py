@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from framework.core.procedure import EditEngine
-from framework.core.settings import ITOConfig, SamplingConfig
+from framework.core.settings import SamplingConfig
 from framework.io.manifests import load_manifest, load_request
 from framework.stages import ITODecode, NoMask, method_slots
 from framework.stages.inversions import NullTextInversion
@@ -17,7 +17,7 @@ from framework.stages.prompt_to_prompt import AttentionExchange, PromptToPrompt,
 
 def _engine(backbone, decoder, conditioners):
     return EditEngine(backbone, conditioners, [], **method_slots(NullTextInversion(inner_steps=3), NoMask(), decoder=decoder),
-                      sampling=SamplingConfig(steps=6), ito=ITOConfig(blend="none"))
+                      sampling=SamplingConfig(steps=6))
 
 
 def _decode(engine, request):
@@ -48,7 +48,7 @@ def test_identical_prompts_reproduce_the_source_decode(backbone, conditioners, p
     p2p = PromptToPrompt(cross_replace=1.0, self_replace=1.0)
     y0 = _decode(_engine(backbone, p2p, conditioners), same)
     assert torch.equal(y0, p2p.last_source)
-    plain = _decode(_engine(backbone, ITODecode(), conditioners), same)  # the source decode alone (no losses: no ITO)
+    plain = _decode(_engine(backbone, ITODecode(blend="none"), conditioners), same)  # the source decode alone (no losses: no ITO)
     assert float((plain - y0).abs().max()) < 1e-4
 
 

@@ -15,7 +15,6 @@ from framework.stages import (
     FlowEditDecode,
     GivenMask,
     MidpointInversion,
-    NoiseDifferenceMask,
     NoiseEncodedDecode,
     NoMask,
     NullTextInversion,
@@ -55,8 +54,8 @@ def engine(backbone, conditioners=(), steps: int = 8, cfg: float = 5.0, **slots)
     from losses import CosineGuidance, MaskedMSEPreservation
 
     return EditEngine(backbone, [TextConditioner(), *conditioners], [MaskedMSEPreservation(), CosineGuidance()],
-                      sampling=SamplingConfig(steps=steps, guidance_scale=cfg), mask=MaskConfig(seeds=2, steps=None),
-                      ito=ITOConfig(update_steps=4), **method_slots(**slots))
+                      sampling=SamplingConfig(steps=steps, guidance_scale=cfg), 
+                      **method_slots(**slots, mask=MaskConfig(seeds=2, steps=None), ito=ITOConfig(update_steps=4)))
 
 
 def started(e: EditEngine, req: EditRequest, lam: float = 1.0):
@@ -140,7 +139,7 @@ def test_sdedit_equals_diffusers_sd3_from_the_same_noise(tiny_sd3_dirs, sd3):
 def test_the_flow_mask_lies_where_the_pose_maps_differ(sd3, pose):
     e = engine(sd3, [pose], steps=10)
     state = started(e, request(maps=True, edit_prompt="a red square"))
-    _, soft, source = NoiseDifferenceMask().estimate(e.tools, state)
+    _, soft, source = e.mask_estimator.estimate(e.tools, state)
     changed = torch.zeros(8, 8, dtype=torch.bool)
     changed[1:3, 1:3] = changed[5:7, 5:7] = True  # the two squares, on the latent grid
     soft = soft[0, 0]

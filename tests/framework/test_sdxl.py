@@ -183,9 +183,8 @@ def test_null_text_inversion_on_sdxl_optimises_the_pooled_part_and_beats_ddim(xl
                           "a red circle", "a red circle", {}, {}, None, 0, 1.0, {})
 
     def source_decode(inversion):
-        engine = EditEngine(xl, [TextConditioner()], [], **method_slots(inversion, decoder=ITODecode()),
-                            sampling=SamplingConfig(steps=6, guidance_scale=7.5),
-                            ito=ITOConfig(update_steps=0, blend="none"))
+        engine = EditEngine(xl, [TextConditioner()], [], sampling=SamplingConfig(steps=6, guidance_scale=7.5),
+                            **method_slots(inversion, decoder=ITODecode(update_steps=0, blend="none")))
         state = engine.start(replace(request), 1.0, 0)
         engine.encode(state)
         state.mask = torch.zeros_like(state.x0[:, :1])

@@ -77,8 +77,8 @@ def test_shipped_compositions_parse_in_yaml(tmp_path, tiny_dirs, manifest):
 def state(backbone, manifest):
     from conditioners.text import TextConditioner
 
-    engine = EditEngine(backbone, [TextConditioner()], [], sampling=SamplingConfig(steps=6), mask=MaskConfig(seeds=2),
-                        **method_slots())
+    engine = EditEngine(backbone, [TextConditioner()], [], sampling=SamplingConfig(steps=6),
+                        **method_slots(mask=MaskConfig(seeds=2)))
     request = load_request(load_manifest(manifest)[0], None)
     s = engine.start(request, 1.0, 0)
     engine.encode(s)
@@ -128,9 +128,9 @@ def test_noise_difference_mask_alone_matches_eq7(state):
     from framework.core.masks import binary_mask, estimate_soft_mask
 
     engine, s = state
-    mask, soft, source = NoiseDifferenceMask().estimate(engine.tools, s)
+    mask, soft, source = NoiseDifferenceMask(seeds=2).estimate(engine.tools, s)
     expected, _ = estimate_soft_mask(s.x0, engine.denoiser, s.sides.source, s.sides.edit, s.schedule,
-                                     engine.mask_cfg, 0, 7.5)
+                                     engine.mask_estimator, 0, 7.5)
     assert torch.equal(soft[0, 0], expected) and torch.equal(mask, binary_mask(expected, 0.1))
     assert source == "estimated" and 0 < float(mask.mean()) < 1
 
@@ -139,22 +139,21 @@ def test_noise_encoded_guidance_alone(state):
     """G decoded from the random-noise encoding with lam = 1 ITO; g_t is G's DDIM inversion under C_EDIT
     (guidance.reference: inversion, the paper's)."""
     from framework.core.ddim import ddim_invert
-    from framework.core.settings import GuidanceConfig
     from framework.stages import NoiseEncodedGuidance
     from losses.preservation import MaskedMSEPreservation
 
     engine, s = state
-    engine.losses, engine.guidance_cfg = [MaskedMSEPreservation()], GuidanceConfig(update_steps=3,
-                                                                                   reference="inversion")
+    engine.losses = [MaskedMSEPreservation()]
+    guidance = NoiseEncodedGuidance(update_steps=3, reference="inversion")
     engine.invert(s)
     s.mask = torch.zeros_like(s.x0[:, :1])
     s.mask[..., :4, :] = 1
-    g0, g_traj = NoiseEncodedGuidance().generate(engine.tools, s, s.n_final)
+    g0, g_traj = guidance.generate(engine.tools, s, s.n_final)
     assert g0.shape == s.x0.shape and list(g_traj) == list(s.x_traj)
     expected = ddim_invert(g0, engine.eps(s.sides.edit, 1.0), s.schedule, s.n_final)
     assert all(torch.equal(expected[t], g_traj[t]) for t in expected)
     engine.losses = []  # no ITO: the guidance decode is the plain CFG decode from the noise encoding
-    plain, _ = NoiseEncodedGuidance().generate(engine.tools, s, s.n_final)
+    plain, _ = guidance.generate(engine.tools, s, s.n_final)
     assert float((plain - g0).abs().max()) > 1e-3  # preservation ITO pulled G towards the input
 
 
@@ -166,11 +165,11 @@ def test_decode_reference_is_the_latents_g_own_decode_passed(state):
     from framework.stages import NoiseEncodedGuidance
 
     engine, s = state
-    engine.losses, engine.guidance_cfg = [], GuidanceConfig(update_steps=3)
-    assert engine.guidance_cfg.reference == "decode"
+    engine.losses, guidance = [], NoiseEncodedGuidance(update_steps=3)
+    assert guidance.reference == "decode" and GuidanceConfig().reference == "decode"
     engine.invert(s)
     s.mask = torch.zeros_like(s.x0[:, :1])
-    g0, g_traj = NoiseEncodedGuidance().generate(engine.tools, s, s.n_final)
+    g0, g_traj = guidance.generate(engine.tools, s, s.n_final)
     start = noise_encode(s.x0, seeded_noise(tuple(s.x0.shape), s.seed + 1, s.x0.device),
                          s.schedule.alpha(s.schedule.decode_timesteps(s.n_final)[0]))
     seen = {}
@@ -181,3 +180,79 @@ def test_decode_reference_is_the_latents_g_own_decode_passed(state):
     plain = ddim_decode(start, engine.eps(s.sides.edit, engine.sampling.guidance_scale), s.schedule, s.n_final, record)
     assert torch.equal(plain, g0) and seen and set(seen) <= set(g_traj)
     assert all(torch.equal(seen[t], g_traj[t]) for t in seen)
+
+
+# ------------------------------------------------------------------------------ a stage's own settings
+SLOW_GROUPS = ["--model.sampling.steps", "6"]  # FAST less the groups: each run below sets them its own way
+
+
+def test_a_group_and_the_stage_init_args_are_one_edit(tmp_path, tiny_dirs, manifest):
+    """`model.mask` / `model.ito` / `model.guidance` are the init_args of the method's stages: naming the stages
+    with those init_args gives the same edit, byte for byte, and records the same settings."""
+    from framework.lightning.cli import main
+    from tests.framework.test_cli import write_config
+
+    mask, ito, guidance = {"seeds": 2, "threshold": 0.3}, {"update_steps": 4, "balance": "none"}, {"update_steps": 3}
+    runs = {
+        "groups": {"mask": mask, "ito": ito, "guidance": guidance},
+        "stages": {"mask_estimator": {"class_path": "framework.stages.NoiseDifferenceMask", "init_args": mask},
+                   "decoder": {"class_path": "framework.stages.ITODecode", "init_args": ito},
+                   "guidance_generator": {"class_path": "framework.stages.NoiseEncodedGuidance",
+                                          "init_args": {**guidance, "balance": "none"}}},
+    }
+    for name, model in runs.items():
+        config = write_config(tmp_path / f"{name}.yaml", tiny_dirs, manifest, tmp_path / name, **model)
+        main(["fit", "--config", str(config), *SLOW_GROUPS, "--data.limit", "2"])
+    for edit in ("text", "pose"):
+        a, b = (np.asarray(Image.open(tmp_path / run / edit / "edit.png")) for run in runs)
+        assert np.array_equal(a, b), edit
+    settings = [json.loads((tmp_path / run / "summary.json").read_text())["parameters"] for run in runs]
+    assert settings[0]["mask"] == settings[1]["mask"] and settings[0]["mask"]["threshold"] == 0.3
+    assert settings[0]["stages"] == settings[1]["stages"]
+    assert settings[0]["stages"]["guidance_generator"]["balance"] == "none"  # the default G follows model.ito
+
+
+def test_a_setting_in_two_places_is_refused_before_any_model_work(tiny_dirs):
+    from functools import partial
+
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.errors import ConfigError
+    from framework.pipeline import EditPipeline
+    from framework.stages import ITODecode
+
+    EditPipeline = partial(EditPipeline, StableDiffusion(str(tiny_dirs["sd"])))  # noqa: N806 - never loaded
+
+    with pytest.raises(ConfigError, match=r"model.mask and model.mask_estimator .*both set"):
+        EditPipeline(mask={"threshold": 0.3}, mask_estimator=NoiseDifferenceMask(seeds=2))
+    with pytest.raises(ConfigError, match=r"ito.update_steps \(t_u = 30\) exceeds the 20 decoding steps"):
+        EditPipeline(decoder=ITODecode(update_steps=30))
+    # the group's defaults beside a named stage are no conflict (a YAML lists every group)
+    pipe = EditPipeline(mask=MaskConfig(), mask_estimator=NoiseDifferenceMask(seeds=2))
+    assert pipe.mask.seeds == 2 and pipe.mask is pipe.mask_estimator
+
+
+def test_assigning_a_group_rebuilds_its_stage(tiny_dirs):
+    from dataclasses import replace
+    from functools import partial
+
+    from framework.backbones.sd import StableDiffusion
+    from framework.core.errors import ConfigError
+    from framework.pipeline import EditPipeline
+    from framework.stages import ITODecode, NoiseEncodedGuidance
+
+    EditPipeline = partial(EditPipeline, StableDiffusion(str(tiny_dirs["sd"])))  # noqa: N806 - never loaded
+
+    pipe = EditPipeline()
+    pipe.mask = replace(pipe.mask, threshold=0.3)
+    assert isinstance(pipe.mask_estimator, NoiseDifferenceMask) and pipe.mask_estimator.threshold == 0.3
+    pipe.ito = {"update_steps": 5, "loss_mask": "soft"}
+    assert isinstance(pipe.decoder, ITODecode) and pipe.decoder.update_steps == 5
+    assert isinstance(pipe.guidance_generator, NoiseEncodedGuidance) and pipe.guidance_generator.loss_mask == "soft"
+    pipe.guidance = {"update_steps": 2}
+    assert pipe.guidance_generator.update_steps == 2 and pipe.guidance_generator.loss_mask == "soft"
+    with pytest.raises(ConfigError, match="exceeds"):
+        pipe.ito = {"update_steps": 50}
+    # a guidance stage named with its own objective keeps it when model.ito changes
+    own = EditPipeline(guidance_generator=NoiseEncodedGuidance(balance="none"))
+    own.ito = {"balance": "gradient", "update_steps": 3}
+    assert own.guidance_generator.balance == "none" and own.decoder.update_steps == 3
