@@ -280,14 +280,16 @@ class EditPipeline(nn.Module):
 
     def _set_group(self, group: str, value) -> None:
         value = settings_group(group, value)
-        self._groups[group] = value
         slot, _, cls = SETTINGS_GROUPS[group]
-        stage, settings = getattr(self, slot), asdict(value or cls())
-        if isinstance(stage, cls):  # the slot's stage has these settings: the same stage with the new ones
-            setattr(self, slot, replace(stage, **settings))
-        if group == "ito" and self._guidance_follows_ito and isinstance(self.guidance_generator, ITOObjective):
-            self.guidance_generator = replace(self.guidance_generator, **(value or cls()).objective())
-        self.check_stages()
+        slots = {name: getattr(self, name) for name in ("inversion", "mask_estimator", "guidance_generator", "decoder")}
+        if isinstance(slots[slot], cls):  # the slot's stage has these settings: the same stage with the new ones
+            slots[slot] = replace(slots[slot], **asdict(value or cls()))
+        if group == "ito" and self._guidance_follows_ito and isinstance(slots["guidance_generator"], ITOObjective):
+            slots["guidance_generator"] = replace(slots["guidance_generator"], **(value or cls()).objective())
+        self.check_stages(slots)  # a refused value leaves the pipeline as it was
+        self._groups[group] = value
+        for name, stage in slots.items():
+            setattr(self, name, stage)
 
     def _follows_ito(self, stage) -> bool:
         return self._guidance_follows_ito and stage.objective() == self.ito.objective()
@@ -299,12 +301,13 @@ class EditPipeline(nn.Module):
     guidance = property(lambda self: self._group("guidance"), lambda self, v: self._set_group("guidance", v),
                         doc="The guidance-image settings (GuidanceConfig) of NoiseEncodedGuidance.")
 
-    def check_stages(self) -> None:
+    def check_stages(self, slots: Optional[dict[str, Any]] = None) -> None:
         """Each stage's settings against the run's sampling (t_u within the steps ...), before any model work."""
-        for slot in ("inversion", "mask_estimator", "guidance_generator", "decoder"):
-            if slot == "guidance_generator" and not self.decoder.uses_guidance:
-                continue  # not run
-            getattr(self, slot).check(self.sampling)
+        slots = slots or {name: getattr(self, name) for name in
+                          ("inversion", "mask_estimator", "guidance_generator", "decoder")}
+        for name, stage in slots.items():
+            if name != "guidance_generator" or slots["decoder"].uses_guidance:  # a G the decoder reads
+                stage.check(self.sampling)
 
     def resolved_settings(self) -> dict[str, Any]:
         """Everything of the pipeline that decides an edit, as plain values (summary.json's parameters)."""
@@ -333,10 +336,12 @@ class EditPipeline(nn.Module):
         if not self.decoder.uses_ito:
             unused |= {"ito", "losses", "optimizer", "lam", "auto_lam"}
         if not self.decoder.uses_guidance:
-            unused |= {"guidance"}
+            unused |= {"guidance", "guidance_generator"}
         if isinstance(self.mask_estimator, NoMask):
             unused |= {"mask"}
-        return {k: v for k, v in self.resolved_settings().items() if k not in unused}
+        settings = {k: v for k, v in self.resolved_settings().items() if k not in unused}
+        settings["stages"] = {k: v for k, v in settings["stages"].items() if k not in unused}
+        return settings
 
     def settings_digest(self, extra: Optional[dict[str, Any]] = None, seeded_requests: bool = False) -> str:
         """A digest of `deciding_settings` (and `extra`) and of the weights (result.json's `settings`)."""

@@ -144,13 +144,9 @@ class DemoEngine:
         """t_u and tau, checked as the CLI checks them (the settings' own checks, then the stages' against the
         sampling); a refused value leaves the pipeline as it was."""
         pipe = self.pipe
-        before = pipe.ito
-        try:
-            pipe.ito = replace(pipe.ito, update_steps=int(update_steps))
-            pipe.mask = replace(pipe.mask, threshold=float(threshold))
-        except Exception:
-            pipe.ito = before
-            raise
+        ito = replace(pipe.ito, update_steps=int(update_steps))  # the settings' own checks
+        mask = replace(pipe.mask, threshold=float(threshold))
+        pipe.ito, pipe.mask = ito, mask  # t_u against the steps first: a refused value changes nothing
 
     def edit(self, manifest: Path, report: Callable[[str, int, int], None] = lambda *a: None):
         """Load the manifest's request with the data module's loader and edit it with the pipeline."""
@@ -163,8 +159,12 @@ class DemoEngine:
         request = load_request(spec, pipe.resolution)
         schedule = pipe.backbone.sampler(pipe.sampling.steps)
         n_final = schedule.encode_level(pipe.sampling.encode_ratio)
-        n_guide = schedule.encode_level(pipe.guidance.encode_ratio or pipe.sampling.encode_ratio)
-        steps = {"inversion": max(n_final, n_guide), "guidance": n_guide, "refine": n_final, "final": n_final}
+        n_guide = pipe.guidance_generator.level(schedule, pipe.sampling)
+        # G's decode may stop at the last g_t the final decode reads (NoiseEncodedGuidance's decode: needed)
+        read = schedule.decode_timesteps(n_final)[:pipe.decoder.guidance_steps(n_final)]
+        stop = getattr(pipe.guidance_generator, "decode_steps", lambda *args: None)(
+            schedule.decode_timesteps(n_guide), read)
+        steps = {"inversion": max(n_final, n_guide), "guidance": stop or n_guide, "refine": n_final, "final": n_final}
         # On a GPU the CLI runs 16-mixed by default (fp32 weights under fp16 autocast): the same here.
         mixed = torch.autocast("cuda", torch.float16) if pipe.device.type == "cuda" else nullcontext()
         with warnings.catch_warnings(record=True) as caught, mixed:

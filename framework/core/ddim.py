@@ -51,6 +51,9 @@ class Schedule(Sampler):
     def inverse_step(self, x: torch.Tensor, prediction: torch.Tensor, t: int) -> torch.Tensor:
         return ddim_step(x, prediction, self.alpha(t - self.stride), self.alpha(t))
 
+    def jump(self, x: torch.Tensor, prediction: torch.Tensor, t: int, to: int) -> torch.Tensor:
+        return ddim_step(x, prediction, self.alpha(t), self.alpha(to))
+
     def clean(self, x: torch.Tensor, prediction: torch.Tensor, t: int) -> torch.Tensor:
         alpha = self.alpha(t)
         return (x - (1 - alpha) ** 0.5 * prediction) / alpha ** 0.5

@@ -55,6 +55,9 @@ class FlowSchedule(Sampler):
     def inverse_step(self, x: torch.Tensor, prediction: torch.Tensor, t: float) -> torch.Tensor:
         return x + (self.sigma(t) - self.sigma(self.below(t))) * prediction
 
+    def jump(self, x: torch.Tensor, prediction: torch.Tensor, t: float, to: float) -> torch.Tensor:
+        return x + (self.sigma(to) - self.sigma(t)) * prediction
+
     def clean(self, x: torch.Tensor, prediction: torch.Tensor, t: float) -> torch.Tensor:
         return x - self.sigma(t) * prediction  # x_t = (1 - sigma) x_0 + sigma noise, v = noise - x_0
 

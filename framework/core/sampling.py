@@ -43,6 +43,11 @@ class Sampler:
         """One inversion move of x from `below(t)` up to t with the prediction at t on x (Eq. 2)."""
         raise NotImplementedError
 
+    def jump(self, x: torch.Tensor, prediction: torch.Tensor, t: int, to: int) -> torch.Tensor:
+        """A decode move of x from level t to any less noisy level `to` with the prediction at t (`step` is the jump
+        to `below(t)`); a coarse finish of a decode."""
+        raise NotImplementedError
+
     def clean(self, x: torch.Tensor, prediction: torch.Tensor, t: int) -> torch.Tensor:
         """The clean latents the prediction at t points to from x (x_0's estimate, a decode's preview)."""
         raise NotImplementedError

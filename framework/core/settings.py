@@ -62,7 +62,7 @@ class MaskConfig(GivenMaskConfig):
     The settings of the Eq. 7 stage, framework.stages.NoiseDifferenceMask (its init_args); `model.mask` sets those of
     the default mask estimator."""
 
-    seeds: int = 4
+    seeds: int = 3
     """n: random-noise encodings averaged (paper and DiffEdit: 10)."""
     strength: float = 0.5
     """Noise level the input is encoded to for the mask, as a fraction of the schedule (DiffEdit: 0.5)."""
@@ -197,7 +197,9 @@ class GuidanceConfig:
     invert: str = "missing"
     """'missing': invert G only where its decode skipped a timestep of t_E; 'always': through t_E (the old cost)."""
     decode: str = "needed"
-    """'needed': G's decode stops at the last g_t the edit's decode reads (G shown as its x_0 estimate); 'full'."""
+    """'needed': G's decode stops at the last g_t the edit's decode reads, then finishes coarsely; 'full': to the end."""
+    finish_steps: int = 2
+    """Coarse steps that finish G's picture after a 'needed' decode stops (2 x 2 CFG samples); 0: its x_0 estimate."""
     refine: bool = False
     """Refine the guidance image with ITO at lam = 0 towards the input (A.5)."""
     refine_update_steps: int = 6
@@ -212,6 +214,7 @@ class GuidanceConfig:
                f"guidance.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
         _check(self.invert in ("missing", "always"), f"guidance.invert must be 'missing' or 'always', got '{self.invert}'.")
         _check(self.decode in ("needed", "full"), f"guidance.decode must be 'needed' or 'full', got '{self.decode}'.")
+        _check(self.finish_steps >= 0, f"guidance.finish_steps must be >= 0, got {self.finish_steps}.")
         _check(self.reference in ("inversion", "decode"),
                f"guidance.reference must be 'inversion' or 'decode', got '{self.reference}'.")
 

@@ -88,8 +88,8 @@ class EditModule(pl.LightningModule):
             lam: lambda of Eq. 6 in [0, 1]: 1 keeps the input most (no guidance image), 0 lands on G; 'auto': per edit.
             sampling: DDIM steps, encode ratio, CFG scales, inversion prompt.
             mask: The default mask estimator's settings (NoiseDifferenceMask's init_args: Eq. 7).
-            ito: The default decoder's settings (ITODecode's init_args: t_u, k, blend ...); their ITO objective
-                (balance, loss_mask, keep_optimizer_state) is the default guidance stage's too.
+            ito: The default decoder's settings (ITODecode's init_args: t_u, k, blend ...), and the default G's
+                ITO objective.
             guidance: The default guidance stage's settings (NoiseEncodedGuidance's init_args; refinement, A.5).
             seed: Seed of every random draw of an edit (a request's own seed wins).
             output_dir: Folder that receives one sub-folder per edit and summary.json.

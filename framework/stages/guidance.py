@@ -47,6 +47,17 @@ class NoiseEncodedGuidance(GuidanceGenerator, GuidanceConfig, ITOObjective):
         stop = timesteps.index(read[-1]) + 1  # g_t is the latents the UNet saw at t: the step from t included
         return stop if stop < len(timesteps) else None
 
+    def finish(self, x, eps, schedule: Sampler, remaining: tuple) -> torch.Tensor:
+        """G's picture from latents at level remaining[0]: `finish_steps` coarse moves down to the clean latents
+        (the levels spread over `remaining`), or the x_0 estimate there with 0. It decides no pixel of the edit."""
+        if self.finish_steps == 0:
+            return schedule.clean(x, eps(x, remaining[0]).to(x.dtype), remaining[0])
+        count = min(self.finish_steps, len(remaining))
+        levels = [remaining[i * len(remaining) // count] for i in range(count)] + [schedule.below(remaining[-1])]
+        for t, to in zip(levels, levels[1:]):
+            x = schedule.jump(x, eps(x, t).to(x.dtype), t, to)
+        return x
+
     def generate(self, tools: "StageTools", state: "EditState", level: int):
         cfg, schedule, x0 = self, state.schedule, state.x0
         noise = seeded_noise(tuple(x0.shape), state.seed + 1, x0.device)
@@ -64,15 +75,10 @@ class NoiseEncodedGuidance(GuidanceGenerator, GuidanceConfig, ITOObjective):
         callback = tools.step_callback("guidance")
         read = tools.guidance_timesteps(state)
         stop = self.decode_steps(schedule.decode_timesteps(level), read)
-        if stop is not None:  # the edit reads g_t down to read[-1] only: decode G that far, show its x_0 estimate
-            last: dict = {}
-
-            def predict(x, t):
-                last["x"], last["t"], last["prediction"] = x, t, eps_edit(x, t)
-                return last["prediction"]
-            decode(start, predict, schedule, level, step, callback, steps=stop)
-            g0 = schedule.clean(last["x"], last["prediction"].to(last["x"].dtype), last["t"])
-            return g0, {t: visited[t] for t in reversed(read)}
+        if stop is not None:  # the edit reads g_t down to read[-1] only: decode G that far, then finish its picture
+            x = decode(start, eps_edit, schedule, level, step, callback, steps=stop)
+            return self.finish(x, eps_edit, schedule, schedule.decode_timesteps(level)[stop:]), \
+                {t: visited[t] for t in reversed(read)}
         g0 = decode(start, eps_edit, schedule, level, step, callback)
         if not cfg.refine:  # g_t is only the guidance loss's reference: the trajectory is all it needs
             needed = schedule.decode_timesteps(state.n_final)

@@ -52,8 +52,9 @@ def test_fit_end_to_end_writes_every_output(tmp_path, tiny_dirs, manifest):
     text, pose = summary["edits"]
     assert pose["lam"] == 0.8 and pose["seed"] == 3  # per-request overrides
     # UNet sample-evaluations per stage: inversion 6; mask 3 steps (its 10-step grid is capped at the edit's 6)
-    # x (2 seeds x 2 conditions x 2 CFG halves); guidance decode 6 x 2 (g_t from it, no inversion of G); final 6 x 2.
-    assert text["unet_evaluations"] == {"inversion": 6, "mask": 24, "guidance": 12, "final": 12}
+    # x (2 seeds x 2 conditions x 2 CFG halves); guidance decode 4 x 2 (to the last g_t the final decode's t_u = 4
+    # ITO steps read; g_t from it, no inversion of G) and 2 x 2 finishing its picture; final 6 x 2.
+    assert text["unet_evaluations"] == {"inversion": 6, "mask": 24, "guidance": 4 * 2 + 2 * 2, "final": 12}
     assert text["unet_calls"]["mask"] == 3
     assert set(text["seconds"]) >= {"inversion", "mask", "guidance", "final", "total"}
     assert (out / "logs").exists()

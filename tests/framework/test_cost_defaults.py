@@ -37,30 +37,36 @@ def _counts(tiny_dirs, tmp_path, request, **settings) -> dict[str, int]:
     return module.edit(request).record["unet_evaluations"]
 
 
-def test_default_text_edit_costs_140_unet_samples_and_180_with_a_guidance_image(tiny_dirs, tmp_path, text_request):
+def test_default_text_edit_costs_120_unet_samples_and_148_with_a_guidance_image(tiny_dirs, tmp_path, text_request):
     # inversion: 20 steps, conditional only; mask: 5 decode steps (strength 0.5 of the 10-step grid) x
-    # 4 seeds x 2 conditions x 2 CFG halves; final: 20 steps x 2 halves. lam 1 (the default) makes no guidance
-    # image: 140 (DiffEdit: 115). With one (lam < 1): its 20 decode steps x 2 halves; g_t is the latents of that
-    # decode (guidance.invert 'missing'), no inversion of G; 'always' adds it (20).
+    # 3 seeds x 2 conditions x 2 CFG halves; final: 20 steps x 2 halves. lam 1 (the default) makes no guidance
+    # image: 120 (DiffEdit: 115). With one (lam < 1): its decode as far as the last g_t the final decode's ITO reads
+    # (t_u = 12 steps x 2 halves; guidance.decode 'needed') and 2 coarse CFG steps that finish G's picture, g_t its
+    # latents (guidance.invert 'missing'), no inversion of G: 148. 'full' decodes G to the end (20 x 2); invert
+    # 'always' inverts it too (+ 20).
     counts = _counts(tiny_dirs, tmp_path, text_request)
-    assert counts == {"inversion": 20, "mask": 5 * 4 * 2 * 2, "final": 20 * 2}
-    assert sum(counts.values()) == 140
+    assert counts == {"inversion": 20, "mask": 5 * 3 * 2 * 2, "final": 20 * 2}
+    assert sum(counts.values()) == 120
     counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6)
-    assert counts == {"inversion": 20, "mask": 80, "guidance": 20 * 2, "final": 20 * 2}
-    assert sum(counts.values()) == 180
+    assert counts == {"inversion": 20, "mask": 60, "guidance": 12 * 2 + 2 * 2, "final": 20 * 2}
+    assert sum(counts.values()) == 148
+    counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, guidance=GuidanceConfig(decode="full"))
+    assert counts["guidance"] == 20 * 2
     counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, guidance=GuidanceConfig(invert="always"))
     assert counts["guidance"] == 20 * 2 + 20
 
 
 def test_the_defaults_before_issue_33_cost_155_and_230(tiny_dirs, tmp_path, text_request):
-    before = dict(sampling=SamplingConfig(steps=25), ito=ITOConfig(update_steps=15))
+    before = dict(sampling=SamplingConfig(steps=25), ito=ITOConfig(update_steps=15), mask=MaskConfig(seeds=4))
     assert sum(_counts(tiny_dirs, tmp_path, text_request, **before).values()) == 155
     counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, **before,
                      guidance=GuidanceConfig(update_steps=15, invert="always"))
     assert counts == {"inversion": 25, "mask": 80, "guidance": 75, "final": 50}
 
 
-@pytest.mark.parametrize("mask, lam1, lam06", [({}, 140, 180), ({"seeds": 2}, 100, 140), ({"steps": 6}, 108, 148)])
+@pytest.mark.parametrize("mask, lam1, lam06", [
+    ({}, 120, 148), ({"seeds": 4}, 140, 168), ({"seeds": 2}, 100, 128), ({"seeds": 4, "steps": 6}, 108, 136),
+    ({"strength": 0.4}, 108, 136), ({"seeds": 4, "strength": 0.4}, 124, 152)])
 def test_the_measured_20_step_settings_cost_what_the_cost_page_says(tiny_dirs, tmp_path, text_request, mask, lam1,
                                                                     lam06):
     # experiments/eval/cost150.yaml's candidates: 20 DDIM steps, t_u 12 (0.6 of them), the mask as given
@@ -69,7 +75,7 @@ def test_the_measured_20_step_settings_cost_what_the_cost_page_says(tiny_dirs, t
     counts = _counts(tiny_dirs, tmp_path, text_request, **steps)
     assert (counts["inversion"], counts["final"], sum(counts.values())) == (20, 40, lam1)
     counts = _counts(tiny_dirs, tmp_path, text_request, lam=0.6, **steps)
-    assert (counts["guidance"], sum(counts.values())) == (40, lam06)
+    assert (counts["guidance"], sum(counts.values())) == (28, lam06)
 
 
 def test_paper_literal_text_edit_costs_630_unet_samples(tiny_dirs, tmp_path, text_request):

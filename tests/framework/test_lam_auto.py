@@ -61,7 +61,7 @@ def test_lam_auto_end_to_end_records_the_rule(tmp_path, tiny_dirs, capsys):
     assert quarter["mask_area"] == 0.25 and quarter["lam"] == pytest.approx(0.6)
     assert quarter["lam_rule"] == {"rule": "auto", "mask_area": 0.25, "prompt_changed": True, "intercept": 1.0,
                                    "slope": -4.0, "prompt_change": 0.6, "low": 0.3, "high": 1.0}
-    assert quarter["guidance_image"] is True and quarter["unet_evaluations"]["guidance"] == 12  # 6 x 2, G not inverted
+    assert quarter["guidance_image"] is True and quarter["unet_evaluations"]["guidance"] == 12  # 4 x 2 to ITO's t_u + 2 x 2
     # An empty mask: lam = high = 1, so no guidance image is made (Sec. 3.2), and no UNet work for it.
     assert empty["lam"] == 1.0 and empty["guidance_image"] is False and "guidance" not in empty["unet_evaluations"]
     # A request's own number wins over the module's auto.

@@ -66,7 +66,7 @@ def test_fit_writes_contact_sheet_and_index(tmp_path, tiny_dirs, manifest):
     assert sheet.height == len(strips) * row == sum(s.height for s in strips)  # same-size strips: no rescale
     assert sheet.width == LABEL_WIDTH + max(s.width for s in strips)
     page = (out / "index.html").read_text(encoding="utf-8")
-    for text in (">text</a>", ">pose</a>", "a red circle", "a blue circle", ">0.80<", ">54</td>"):  # ids, prompts, lam, UNet evals (6 + 24 + 12 + 12)
+    for text in (">text</a>", ">pose</a>", "a red circle", "a blue circle", ">0.80<", ">54</td>"):  # ids, prompts, lam, UNet evals (6 + 24 + 4 x 2 + 2 x 2 + 12)
         assert text in page
     links = assert_links_resolve(out)
     assert {"text/edit.png", "pose/input.png", "pose/mask.png", "pose/guidance.png", "contact_sheet.png"} <= set(links)

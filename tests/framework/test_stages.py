@@ -252,6 +252,7 @@ def test_assigning_a_group_rebuilds_its_stage(tiny_dirs):
     assert pipe.guidance_generator.update_steps == 2 and pipe.guidance_generator.loss_mask == "soft"
     with pytest.raises(ConfigError, match="exceeds"):
         pipe.ito = {"update_steps": 50}
+    assert pipe.decoder.update_steps == 5 and pipe.ito.update_steps == 5  # a refused value changes nothing
     # a guidance stage named with its own objective keeps it when model.ito changes
     own = EditPipeline(guidance_generator=NoiseEncodedGuidance(balance="none"))
     own.ito = {"balance": "gradient", "update_steps": 3}
