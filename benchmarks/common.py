@@ -21,7 +21,7 @@ import torch
 from conditioners.base import ConditionSide
 from framework.core.denoiser import Conditioning
 from framework.core.procedure import EditEngine, EditState, Sides
-from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, paper_literal_mask
+from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, paper_literal_mask, step_count
 from framework.io.manifests import EditRequest
 from framework.stages import ITODecode, NoiseDifferenceMask, NoiseEncodedGuidance, method_slots
 from framework.stages.inversions import Inverted
@@ -34,7 +34,7 @@ SAMPLING, ITO, GUIDANCE = SamplingConfig(), ITOConfig(), GuidanceConfig()
 STEPS = SAMPLING.steps
 CFG = SAMPLING.guidance_scale
 INVERSION_CFG = SAMPLING.inversion_guidance_scale
-T_U = ITO.update_steps
+T_U = step_count(ITO.update_steps, STEPS)  # t_u in steps of the default decode (a fraction of them by default)
 K = ITO.inner_steps
 LAM = 0.6  # not the default (1: no guidance image): the paper's Fig. 1 setting, so the guidance stage runs and is timed
 PAPER_MASK = paper_literal_mask()
@@ -219,7 +219,7 @@ class OurStages:
         self.engine = EditEngine(
             backbone, self.conditioners, [MaskedMSEPreservation(), CosineGuidance()],
             **method_slots(ito=ITOConfig(update_steps=min(T_U, steps)),
-                           guidance=GuidanceConfig(update_steps=min(GUIDANCE.update_steps, steps))),
+                           guidance=GuidanceConfig(update_steps=min(step_count(GUIDANCE.update_steps, steps), steps))),
             sampling=SamplingConfig(steps=steps, guidance_scale=CFG, inversion_guidance_scale=INVERSION_CFG),
             unet_chunk_size=unet_chunk_size)
         self.denoiser = self.engine.denoiser
@@ -268,7 +268,7 @@ class OurStages:
         return state.mask
 
     def guidance(self, x0, x_traj, mask, edit, seed: int = 0, scale: float = CFG,
-                 update_steps: int = GUIDANCE.update_steps):
+                 update_steps: int = step_count(GUIDANCE.update_steps, STEPS)):
         """The guidance-image stage: random-noise encoding, decode under C_EDIT with lam = 1 ITO, invert G."""
         self.engine.guidance_generator = NoiseEncodedGuidance(update_steps=update_steps)
         state = self._state(x0, None, edit, x_traj, mask, seed=seed)
@@ -406,7 +406,7 @@ def stage_tasks(ours: OurStages, theirs: DiffusersStages, req: dict, size: int, 
           "DiffEdit.generate_mask", "yes"),
         R("mask", "last (Eq. 7, paper), text", "mask[last,text]", "diffedit.generate_mask",
           "DiffEdit.generate_mask", "no: decodes 12 steps"),
-        R("guidance", f"text+pose, lam=1 ITO t_u={GUIDANCE.update_steps}", "guidance[text+pose]", "cn_img2img+diffedit.invert",
+        R("guidance", f"text+pose, lam=1 ITO t_u={step_count(GUIDANCE.update_steps, STEPS)}", "guidance[text+pose]", "cn_img2img+diffedit.invert",
           "CN img2img + DiffEdit.invert", "~: our invert + ControlNet"),
         R("final", f"text, ITO t_u={T_U}", "final[text,ito]", "diffedit.__call__", "DiffEdit.__call__", "yes"),
         R("final", "text, ITO off (t_u=0)", "final[text,no-ito]", "diffedit.__call__", "DiffEdit.__call__", "yes"),

@@ -162,7 +162,8 @@ class EditPipeline(nn.Module):
             optimizer: Factory of the ITO optimiser over [y_t] (None: Adam, lr 0.1).
             lam: lambda of Eq. 6 (1, the default: keeps most and makes no guidance image; 0 lands on the guidance
                 image), or 'auto' (from the mask).
-            sampling: The run's sampling settings (SamplingConfig; None: defaults), shared by every stage.
+            sampling: The run's sampling settings (SamplingConfig or a dict of some fields; None: defaults), shared by every
+                stage.
             mask, ito, guidance: The init_args of the method's own stage in the mask, decoder and guidance slots
                 (MaskConfig, ITOConfig, GuidanceConfig or a dict of some of their fields; None: defaults); the
                 default guidance stage takes its ITO objective from `ito`. A plugin given in a slot carries its own.
@@ -174,9 +175,9 @@ class EditPipeline(nn.Module):
         """
         super().__init__()
         self.lam = check_lam_setting(lam)
-        # Copies: callers (EditModule's signature) pass shared default instances.
-        self.sampling = replace(sampling) if sampling is not None else SamplingConfig()
-        self.auto_lam = replace(auto_lam) if auto_lam is not None else AutoLam()
+        # Copies (callers such as EditModule's signature pass shared default instances); a dict gives some fields.
+        self.sampling = SamplingConfig(**sampling) if isinstance(sampling, dict) else replace(sampling or SamplingConfig())
+        self.auto_lam = AutoLam(**auto_lam) if isinstance(auto_lam, dict) else replace(auto_lam or AutoLam())
         # The settings groups as given (None: defaults); the stages built from them hold the settings in use.
         self._groups = {"mask": settings_group("mask", mask), "ito": settings_group("ito", ito),
                         "guidance": settings_group("guidance", guidance)}

@@ -79,7 +79,7 @@ def test_paper_settings_are_the_defaults():
     # 20 DDIM steps with t_u 12 (0.6 of them, as the paper's 15 of 25), not 25 and 15: the cost study's default
     # (docs/performance_cost.md); the literal overlay keeps 25 and 15.
     assert (SamplingConfig().steps, SamplingConfig().encode_ratio, overlay["sampling"]["steps"]) == (20, 1.0, 25)
-    assert (ITOConfig().update_steps, GuidanceConfig().update_steps, overlay["ito"]["update_steps"]) == (12, 12, 15)
+    assert (ITOConfig().update_steps, GuidanceConfig().update_steps, overlay["ito"]["update_steps"]) == (0.6, 0.6, 15)
     # k = 2, not the paper's 1, is the lam study's default (docs/lam.md); the literal overlay keeps k = 1.
     overlay = yaml.safe_load((ROOT / "experiments" / "paper_literal.yaml").read_text())["model"]["init_args"]
     assert (ITOConfig().inner_steps, overlay["ito"]["inner_steps"]) == (2, 1)

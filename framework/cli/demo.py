@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from framework.core.errors import ConfigError, EditError, edit_error_in
+from framework.core.settings import step_count
 from framework.pipeline import EditPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,7 +245,7 @@ def build_page(engine: DemoEngine):
                 with gr.Row():
                     lam = gr.Slider(0, 1, value=_lam(spec0, pipe), step=0.05, label="lam (preservation weight)",
                                     elem_id="lam")
-                    t_u = gr.Slider(0, steps, value=pipe.ito.update_steps, step=1, label="t_u (ITO steps)",
+                    t_u = gr.Slider(0, steps, value=step_count(pipe.ito.update_steps, steps), step=1, label="t_u (ITO steps)",
                                     elem_id="t_u")
                 with gr.Row():
                     tau = gr.Slider(0, 1, value=pipe.mask.threshold, step=0.05, label="tau (mask threshold)",

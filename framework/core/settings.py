@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 from framework.core.errors import ConfigError
 
@@ -14,6 +14,22 @@ BALANCES = ("gradient", "none")
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+Steps = Union[int, float]
+"""A number of decoding steps: a count (an int), or a fraction of the decode's steps (a float in [0, 1]), as
+Lightning's `val_check_interval` is a count of batches or a fraction of an epoch."""
+
+
+def step_count(value: Steps, steps: int) -> int:
+    """`value` steps of a decode of `steps`: the count itself, or the fraction of them rounded half up."""
+    return min(steps, int(value * steps + 0.5)) if isinstance(value, float) else value
+
+
+def _check_steps_setting(value, where: str) -> None:
+    _check((isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+           or (isinstance(value, float) and 0 <= value <= 1),
+           f"{where} must be a count of steps (an int >= 0) or a fraction of them (a float in [0, 1]), got {value!r}.")
 
 
 @dataclass
@@ -144,8 +160,8 @@ class ITOConfig(ITOObjective):
     The settings of framework.stages.ITODecode (its init_args); `model.ito` sets those of the default decoder, and
     its objective (balance, loss_mask, keep_optimizer_state) those of the default guidance stage's ITO as well."""
 
-    update_steps: int = 12
-    """t_u: ITO runs at each of the first t_u decoding steps."""
+    update_steps: Steps = 0.6
+    """t_u: ITO at each of the first t_u decoding steps: a count (int), or a fraction of them (0.6: 12 of 20)."""
     inner_steps: int = 2
     """k: optimiser steps per timestep (the paper: 1; experiments/paper_literal.yaml)."""
     first_step: str = "skip"
@@ -165,7 +181,7 @@ class ITOConfig(ITOObjective):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self.update_steps >= 0, f"update_steps (t_u) must be >= 0, got {self.update_steps}.")
+        _check_steps_setting(self.update_steps, "ito.update_steps (t_u)")
         _check(self.inner_steps >= 1, f"inner_steps (k) must be >= 1, got {self.inner_steps}.")
         _check(self.first_step in ("optimize", "skip"),
                f"ito.first_step must be 'optimize' or 'skip', got '{self.first_step}'.")
@@ -186,8 +202,8 @@ class GuidanceConfig:
     The settings of framework.stages.NoiseEncodedGuidance (its init_args, with an ITOObjective); `model.guidance`
     sets those of the default guidance stage."""
 
-    update_steps: int = 12
-    """t_u of the guidance decode (paper: 15; A.2 suggests 20 with k = 30)."""
+    update_steps: Steps = 0.6
+    """t_u of the guidance decode: a count or a fraction of its steps (paper: 15 of 25; A.2: 20 with k = 30)."""
     inner_steps: int = 1
     """k of the guidance decode."""
     encode_ratio: Optional[float] = None
@@ -208,7 +224,8 @@ class GuidanceConfig:
     """k of the refinement (A.5: 1)."""
 
     def __post_init__(self):
-        _check(self.update_steps >= 0 and self.refine_update_steps >= 0, "guidance update steps must be >= 0.")
+        _check_steps_setting(self.update_steps, "guidance.update_steps")
+        _check(self.refine_update_steps >= 0, "guidance.refine_update_steps must be >= 0.")
         _check(self.inner_steps >= 1 and self.refine_inner_steps >= 1, "guidance inner steps must be >= 1.")
         _check(self.encode_ratio is None or 0 < self.encode_ratio <= 1,
                f"guidance.encode_ratio must be in (0, 1], got {self.encode_ratio}.")
@@ -231,9 +248,9 @@ def decode_steps(sampling: SamplingConfig, encode_ratio: Optional[float] = None)
     return max(1, min(sampling.steps, int(ratio * sampling.steps + 1e-9)))
 
 
-def check_update_steps(update_steps: int, steps: int, what: str, steps_name: str, fix: str) -> None:
-    """A stage's t_u cannot exceed the steps of the decode it runs in."""
-    _check(update_steps <= steps,
+def check_update_steps(update_steps: Steps, steps: int, what: str, steps_name: str, fix: str) -> None:
+    """A stage's t_u cannot exceed the steps of the decode it runs in (a fraction never does)."""
+    _check(isinstance(update_steps, float) or update_steps <= steps,
            f"{what} (t_u = {update_steps}) exceeds the {steps} decoding steps ({steps_name}); {fix}.")
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from framework.core.errors import ConfigError
 from framework.core.masks import gaussian_blur
 from framework.core.sampling import decode, seeded_noise
-from framework.core.settings import ITOConfig, SamplingConfig, check_update_steps, decode_steps
+from framework.core.settings import ITOConfig, SamplingConfig, check_update_steps, decode_steps, step_count
 from framework.core.stages import Decoder
 
 if TYPE_CHECKING:
@@ -42,15 +42,19 @@ class ITODecode(Decoder, ITOConfig):
         check_update_steps(self.update_steps, decode_steps(sampling), "ito.update_steps",
                            "sampling.steps x encode_ratio", "lower t_u or raise steps")
 
+    def t_u(self, n_final: int) -> int:
+        """t_u in steps of a decode of `n_final` steps (`update_steps` may be a fraction of them)."""
+        return step_count(self.update_steps, n_final)
+
     def guidance_steps(self, n_final: int) -> int:
-        return min(self.update_steps, n_final)  # ITO reads g_t at its t_u steps only
+        return min(self.t_u(n_final), n_final)  # ITO reads g_t at its t_u steps only
 
     def least_lam(self, lam: float) -> float:
         return lam if self.lam_end is None else min(lam, self.lam_end)
 
     def decode(self, tools: "StageTools", state: "EditState") -> torch.Tensor:
         cfg, inverted = self, state.inverted
-        x_traj, t_u = inverted.trajectory, cfg.update_steps
+        x_traj, t_u = inverted.trajectory, self.t_u(state.n_final)
         optimizer = tools.optimizer(state.lam, cfg.inner_steps, self)
         start = x_traj[state.schedule.decode_timesteps(state.n_final)[0]]
         first = 1 if cfg.first_step == "skip" else 0  # y_t = x_t at step 0: nothing to preserve yet
@@ -81,7 +85,7 @@ class ITODecode(Decoder, ITOConfig):
         the scale is a map)."""
         inside = tools.sampling.guidance_scale
         scale = keep * inside + (1 - keep) * self.outside_guidance_scale  # (1, 1, h, w)
-        after = set(state.schedule.decode_timesteps(state.n_final)[self.update_steps:])
+        after = set(state.schedule.decode_timesteps(state.n_final)[self.t_u(state.n_final):])
         mapped = tools.eps(state.sides.edit, scale, state.inverted)
         return lambda x, t: mapped(x, t) if t in after else eps(x, t)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from framework.core.sampling import Sampler, decode, invert, seeded_noise
-from framework.core.settings import GuidanceConfig, ITOObjective, SamplingConfig, check_update_steps
+from framework.core.settings import GuidanceConfig, ITOObjective, SamplingConfig, check_update_steps, step_count
 from framework.core.stages import GuidanceGenerator
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class NoiseEncodedGuidance(GuidanceGenerator, GuidanceConfig, ITOObjective):
         eps_edit = tools.eps(state.sides.edit, tools.sampling.guidance_scale)
         optimizer = tools.optimizer(1.0, cfg.inner_steps, self)
         loss_mask = tools.loss_mask(state, self)
-        hook = tools.ito_hook(optimizer, cfg.update_steps, state.x_traj, None, loss_mask, "guidance")
+        hook = tools.ito_hook(optimizer, step_count(cfg.update_steps, level), state.x_traj, None, loss_mask, "guidance")
         visited: dict[int, torch.Tensor] = {}  # G's own decode: the latents the UNet saw at each timestep
 
         def guidance_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:

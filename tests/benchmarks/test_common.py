@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, paper_literal_mask
+from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, SamplingConfig, paper_literal_mask, step_count
 from tests.conftest import ROOT
 
 BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
@@ -24,7 +24,7 @@ def test_common_restates_no_default():
     sampling, ito = SamplingConfig(), ITOConfig()
     assert (common.STEPS, common.CFG, common.INVERSION_CFG) == (sampling.steps, sampling.guidance_scale,
                                                                 sampling.inversion_guidance_scale)
-    assert (common.T_U, common.K) == (ito.update_steps, ito.inner_steps) == (12, 2)
+    assert (common.T_U, common.K) == (step_count(ito.update_steps, sampling.steps), ito.inner_steps) == (12, 2)
     assert (common.MASK_SEEDS, common.MASK_STRENGTH) == (paper_literal_mask().seeds, MaskConfig().strength)
     assert common.GUIDANCE == GuidanceConfig()
     # The only number written in common.py at module level is lam 0.6, chosen (not the default 1) so that the

@@ -113,7 +113,7 @@ def test_help_and_print_config_show_every_nested_setting(tmp_path, tiny_dirs, ma
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(config), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
-    assert printed["sampling"]["steps"] == 20 and printed["ito"]["update_steps"] == 12
+    assert printed["sampling"]["steps"] == 20 and printed["ito"]["update_steps"] == 0.6
     assert printed["guidance"]["refine_update_steps"] == 6 and printed["mask"]["threshold"] == 0.1
     assert printed["auto_lam"]["low"] == 0.3
     for args in (["fit", "--help"], ["fit", "--model.help", "EditModule"], ["fit", "--model.sampling.help"]):
@@ -124,7 +124,7 @@ def test_help_and_print_config_show_every_nested_setting(tmp_path, tiny_dirs, ma
         # `fit --help` names a group's settings after `--model.` (sampling.steps); the other helps in full.
         assert "sampling.steps" in text and "Number of DDIM steps of the full schedule" in text
         if args[1] != "--model.sampling.help":
-            assert "ito.update_steps" in text and "t_u: ITO runs at each of the first t_u" in text
+            assert "ito.update_steps" in text and "t_u: ITO at each of the first t_u decoding steps" in text
             assert "mask.threshold" in text and "tau: threshold on the normalised difference map" in text
 
 

@@ -33,7 +33,8 @@ def test_fit_help_is_one_line_per_setting_and_under_200_lines(capsys):
     for group, cls in GROUPS.items():
         for f in dataclasses.fields(cls):
             assert f"{group}.{f.name}" in rows, (group, f.name)
-    assert rows["ito.inner_steps"] == "2" and rows["mask.seeds"] == "4" and rows["lam"] == "1.0"
+    assert rows["ito.inner_steps"] == "2" and rows["mask.seeds"] == "3" and rows["lam"] == "1.0"
+    assert rows["ito.update_steps"] == rows["guidance.update_steps"] == "0.6"  # t_u as a fraction of the steps
     assert rows["max_epochs"] == "1"  # a Trainer option, with the project's default
     assert "docs/settings.md" in text and "--model.help EditModule" in text
 

@@ -263,3 +263,24 @@ def test_a_transparent_input_gets_the_data_modules_note(tiny_dirs, scene):
     message = str(notes[0].message)
     assert message.startswith("request 'glass': image is transparent in 100% of its pixels")
     assert "composited onto white" in message
+
+
+@pytest.mark.parametrize("steps", [5, 10])
+def test_t_u_as_a_fraction_follows_the_steps(tiny_dirs, scene, one_thread, steps):
+    """update_steps 0.6 is 0.6 of the decode's steps, for the final decode's ITO and G's decode alike."""
+    from framework.core.settings import ITOConfig, step_count
+
+    assert [step_count(0.6, n) for n in (20, 25, 28, 5, 10)] == [12, 15, 17, 3, 6] and step_count(7, 20) == 7
+    image, a, b = scene
+    pipe = tiny_pipeline(tiny_dirs, sampling={"steps": steps}, ito={"update_steps": 0.6},
+                         guidance={"update_steps": 0.6})
+    events = []
+    out = pipe(image, "a red circle", "a blue circle", source_maps={"pose": a}, edit_maps={"pose": b}, lam=0.6,
+               callback_on_step_end=lambda p, i, t, info: events.append((info["stage"], info["kind"], i)))
+    t_u = round(0.6 * steps)
+    assert [i for s, kind, i in events if (s, kind) == ("final", "ito")] == list(range(1, t_u))  # the first skipped
+    assert [i for s, kind, i in events if (s, kind) == ("guidance", "ito")] == list(range(t_u))
+    assert out.result.record["unet_evaluations"]["guidance"] == 2 * t_u + 2 * min(2, steps - t_u)
+    for bad in (1.5, -1, True, "half"):
+        with pytest.raises(ConfigError, match="a count of steps .* or a fraction of them"):
+            ITOConfig(update_steps=bad)

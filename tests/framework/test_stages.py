@@ -165,7 +165,7 @@ def test_decode_reference_is_the_latents_g_own_decode_passed(state):
     from framework.stages import NoiseEncodedGuidance
 
     engine, s = state
-    engine.losses, guidance = [], NoiseEncodedGuidance(update_steps=3)
+    engine.losses, guidance = [], NoiseEncodedGuidance(update_steps=3, decode="full")  # 'needed': test_cost_sharing
     assert guidance.reference == "decode" and GuidanceConfig().reference == "decode"
     engine.invert(s)
     s.mask = torch.zeros_like(s.x0[:, :1])
