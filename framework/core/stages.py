@@ -173,8 +173,9 @@ class GuidanceGenerator(Stage):
 
     `generate(tools, state, level)` runs after the mask (`state.mask`). `level` is the number of steps G is
     encoded to, `level(schedule, sampling)`'s answer (the inversion is run that deep before the mask). Must
-    return (G latents (1, C, h, w), {t: g_t} for the final decode's timesteps), and pass
-    `tools.step_callback("guidance")` to its decode."""
+    return (G latents (1, C, h, w), {t: g_t} for the final decode's timesteps that read it:
+    `tools.guidance_timesteps(state)`, every timestep of t_E unless the decoder's `guidance_steps` says fewer), and
+    pass `tools.step_callback("guidance")` to its decode."""
 
     def level(self, schedule: Sampler, sampling: SamplingConfig) -> int:
         """Steps G is encoded to: t_E (sampling.encode_ratio) unless the generator has its own."""

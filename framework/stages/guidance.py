@@ -59,19 +59,19 @@ class NoiseEncodedGuidance(GuidanceGenerator, GuidanceConfig, ITOObjective):
         return x
 
     def generate(self, tools: "StageTools", state: "EditState", level: int):
-        cfg, schedule, x0 = self, state.schedule, state.x0
+        schedule, x0 = state.schedule, state.x0
         noise = seeded_noise(tuple(x0.shape), state.seed + 1, x0.device)
         start = schedule.encode(x0, noise, schedule.decode_timesteps(level)[0])
         eps_edit = tools.eps(state.sides.edit, tools.sampling.guidance_scale)
-        optimizer = tools.optimizer(1.0, cfg.inner_steps, self)
+        optimizer = tools.optimizer(1.0, self.inner_steps, self)
         loss_mask = tools.loss_mask(state, self)
-        hook = tools.ito_hook(optimizer, step_count(cfg.update_steps, level), state.x_traj, None, loss_mask, "guidance")
+        hook = tools.ito_hook(optimizer, step_count(self.update_steps, level), state.x_traj, None, loss_mask, "guidance")
         visited: dict[int, torch.Tensor] = {}  # G's own decode: the latents the UNet saw at each timestep
 
         def guidance_step(i: int, t: int, y_t: torch.Tensor) -> torch.Tensor:
             visited[t] = hook(i, t, y_t)
             return visited[t]
-        step = guidance_step if cfg.reference == "decode" else hook
+        step = guidance_step if self.reference == "decode" else hook
         callback = tools.step_callback("guidance")
         read = tools.guidance_timesteps(state)
         stop = self.decode_steps(schedule.decode_timesteps(level), read)
@@ -80,9 +80,9 @@ class NoiseEncodedGuidance(GuidanceGenerator, GuidanceConfig, ITOObjective):
             return self.finish(x, eps_edit, schedule, schedule.decode_timesteps(level)[stop:]), \
                 {t: visited[t] for t in reversed(read)}
         g0 = decode(start, eps_edit, schedule, level, step, callback)
-        if not cfg.refine:  # g_t is only the guidance loss's reference: the trajectory is all it needs
+        if not self.refine:  # g_t is only the guidance loss's reference: the trajectory is all it needs
             needed = schedule.decode_timesteps(state.n_final)
-            if cfg.reference == "decode" and cfg.invert == "missing" and all(t in visited for t in needed):
+            if self.reference == "decode" and self.invert == "missing" and all(t in visited for t in needed):
                 return g0, {t: visited[t] for t in reversed(needed)}  # the decode visited every g_t: no inversion
             eps_invert = tools.eps(state.sides.edit, tools.sampling.inversion_guidance_scale)
             g_traj = invert(g0, eps_invert, schedule, state.n_final)
@@ -91,11 +91,11 @@ class NoiseEncodedGuidance(GuidanceGenerator, GuidanceConfig, ITOObjective):
             return g0, g_traj
         job = tools.inversion_job(state.sides.edit, state.sides.edit, schedule, state.n_final, state.n_final)
         inverted = tools.invert(g0, job)
-        optimizer = tools.optimizer(0.0, cfg.refine_inner_steps, self)
+        optimizer = tools.optimizer(0.0, self.refine_inner_steps, self)
         start = inverted.trajectory[schedule.decode_timesteps(state.n_final)[0]]
         g0 = decode(start, tools.eps(state.sides.edit, tools.sampling.guidance_scale, inverted), schedule,
                          state.n_final,
-                         tools.ito_hook(optimizer, cfg.refine_update_steps, inverted.trajectory, state.x_traj,
+                         tools.ito_hook(optimizer, self.refine_update_steps, inverted.trajectory, state.x_traj,
                                          loss_mask, "refine"),
                          after_step=tools.corrections(inverted))
         return g0, tools.trajectory(g0, job)
