@@ -283,7 +283,7 @@ class OurStages:
 
     def ito_alone(self, x_traj, g_traj, mask, lam: float = LAM, update_steps: int = T_U):
         """Only the optimiser steps of a final decode (t_u of them, k each), on the trajectory's latents."""
-        optimizer = self.engine.optimizer(lam, K, ITOConfig())
+        optimizer = self.engine.tools.optimizer(lam, K, ITOConfig())
         for t in sorted(x_traj, reverse=True)[:update_steps]:
             optimizer(x_traj[t], x_t=x_traj[t], g_t=g_traj[t], mask=mask, t=t)
 

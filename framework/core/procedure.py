@@ -28,7 +28,7 @@ from framework.core.ito import LatentOptimizer, OptimizerFactory
 from framework.core.loss import EditLoss
 from framework.core.request import EditRequest, EditResult
 from framework.core.sampling import Sampler
-from framework.core.settings import AutoLam, ITOObjective, SamplingConfig, check_lam_setting
+from framework.core.settings import AutoLam, SamplingConfig, check_lam_setting
 from framework.core.stages import (
     Decoder,
     GuidanceGenerator,
@@ -225,11 +225,6 @@ class EditEngine:
         if inverted is None or not inverted.corrections:
             return None
         return lambda i, t, x: x + inverted.corrections[t].to(x.dtype) if t in inverted.corrections else x
-
-    def optimizer(self, lam: float, inner_steps: int, objective: ITOObjective) -> LatentOptimizer:
-        """The run's losses and optimiser at `lam`, k = `inner_steps`, with a stage's objective settings."""
-        return LatentOptimizer(self.losses, lam, inner_steps, self.optimizer_factory,
-                               objective.keep_optimizer_state, objective.balance)
 
     def ito_hook(self, optimizer: LatentOptimizer, update_steps: int, x_traj: dict, g_traj: Optional[dict],
                  mask: torch.Tensor, stage: str = "final", first: int = 0,

@@ -15,6 +15,7 @@ import torch
 
 from framework.core.backbone import TextEncoding
 from framework.core.denoiser import Conditioning, Denoiser
+from framework.core.ito import LatentOptimizer
 from framework.core.sampling import Sampler, StepCallback, invert
 from framework.core.settings import ITOObjective, SamplingConfig
 
@@ -100,8 +101,11 @@ class StageTools:
     def step_callback(self, stage: str):
         return self._engine.step_callback(stage)
 
-    def optimizer(self, lam: float, inner_steps: int, objective: ITOObjective):
-        return self._engine.optimizer(lam, inner_steps, objective)
+    def optimizer(self, lam: float, inner_steps: int, objective: ITOObjective) -> LatentOptimizer:
+        """The run's losses and optimiser at `lam`, k = `inner_steps`, with a stage's objective settings."""
+        engine = self._engine
+        return LatentOptimizer(engine.losses, lam, inner_steps, engine.optimizer_factory,
+                               objective.keep_optimizer_state, objective.balance)
 
     def ito_hook(self, *args, **kwargs):
         return self._engine.ito_hook(*args, **kwargs)
