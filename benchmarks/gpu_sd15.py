@@ -36,6 +36,7 @@ import platform
 import statistics
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -90,16 +91,58 @@ CLIP_BIGG_TEXT = dict(
 # lllyasviel/control_v11p_sd15_*: ControlNetModel.from_unet(unet) with its default
 # conditioning_embedding_out_channels (16, 32, 96, 256), as the published ControlNets.
 
+# --- the flow families. diffusers 0.42's SD3Transformer2DModel / FluxTransformer2DModel defaults and docstrings do not
+# hold SD3 medium's sizes (its defaults are 18 layers x 18 heads); the FLUX transformer's defaults are FLUX.1's except
+# guidance_embeds, and diffusers.utils.remote_utils lists the FLUX VAE's 0.3611 / 0.1159. The rest is written from the
+# checkpoints' config.json files (not readable here: no network).
+# stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json (2.0B parameters)
+SD3_TRANSFORMER = dict(
+    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+    pos_embed_max_size=192,
+)
+# its vae/config.json: SD's VAE with 16 latent channels, no quant convs, a shift (FLUX.1's has the same architecture)
+SD3_VAE = dict(SD15_VAE, latent_channels=16, sample_size=1024, scaling_factor=1.5305, shift_factor=0.0609,
+               use_quant_conv=False, use_post_quant_conv=False)
+FLUX_VAE = dict(SD3_VAE, scaling_factor=0.3611, shift_factor=0.1159)
+# its text_encoder_3/config.json (google/t5-v1_1-xxl's encoder); FLUX.1's text_encoder_2 is the same
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+              layer_norm_epsilon=1e-6, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+# InstantX/SD3-Controlnet-Pose, config.json: the transformer's geometry with 6 layers (as InstantX's Canny / Tile)
+SD3_CONTROLNET = dict(SD3_TRANSFORMER, num_layers=6, extra_conditioning_channels=0)
+# black-forest-labs/FLUX.1-dev, transformer/config.json (11.9B parameters)
+FLUX_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+)
+# Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0, config.json: 6 double blocks, no single blocks, no mode embedding
+FLUX_CONTROLNET = dict(FLUX_TRANSFORMER, num_layers=6, num_single_layers=0, num_mode=None)
+# experiments/sd3_pose.yaml and flux_pose.yaml: 28 steps, CFG 7 (FLUX.1-dev: 1, its distilled guidance 3.5 given to
+# the model), lam 0.6, the pose ControlNet at scale 0.7 (SD3) / 0.9 until 65 % of the steps (FLUX)
+FLOW_STEPS = 28
+FLOW_SETTINGS = {"sd3": dict(guidance_scale=7.0, control=dict(scale=0.7)),
+                 "flux": dict(guidance_scale=1.0, control=dict(scale=0.9, end=0.65))}
+FLOW_LAM = 0.6
+
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--model", choices=["sd15", "sdxl"], default="sd15", help="the network sizes (and family)")
-    p.add_argument("--size", type=int, default=None, help="image side in pixels, a multiple of 8 (512; SDXL 1024)")
+    p.add_argument("--model", choices=["sd15", "sdxl", "sd3", "flux"], default="sd15",
+                   help="the network sizes (and family): SD 1.5, SDXL base, SD3 medium, FLUX.1-dev")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side in pixels, a multiple of 8 (512; SDXL, SD3, FLUX 1024; FLUX: of 16)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps of the SD3 / FLUX edit (default {FLOW_STEPS}, the flow experiments')")
+    p.add_argument("--params-only", action="store_true",
+                   help="SD3 / FLUX: build, print the parameter counts and stop (with --device meta: nothing "
+                        "allocated)")
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None,
-                   help="precisions, in order (default: fp16 bf16 on CUDA, SDXL fp16; fp32 on the CPU)")
+                   help="precisions, in order (default: fp16 bf16 on CUDA, SDXL fp16, SD3 and FLUX bf16; fp32 on the "
+                        "CPU)")
     p.add_argument("--tiny", action="store_true", help="framework.toy.tiny's models instead of SD 1.5 size")
     p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up (median reported)")
     p.add_argument("--attention", choices=["sdpa", "classic"], default="sdpa",
@@ -117,7 +160,7 @@ def parse_args(argv=None):
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    args.size = args.size or (1024 if args.model == "sdxl" else 512)
+    args.size = args.size or (512 if args.model == "sd15" else 1024)
     return args
 
 
@@ -248,6 +291,202 @@ def sdxl_main(args, device, dtypes, gpu, log, deadline) -> dict:
     return results
 
 
+# --------------------------------------------------------------------------- the flow families (SD3, FLUX.1)
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """Parameters are created in `dtype` (bf16: FLUX's 12B transformer never exists in fp32)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _placed(modules: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """Frozen, in eval mode, on `device` in `dtype` (buffers made in float32, e.g. the sin-cos position table, too)."""
+    if device.type != "meta":
+        modules = {k: m.to(device=device, dtype=dtype) for k, m in modules.items()}
+    for m in modules.values():
+        m.requires_grad_(False).eval()
+    return modules
+
+
+def _clip_ids(tokenizer) -> dict:
+    return dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+
+
+def build_sd3(tiny: bool, device: torch.device, dtype: torch.dtype = torch.bfloat16):
+    """The project's SD3 backbone and [text, pose ControlNet] around SD3-medium-size modules (random weights, made in
+    `dtype` on `device`), or the tiny SD3 model's (framework.toy.tiny_flow); no weights read. The tokenizers are the
+    tiny model's (prompts are padded to 77 CLIP and 256 T5 tokens: the ids do not change the cost)."""
+    from diffusers import AutoencoderKL, SD3ControlNetModel, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from conditioners.controlnet import ControlNetConditioner
+    from conditioners.text import TextConditioner
+    from framework.backbones.loading import TINY_SD3
+    from framework.backbones.sd3 import StableDiffusion3
+    from framework.toy.tiny_flow import _randomise_zero_projections, build_tiny_sd3
+
+    backbone = StableDiffusion3(TINY_SD3)  # a built-in name resolves without touching disk or network ...
+    parts = build_tiny_sd3(0)  # its scheduler (SD3's: shift 3) and tokenizers
+    if tiny:
+        modules = {k: parts[k] for k in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")}
+        torch.manual_seed(0)
+        modules["controlnet"] = SD3ControlNetModel.from_transformer(parts["transformer"], num_layers=1,
+                                                                    num_extra_conditioning_channels=0)
+        _randomise_zero_projections(modules["controlnet"], 0)
+    else:
+        ids = _clip_ids(parts["tokenizer"])
+        torch.manual_seed(0)
+        with torch.device(device), _default_dtype(dtype):
+            modules = {"transformer": SD3Transformer2DModel(**SD3_TRANSFORMER), "vae": AutoencoderKL(**SD3_VAE),
+                       "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_L14_TEXT, **ids)),
+                       "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG_TEXT, **ids)),
+                       "text_encoder_3": T5EncoderModel(T5Config(**T5_XXL)),
+                       "controlnet": SD3ControlNetModel(**SD3_CONTROLNET)}
+    modules = _placed(modules, device, dtype)
+    backbone.unet, backbone.vae = modules["transformer"], modules["vae"]  # ... and is filled here (load() keeps them)
+    for n in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        setattr(backbone, n, modules[n])
+    backbone.tokenizer, backbone.tokenizer_2, backbone.tokenizer_3 = (parts[k] for k in
+                                                                      ("tokenizer", "tokenizer_2", "tokenizer_3"))
+    backbone.scheduler = parts["scheduler"]
+    pose = ControlNetConditioner("pose", TINY_SD3, **FLOW_SETTINGS["sd3"]["control"])
+    pose.controlnet = modules["controlnet"]  # load() then keeps it
+    return backbone, [TextConditioner(), pose], modules
+
+
+def build_flux(tiny: bool, device: torch.device, dtype: torch.dtype = torch.bfloat16):
+    """The project's FLUX backbone and [text, pose ControlNet] around FLUX.1-dev-size modules (random weights, made
+    in `dtype` on `device`), or the tiny FLUX.1-dev-geometry model's; no weights read. Tokenizers: the tiny model's
+    (77 CLIP and 512 T5 tokens per prompt)."""
+    from diffusers import AutoencoderKL, FluxControlNetModel, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from conditioners.controlnet import ControlNetConditioner
+    from conditioners.text import TextConditioner
+    from framework.backbones.flux import Flux
+    from framework.backbones.loading import TINY_FLUX
+    from framework.toy.tiny_flow import _randomise_zero_projections, build_tiny_flux
+
+    backbone = Flux(TINY_FLUX)
+    parts = build_tiny_flux(0, guidance_embeds=True)  # its scheduler (FLUX.1-dev's dynamic shift) and tokenizers
+    if tiny:
+        modules = {k: parts[k] for k in ("transformer", "vae", "text_encoder", "text_encoder_2")}
+        torch.manual_seed(0)
+        modules["controlnet"] = FluxControlNetModel.from_transformer(
+            parts["transformer"], num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2)
+        _randomise_zero_projections(modules["controlnet"], 0)
+    else:
+        torch.manual_seed(0)
+        with torch.device(device), _default_dtype(dtype):
+            modules = {"transformer": FluxTransformer2DModel(**FLUX_TRANSFORMER), "vae": AutoencoderKL(**FLUX_VAE),
+                       "text_encoder": CLIPTextModel(CLIPTextConfig(**CLIP_L14_TEXT, **_clip_ids(parts["tokenizer"]))),
+                       "text_encoder_2": T5EncoderModel(T5Config(**T5_XXL)),
+                       "controlnet": FluxControlNetModel(**FLUX_CONTROLNET)}
+    modules = _placed(modules, device, dtype)
+    backbone.unet, backbone.vae = modules["transformer"], modules["vae"]
+    backbone.text_encoder, backbone.text_encoder_2 = modules["text_encoder"], modules["text_encoder_2"]
+    backbone.tokenizer, backbone.tokenizer_2, backbone.scheduler = (parts[k] for k in
+                                                                    ("tokenizer", "tokenizer_2", "scheduler"))
+    pose = ControlNetConditioner("pose", TINY_FLUX, **FLOW_SETTINGS["flux"]["control"])
+    pose.controlnet = modules["controlnet"]
+    return backbone, [TextConditioner(), pose], modules
+
+
+def _metered(engine, device: torch.device, peaks: dict) -> None:
+    """Wrap the engine's stage clock so that it also records each stage's peak GPU memory in `peaks` (reset per
+    stage, as StageClock does); the timing and the counts stay the engine's own."""
+    clock = engine.stage
+
+    @contextmanager
+    def stage(name, state):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with clock(name, state):
+            yield
+        peaks[name] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+    engine.stage = stage
+
+
+def flow_edit(pipe, request, peaks: dict) -> dict:
+    """One whole edit through EditPipeline.edit; per stage: seconds (the record's, synchronised on CUDA), transformer
+    and ControlNet sample-evaluations (the record's counts) and peak GPU memory (bytes)."""
+    for c in pipe.conditioners:
+        if hasattr(c, "clear"):
+            c.clear()  # the text conditioner caches prompts: time a cold encode
+    peaks.clear()
+    with torch.no_grad():
+        result = pipe.edit(request)
+    record = result.record
+    out = {name: {"s": s, "unet": record["unet_evaluations"].get(name, 0),
+                  "cn": record["controlnet_evaluations"].get(name, 0), "peak": peaks.get(name)}
+           for name, s in record["seconds"].items() if name != "total"}
+    out["_finite"] = bool(torch.isfinite(result.edit).all())
+    return out
+
+
+def flow_main(args, device, dtypes, gpu, log, deadline) -> dict:
+    """The whole default edit on SD3-medium- or FLUX.1-dev-size networks (or the tiny ones), ours only, through
+    EditPipeline at the flow experiments' settings, per stage with peak memory, for each precision in `dtypes`."""
+    from framework.core.request import EditRequest
+    from framework.core.settings import SamplingConfig
+    from framework.pipeline import EditPipeline
+
+    label = {"sd3": "SD3 medium", "flux": "FLUX.1-dev"}[args.model]
+    t0 = time.perf_counter()
+    build = build_sd3 if args.model == "sd3" else build_flux
+    backbone, conditioners, modules = build(args.tiny, device, DTYPES[dtypes[0]])
+    n_params = {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in modules.items()}
+    weights = sum(p.numel() * p.element_size() for m in modules.values() for p in m.parameters()) / 2 ** 30
+    print(f"{label}{' (tiny)' if args.tiny else ''} built in {time.perf_counter() - t0:.1f} s on {device} in "
+          f"{dtypes[0]}; parameters (M): " + ", ".join(f"{k} {v:.1f}" for k, v in n_params.items())
+          + f"; total {sum(n_params.values()) / 1e3:.2f} B, weights {weights:.2f} GiB", flush=True)
+    steps = args.steps or FLOW_STEPS
+    settings = FLOW_SETTINGS[args.model]
+    results = {"config": {"model": args.model, "size": args.size, "tiny": args.tiny, "dtypes": dtypes, "steps": steps,
+                          "guidance_scale": settings["guidance_scale"], "lam": FLOW_LAM, "device_name": gpu,
+                          "params_m": n_params, "weights_gib": round(weights, 3)}, "precisions": {}}
+    if args.params_only:
+        return results
+    pipe = EditPipeline(backbone, conditioners, lam=FLOW_LAM,
+                        sampling=SamplingConfig(steps=steps, guidance_scale=settings["guidance_scale"])).load()
+    peaks: dict = {}
+    _metered(pipe.engine, device, peaks)
+    req = C.toy_request(args.size)
+    request = EditRequest("flow", req["image"], req["source_prompt"], req["edit_prompt"], {"pose": req["source_pose"]},
+                          {"pose": req["edit_pose"]}, None, 0, None, {})
+    for name in dtypes:
+        if time.perf_counter() > deadline:
+            print(f"[{name}] skipped: past --max-seconds", flush=True)
+            continue
+        for m in modules.values():
+            m.to(DTYPES[name])
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        runs = []
+        for rep in range(1 + args.repeats):  # the first is the warm-up
+            if time.perf_counter() > deadline and runs:
+                break
+            runs.append(flow_edit(pipe, request, peaks))
+            log(f"[{args.model} {name}] run {rep}: " + ", ".join(
+                f"{k} {v['s']:.3f} s ({v['unet']}/{v['cn']})" for k, v in runs[-1].items() if not k.startswith("_")))
+        timed = runs[1:] or runs
+        summary = summarise(timed)
+        peak = {k: v["peak_gib"] for k, v in summary.items()}
+        results["precisions"][name] = {"whole_edit": summary, "finite": all(r["_finite"] for r in timed)}
+        print(f"\n== {label} whole edit, {name}, {args.size} px, {steps} steps, CFG {settings['guidance_scale']}, "
+              f"lam {FLOW_LAM}, {gpu}, median of {len(timed)} ==\n"
+              + "\n".join(f"{k:10s} {v['s']:.3f} s, transformer {v['unet']}, ControlNet {v['cn']}, peak GiB "
+                          f"{v['peak_gib']}" for k, v in summary.items())
+              + f"\npeak GiB per stage: {peak}", flush=True)
+    return results
+
+
 def set_attention(modules, kind: str) -> None:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
@@ -366,10 +605,12 @@ def main(argv=None) -> dict:
     import diffusers
     import transformers
 
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    if args.model == "sdxl":
-        dtypes = args.dtypes or (["fp16"] if device.type == "cuda" else ["fp32"])
-        results = sdxl_main(args, device, dtypes, gpu, log, deadline)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or device.type
+    if args.model != "sd15":
+        default = {"sdxl": "fp16", "sd3": "bf16", "flux": "bf16"}[args.model]
+        dtypes = args.dtypes or ([default] if device.type in ("cuda", "meta") else ["fp32"])
+        main_of = sdxl_main if args.model == "sdxl" else flow_main
+        results = main_of(args, device, dtypes, gpu, log, deadline)
         results["seconds"] = round(time.perf_counter() - t_start, 1)
         C.write_json(args.json, results)
         return results
