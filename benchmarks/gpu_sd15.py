@@ -5,6 +5,10 @@
     python -m benchmarks.gpu_sd15 --device cpu --size 64 --tiny    # a quick check on the CPU
     python -m benchmarks.gpu_sd15 --model sdxl                     # SDXL at 1024 px, fp16: ours per stage
     python -m benchmarks.gpu_sd15 --model sdxl --device cpu --size 64 --tiny   # its dry run on the CPU
+    python -m benchmarks.gpu_sd15 --model sd3                      # SD3 medium at 1024 px, bf16: ours per stage
+    python -m benchmarks.gpu_sd15 --model flux                     # FLUX.1-dev at 1024 px, bf16 (weights 35 GiB)
+    python -m benchmarks.gpu_sd15 --model flux --device cpu --size 64 --tiny --steps 6   # dry run (sd3 alike)
+    python -m benchmarks.gpu_sd15 --model flux --device meta --params-only   # parameter counts, nothing allocated
     python -m benchmarks.gpu_sd15 --dtypes fp16 --no-stages --batch-sizes 1 2 4 8   # + batched edits per minute
 
 No downloads: the SD 1.5 UNet, its ControlNet (`ControlNetModel.from_unet`), the VAE and the CLIP
@@ -26,6 +30,16 @@ starting new runs once passed, so the script ends inside a 10-minute slot.
 `--model sdxl`: the same whole edit on SDXL base 1.0's networks (UNet, the two text encoders, the VAE in the
 fp16-fix's architecture, so fp16 needs no upcast; a ControlNet from the UNet, as xinsir's), default 1024 px, fp16;
 ours only (diffusers has no SDXL DiffEdit), per stage with peak memory (docs/sdxl.md has the estimate it checks).
+
+`--model sd3` / `--model flux`: the whole default edit of experiments/sd3_pose.yaml / flux_pose.yaml (28 steps,
+CFG 7 / FLUX.1-dev's one pass per step with its distilled guidance 3.5, lam 0.6, the pose ControlNet at 0.7 / 0.9
+until 65 %) on SD3 medium's networks (MMDiT, CLIP-L, OpenCLIP-bigG, T5-XXL, the 16-channel VAE; InstantX's 6-layer
+pose ControlNet) or FLUX.1-dev's (transformer, CLIP-L, T5-XXL, VAE; Shakker Labs' 6-block union ControlNet Pro
+2.0), made with random weights in bf16 directly on the device (FLUX's 12B transformer is never in fp32), default
+1024 px, bf16; run through `framework.pipeline.EditPipeline` around the built modules, each stage's seconds and
+transformer / ControlNet evaluations read from the edit's record, its peak memory measured around it. `--tiny` uses
+framework.toy.tiny_flow's models (the CPU at 64 px); `--device meta --params-only` counts the real-size parameters
+without allocating them (docs/flow.md has the estimate). `--attention` and `--channels-last` are for the UNets.
 """
 
 from __future__ import annotations
