@@ -24,6 +24,7 @@ from framework.core.stages import (  # noqa: F401  (the contracts, for plugin au
     InversionJob,
     Inverted,
     MaskEstimator,
+    Stage,
     StageTools,
 )
 from framework.stages.decoders import (  # noqa: F401
