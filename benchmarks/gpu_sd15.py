@@ -142,6 +142,19 @@ FLOW_LAM = 0.6
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+def precisions(dtypes, modules, device: torch.device, deadline: float):
+    """Each dtype name in turn, the modules cast to it and the CUDA cache emptied; past `deadline`, skipped."""
+    for name in dtypes:
+        if time.perf_counter() > deadline:
+            print(f"[{name}] skipped: past --max-seconds", flush=True)
+            continue
+        for module in modules:
+            module.to(DTYPES[name])
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        yield name
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
@@ -277,14 +290,7 @@ def sdxl_main(args, device, dtypes, gpu, log, deadline) -> dict:
     req = C.toy_request(args.size)
     results = {"config": {"model": "sdxl", "size": args.size, "tiny": args.tiny, "dtypes": dtypes,
                           "device_name": gpu, "params_m": n_params}, "precisions": {}}
-    for name in dtypes:
-        if time.perf_counter() > deadline:
-            print(f"[{name}] skipped: past --max-seconds", flush=True)
-            continue
-        for m in modules.values():
-            m.to(DTYPES[name])
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    for name in precisions(dtypes, modules.values(), device, deadline):
         ours = C.OurStages(backbone, conditioners, device)
         unet_counter, cn_counter = C.EvalCounter(backbone.unet), C.EvalCounter(controlnet)
         runs = []
@@ -474,14 +480,7 @@ def flow_main(args, device, dtypes, gpu, log, deadline) -> dict:
     req = C.toy_request(args.size)
     request = EditRequest("flow", req["image"], req["source_prompt"], req["edit_prompt"], {"pose": req["source_pose"]},
                           {"pose": req["edit_pose"]}, None, 0, None, {})
-    for name in dtypes:
-        if time.perf_counter() > deadline:
-            print(f"[{name}] skipped: past --max-seconds", flush=True)
-            continue
-        for m in modules.values():
-            m.to(DTYPES[name])
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    for name in precisions(dtypes, modules.values(), device, deadline):
         runs = []
         for rep in range(1 + args.repeats):  # the first is the warm-up
             if time.perf_counter() > deadline and runs:
@@ -652,15 +651,7 @@ def main(argv=None) -> dict:
                           "dtypes": dtypes, "device_name": gpu, "torch": torch.__version__,
                           "diffusers": diffusers.__version__, "params_m": n_params}, "precisions": {}}
     printed = []
-    for name in dtypes:
-        if time.perf_counter() > deadline:
-            print(f"[{name}] skipped: past --max-seconds", flush=True)
-            continue
-        dtype = DTYPES[name]
-        for m in (vae, unet, text_encoder, controlnet):
-            m.to(dtype)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    for name in precisions(dtypes, (vae, unet, text_encoder, controlnet), device, deadline):
         ours = C.OurStages(backbone, conditioners, device)
         theirs = C.DiffusersStages(backbone, controlnet, device)
         unet_counter, cn_counter = C.EvalCounter(unet), C.EvalCounter(controlnet)

@@ -49,11 +49,13 @@ from framework.core.settings import (
     MaskConfig,
     SamplingConfig,
     check_lam_setting,
+    fields_of,
 )
 from framework.io.manifests import EditRequest, align_image, as_mode, check_aspect, fit_image, target_size
 from framework.io.outputs import EditResult, to_pil, upsample_mask
 from framework.stages import (
     SETTINGS_GROUPS,
+    SLOTS,
     Decoder,
     GuidanceGenerator,
     MaskEstimator,
@@ -113,11 +115,6 @@ def controlnet_for(modality: str, pretrained: str, family: str = "SD 1.x") -> st
         raise ConfigError(f"no default ControlNet for modality '{modality}' on {family} (known: {', '.join(known)}); "
                           f"pass ControlNetConditioner('{modality}', pretrained=<hub id or folder>) instead.")
     return known[modality]
-
-
-def settings_fields(settings: Any, cls: type) -> dict[str, Any]:
-    """The fields of settings dataclass `cls` in `settings` (the dataclass or a stage that is one)."""
-    return {name: getattr(settings, name) for name in cls.__dataclass_fields__}
 
 
 def _merge(current: Any, change: Any) -> Any:
@@ -222,8 +219,6 @@ class EditPipeline(nn.Module):
         `mask`, `ito`, `losses`, the stage slots ...; a dict changes some fields of a settings group,
         `mask={"threshold": 0.3}`) and the backbone's (`variant`, `revision`, `attention_slicing` ...).
         """
-        groups = {"sampling": SamplingConfig(), "mask": MaskConfig(), "ito": ITOConfig(), "guidance": GuidanceConfig()}
-        settings.update({k: _merge(groups[k], v) for k, v in settings.items() if k in groups and isinstance(v, dict)})
         cls_backbone = backbone_class(pretrained, settings.get("revision"))
         backbone_keys = set(inspect.signature(cls_backbone.__init__).parameters) - {"self", "pretrained"}
         backbone = cls_backbone(pretrained, **{k: settings.pop(k) for k in list(settings) if k in backbone_keys})
@@ -282,7 +277,7 @@ class EditPipeline(nn.Module):
     def _set_group(self, group: str, value) -> None:
         value = settings_group(group, value)
         slot, _, cls = SETTINGS_GROUPS[group]
-        slots = {name: getattr(self, name) for name in ("inversion", "mask_estimator", "guidance_generator", "decoder")}
+        slots = self._slots()
         if isinstance(slots[slot], cls):  # the slot's stage has these settings: the same stage with the new ones
             slots[slot] = replace(slots[slot], **asdict(value or cls()))
         if group == "ito" and self._guidance_follows_ito and isinstance(slots["guidance_generator"], ITOObjective):
@@ -302,10 +297,13 @@ class EditPipeline(nn.Module):
     guidance = property(lambda self: self._group("guidance"), lambda self, v: self._set_group("guidance", v),
                         doc="The guidance-image settings (GuidanceConfig) of NoiseEncodedGuidance.")
 
+    def _slots(self) -> dict[str, Any]:
+        """{slot: the stage plugin in it}, the procedure's four slots."""
+        return {name: getattr(self, name) for name in SLOTS}
+
     def check_stages(self, slots: Optional[dict[str, Any]] = None) -> None:
         """Each stage's settings against the run's sampling (t_u within the steps ...), before any model work."""
-        slots = slots or {name: getattr(self, name) for name in
-                          ("inversion", "mask_estimator", "guidance_generator", "decoder")}
+        slots = slots or self._slots()
         for name, stage in slots.items():
             if name != "guidance_generator" or slots["decoder"].uses_guidance:  # a G the decoder reads
                 stage.check(self.sampling)
@@ -316,14 +314,13 @@ class EditPipeline(nn.Module):
         return {
             "stages": {"inversion": self.decoder.uses_inversion, "mask": not isinstance(self.mask_estimator, NoMask),
                        "guidance": self.decoder.uses_guidance, "ito": self.decoder.uses_ito,
-                       **{slot: plain_fields(getattr(self, slot)) for slot in
-                          ("inversion", "mask_estimator", "guidance_generator", "decoder")}},
+                       **{slot: plain_fields(stage) for slot, stage in self._slots().items()}},
             "lam": self.lam, "auto_lam": asdict(self.auto_lam) if self.lam == "auto" else None,
             "seed": self.seed, "backbone": self.backbone.pretrained,
             "memory": {k: getattr(self.backbone, k, None)
                        for k in ("attention_slicing", "vae_tiling", "vae_tile_size")},
-            "sampling": asdict(self.sampling), "mask": settings_fields(self.mask, MaskConfig),
-            "ito": settings_fields(self.ito, ITOConfig), "guidance": settings_fields(self.guidance, GuidanceConfig),
+            "sampling": asdict(self.sampling), "mask": fields_of(self.mask, MaskConfig),
+            "ito": fields_of(self.ito, ITOConfig), "guidance": fields_of(self.guidance, GuidanceConfig),
             "conditioners": [plain_fields(c) for c in self.conditioners],
             "losses": [plain_fields(loss) for loss in self.losses],
             "optimizer": repr((self.optimizer or default_optimizer)(probe)),
@@ -362,8 +359,7 @@ class EditPipeline(nn.Module):
             conditioner.load(self.backbone)
         self.backbone.configure_memory(*self.conditioners)  # attention slicing reaches the ControlNets too
         self.engine = EditEngine(self.backbone, list(self.conditioners), list(self.losses), emit=self._emit,
-                                 **method_slots(self.inversion, self.mask_estimator, self.guidance_generator,
-                                                self.decoder))
+                                 **self._slots())
         self._update_engine()
         if self._placement:
             super().to(**self._placement)
@@ -455,8 +451,7 @@ class EditPipeline(nn.Module):
     def edit(self, request: EditRequest, callback: Optional[StepCallback] = None) -> EditResult:
         """The procedure on a loaded request (framework.io.manifests.EditRequest), with the pipeline's settings and slots."""
         self.load()
-        setting = self.lam if request.lam is None else check_lam_setting(request.lam, f"request '{request.id}' lam")
-        seed = self.seed if request.seed is None else request.seed
+        setting, seed = self._lam_and_seed(request)
         self._update_engine()  # a sweep, the demo or a test may have replaced settings or slots since `load`
         self._callback = callback
         try:
@@ -465,6 +460,11 @@ class EditPipeline(nn.Module):
             self._callback = None
         result.record.update(self._prompts_used(request))
         return result
+
+    def _lam_and_seed(self, request: EditRequest) -> tuple[Union[float, str], int]:
+        """The lam setting and seed of a request: its own where it has them, else the pipeline's."""
+        lam = self.lam if request.lam is None else check_lam_setting(request.lam, f"request '{request.id}' lam")
+        return lam, self.seed if request.seed is None else request.seed
 
     def edit_batch(self, requests: Sequence[EditRequest],
                    callback: Optional[StepCallback] = None) -> list[Union[EditResult, Exception]]:
@@ -476,8 +476,7 @@ class EditPipeline(nn.Module):
 
         self.load()
         self._update_engine()
-        slots = (self.inversion, self.mask_estimator, self.guidance_generator, self.decoder)
-        if len(requests) <= 1 or not all(getattr(slot, "batchable", True) for slot in slots):
+        if len(requests) <= 1 or not all(getattr(stage, "batchable", True) for stage in self._slots().values()):
             results: list[Union[EditResult, Exception]] = []
             for request in requests:
                 try:
@@ -487,8 +486,7 @@ class EditPipeline(nn.Module):
             return results
         while len(self._engines) < len(requests) - 1:  # one engine (and sample counter) per edit in flight
             engine = EditEngine(self.backbone, list(self.conditioners), list(self.losses),
-                                **method_slots(self.inversion, self.mask_estimator, self.guidance_generator,
-                                               self.decoder))
+                                **self._slots())
             engine.emit = lambda *args, engine=engine, **kwargs: self._emit_from(engine, *args, **kwargs)
             self._engines.append(engine)
         engines = [self.engine, *self._engines[:len(requests) - 1]]
@@ -500,9 +498,7 @@ class EditPipeline(nn.Module):
 
         def job(engine: EditEngine, request: EditRequest):
             def run() -> EditResult:
-                lam = request.lam
-                setting = self.lam if lam is None else check_lam_setting(lam, f"request '{request.id}' lam")
-                seed = self.seed if request.seed is None else request.seed
+                setting, seed = self._lam_and_seed(request)
                 return engine.edit(request.to(self.device), setting, seed, self.auto_lam)
             return run
 

@@ -163,7 +163,7 @@ class DemoEngine:
         n_guide = pipe.guidance_generator.level(schedule, pipe.sampling)
         # G's decode may stop at the last g_t the final decode reads (NoiseEncodedGuidance's decode: needed)
         read = schedule.decode_timesteps(n_final)[:pipe.decoder.guidance_steps(n_final)]
-        stop = getattr(pipe.guidance_generator, "decode_steps", lambda *args: None)(
+        stop = getattr(pipe.guidance_generator, "needed_steps", lambda *args: None)(
             schedule.decode_timesteps(n_guide), read)
         steps = {"inversion": max(n_final, n_guide), "guidance": stop or n_guide, "refine": n_final, "final": n_final}
         # On a GPU the CLI runs 16-mixed by default (fp32 weights under fp16 autocast): the same here.

@@ -21,6 +21,11 @@ Steps = Union[int, float]
 Lightning's `val_check_interval` is a count of batches or a fraction of an epoch."""
 
 
+def fields_of(settings, cls: type) -> dict:
+    """The fields of settings dataclass `cls` read from `settings` (an instance of it, or a stage that is one)."""
+    return {name: getattr(settings, name) for name in cls.__dataclass_fields__}
+
+
 def step_count(value: Steps, steps: int) -> int:
     """`value` steps of a decode of `steps`: the count itself, or the fraction of them rounded half up."""
     return min(steps, int(value * steps + 0.5)) if isinstance(value, float) else value
@@ -150,7 +155,7 @@ class ITOObjective:
 
     def objective(self) -> dict:
         """The ITOObjective fields of these settings (what the default guidance stage takes from `model.ito`)."""
-        return {name: getattr(self, name) for name in ITOObjective.__dataclass_fields__}
+        return fields_of(self, ITOObjective)
 
 
 @dataclass
@@ -242,10 +247,9 @@ def check_lam(lam: float, where: str = "lam") -> float:
     return float(lam)
 
 
-def decode_steps(sampling: SamplingConfig, encode_ratio: Optional[float] = None) -> int:
-    """Steps of a decode from the encode ratio (sampling.encode_ratio when None) on the run's grid."""
-    ratio = sampling.encode_ratio if encode_ratio is None else encode_ratio
-    return max(1, min(sampling.steps, int(ratio * sampling.steps + 1e-9)))
+def decode_steps(sampling: SamplingConfig) -> int:
+    """Steps of the edit's decode, t_E: floor(encode_ratio x steps), at least 1 (as Sampler.encode_level)."""
+    return max(1, min(sampling.steps, int(sampling.encode_ratio * sampling.steps + 1e-9)))
 
 
 def check_update_steps(update_steps: Steps, steps: int, what: str, steps_name: str, fix: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from typing import Any, Optional
 
 from framework.core.errors import ConfigError
-from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig
+from framework.core.settings import GuidanceConfig, ITOConfig, MaskConfig, fields_of
 from framework.core.stages import (  # noqa: F401  (the contracts, for plugin authors)
     Decoder,
     GuidanceGenerator,
@@ -43,6 +43,9 @@ from framework.stages.masks import GivenMask, NoiseDifferenceMask, NoMask, given
 from framework.stages.prompt_to_prompt import PromptToPrompt  # noqa: F401
 
 
+SLOTS = ("inversion", "mask_estimator", "guidance_generator", "decoder")
+"""The procedure's stage slots, in the order they run."""
+
 SETTINGS_GROUPS = {"mask": ("mask_estimator", NoiseDifferenceMask, MaskConfig),
                    "ito": ("decoder", ITODecode, ITOConfig),
                    "guidance": ("guidance_generator", NoiseEncodedGuidance, GuidanceConfig)}
@@ -57,7 +60,7 @@ def settings_group(group: str, value) -> Optional[Any]:
     if isinstance(value, dict):
         return cls(**value)
     if isinstance(value, cls):  # a stage: its settings fields
-        return cls(**{name: getattr(value, name) for name in cls.__dataclass_fields__})
+        return cls(**fields_of(value, cls))
     raise ConfigError(f"model.{group} must be a {cls.__name__} or a dict of its fields, got {type(value).__name__}.")
 
 

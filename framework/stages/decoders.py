@@ -53,18 +53,18 @@ class ITODecode(Decoder, ITOConfig):
         return lam if self.lam_end is None else min(lam, self.lam_end)
 
     def decode(self, tools: "StageTools", state: "EditState") -> torch.Tensor:
-        cfg, inverted = self, state.inverted
+        inverted = state.inverted
         x_traj, t_u = inverted.trajectory, self.t_u(state.n_final)
-        optimizer = tools.optimizer(state.lam, cfg.inner_steps, self)
+        optimizer = tools.optimizer(state.lam, self.inner_steps, self)
         start = x_traj[state.schedule.decode_timesteps(state.n_final)[0]]
-        first = 1 if cfg.first_step == "skip" else 0  # y_t = x_t at step 0: nothing to preserve yet
-        lam_at = None if cfg.lam_end is None else linear_lam(state.lam, cfg.lam_end, first, t_u - 1)
+        first = 1 if self.first_step == "skip" else 0  # y_t = x_t at step 0: nothing to preserve yet
+        lam_at = None if self.lam_end is None else linear_lam(state.lam, self.lam_end, first, t_u - 1)
         ito = tools.ito_hook(optimizer, t_u, x_traj, state.g_traj, tools.loss_mask(state, self), first=first,
                               lam_at=lam_at)
-        keep = feathered(grown(state.mask, cfg.blend_margin), cfg.feather)  # (1, 1, h, w): 0 = the input's latents
-        blend = cfg.blend == "after"
+        keep = feathered(grown(state.mask, self.blend_margin), self.feather)  # (1, 1, h, w): 0 = the input's latents
+        blend = self.blend == "after"
         if blend:  # the blend's weight: lam where ITO left off, unless set (outside the mask: w x_t + (1 - w) y_t)
-            weight = cfg.blend_weight
+            weight = self.blend_weight
             if weight is None:
                 weight = state.lam if lam_at is None else lam_at(t_u - 1)
             keep = 1 - weight * (1 - keep)
@@ -74,8 +74,8 @@ class ITODecode(Decoder, ITOConfig):
             return blend_outside(y_t, x_traj[t], keep) if blend and i >= t_u else y_t
 
         eps = tools.eps(state.sides.edit, tools.sampling.guidance_scale, inverted)
-        if cfg.outside_guidance_scale is not None:
-            eps = self.outside_guidance(tools, state, feathered(state.mask, cfg.feather), eps)
+        if self.outside_guidance_scale is not None:
+            eps = self.outside_guidance(tools, state, feathered(state.mask, self.feather), eps)
         y0 = decode(start, eps, state.schedule, state.n_final, before_step, tools.step_callback("final"),
                          tools.corrections(inverted))
         return blend_outside(y0, state.x0, keep) if blend else y0

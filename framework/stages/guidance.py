@@ -37,7 +37,7 @@ class NoiseEncodedGuidance(GuidanceGenerator, GuidanceConfig, ITOObjective):
     def level(self, schedule: Sampler, sampling: SamplingConfig) -> int:
         return schedule.encode_level(self.encode_ratio or sampling.encode_ratio)
 
-    def decode_steps(self, timesteps: tuple, read: tuple) -> Optional[int]:
+    def needed_steps(self, timesteps: tuple, read: tuple) -> Optional[int]:
         """Steps of G's decode (over `timesteps`) that give every g_t the edit reads (`read`), when G's own decode
         is the reference and nothing after needs G itself (`decode: needed`); None: decode G to the end."""
         if self.decode != "needed" or self.reference != "decode" or self.invert != "missing" or self.refine or not read:
@@ -74,7 +74,7 @@ class NoiseEncodedGuidance(GuidanceGenerator, GuidanceConfig, ITOObjective):
         step = guidance_step if self.reference == "decode" else hook
         callback = tools.step_callback("guidance")
         read = tools.guidance_timesteps(state)
-        stop = self.decode_steps(schedule.decode_timesteps(level), read)
+        stop = self.needed_steps(schedule.decode_timesteps(level), read)
         if stop is not None:  # the edit reads g_t down to read[-1] only: decode G that far, then finish its picture
             x = decode(start, eps_edit, schedule, level, step, callback, steps=stop)
             return self.finish(x, eps_edit, schedule, schedule.decode_timesteps(level)[stop:]), \
